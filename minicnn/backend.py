@@ -1,0 +1,147 @@
+"""The array backend: NumPy on the CPU, CuPy on an NVIDIA GPU.
+
+minicnn's layers never import NumPy or CuPy directly for their math. They ask the array they
+are given which module it belongs to (``xp = get_array_module(x)``) and call ``xp.exp``,
+``xp.matmul``, ... on it, so one piece of code runs on both. The *current backend* only
+decides where new arrays are created: parameters at construction, batches in the data loader.
+
+Choose it with ``set_backend("numpy" | "cupy" | "auto")`` or the environment variable
+``MINICNN_BACKEND`` (read once, at the first call that needs it). ``"auto"`` means CuPy when
+it is installed and a GPU works, else NumPy.
+
+CuPy is imported lazily and only here, so minicnn imports and runs without it.
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "BackendError",
+    "set_backend",
+    "get_backend",
+    "get_xp",
+    "get_array_module",
+    "to_device",
+    "to_numpy",
+    "cupy_available",
+]
+
+_CUPY_INSTALL_HINT = (
+    "Install the CuPy wheel that matches your CUDA version, e.g. "
+    "`pip install 'minicnn[cuda12]'` (cupy-cuda12x) or `pip install 'minicnn[cuda13]'` "
+    "(cupy-cuda13x); `nvidia-smi` prints the CUDA version your driver supports. "
+    "Or use set_backend('numpy') / MINICNN_BACKEND=numpy to run on the CPU."
+)
+
+_VALID = ("numpy", "cupy", "auto")
+_backend: str | None = None  # "numpy" or "cupy" once resolved
+_cupy: ModuleType | None = None
+_cupy_error: str | None = None
+
+
+class BackendError(RuntimeError):
+    """The requested backend cannot be used on this machine."""
+
+
+def _import_cupy() -> ModuleType | None:
+    """Import CuPy and check that it sees a working GPU; remember why not otherwise."""
+    global _cupy, _cupy_error
+    if _cupy is not None or _cupy_error is not None:
+        return _cupy
+    try:
+        import cupy  # noqa: PLC0415 (lazy on purpose)
+    except Exception as exc:  # ImportError, or a broken CUDA install raising at import
+        _cupy_error = f"CuPy is not installed or failed to import ({exc})."
+        return None
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            raise RuntimeError("no CUDA device found")
+        cupy.zeros(1).sum()  # touch the device: fails early on driver problems
+    except Exception as exc:
+        _cupy_error = f"CuPy is installed but no GPU is usable ({exc})."
+        return None
+    _cupy = cupy
+    return cupy
+
+
+def cupy_available() -> bool:
+    """True when CuPy imports and a GPU answers."""
+    return _import_cupy() is not None
+
+
+def set_backend(name: str) -> str:
+    """Select where new arrays live: ``"numpy"``, ``"cupy"`` or ``"auto"``.
+
+    Returns the backend actually chosen ("numpy" or "cupy").
+
+    Raises
+    ------
+    ValueError
+        For a name other than the three above.
+    BackendError
+        For ``"cupy"`` when CuPy is missing or sees no GPU; the message says how to install it.
+    """
+    global _backend
+    name = str(name).strip().lower()
+    if name not in _VALID:
+        raise ValueError(f"set_backend: expected one of {_VALID}, got {name!r}")
+    if name == "auto":
+        _backend = "cupy" if cupy_available() else "numpy"
+    elif name == "cupy":
+        if not cupy_available():
+            raise BackendError(f"Backend 'cupy' requested but unusable: {_cupy_error} "
+                               f"{_CUPY_INSTALL_HINT}")
+        _backend = "cupy"
+    else:
+        _backend = "numpy"
+    return _backend
+
+
+def get_backend() -> str:
+    """The current backend's name, ``"numpy"`` or ``"cupy"``.
+
+    On first use it is taken from ``$MINICNN_BACKEND`` (default ``"numpy"``).
+    """
+    if _backend is None:
+        set_backend(os.environ.get("MINICNN_BACKEND", "numpy") or "numpy")
+    return _backend  # type: ignore[return-value]
+
+
+def get_xp() -> ModuleType:
+    """The array module of the current backend (``numpy`` or ``cupy``)."""
+    return _cupy if get_backend() == "cupy" else np  # type: ignore[return-value]
+
+
+def get_array_module(*arrays: Any) -> ModuleType:
+    """The array module (``numpy`` or ``cupy``) that owns ``arrays``.
+
+    Layers call this on their input, so the same code runs on the CPU and the GPU. Without
+    CuPy imported, everything is NumPy.
+    """
+    if _cupy is not None:
+        return _cupy.get_array_module(*arrays)
+    return np
+
+
+def to_device(x: Any, dtype: Any = None) -> Any:
+    """Return ``x`` as an array of the current backend (copying only when needed)."""
+    xp = get_xp()
+    if xp is np:
+        out = to_numpy(x)
+    else:
+        out = xp.asarray(x)
+    if dtype is not None:
+        out = out.astype(dtype, copy=False)
+    return out
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """Return ``x`` as a NumPy array (from the GPU if it lives there)."""
+    if _cupy is not None and isinstance(x, _cupy.ndarray):
+        return _cupy.asnumpy(x)
+    return np.asarray(x)

@@ -1,0 +1,1 @@
+"""Stateless array math that several layers share (im2col / col2im, softmax, ...)."""

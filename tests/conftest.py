@@ -1,0 +1,49 @@
+"""Shared fixtures: the backend parametrisation and hypothesis settings.
+
+Tests that take the ``xp`` fixture run once on NumPy and once on CuPy; the CuPy run skips
+cleanly when CuPy or a GPU is missing.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+import minicnn as mc
+from minicnn.backend import cupy_available
+
+# No deadline: these machines are shared and noisy; speed is measured by benchmarks/.
+settings.register_profile(
+    "default", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# CI: the same examples on every run, so a red CI is reproducible.
+settings.register_profile(
+    "ci", deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("ci" if os.environ.get("CI") else "default")
+
+
+@pytest.fixture(params=["numpy", pytest.param("cupy", marks=pytest.mark.cupy)])
+def xp(request):
+    """The array module of the backend under test (current backend set to it meanwhile)."""
+    if request.param == "cupy" and not cupy_available():
+        pytest.skip("CuPy with a working GPU is not available")
+    previous = mc.get_backend()
+    mc.set_backend(request.param)
+    try:
+        yield mc.backend.get_xp()
+    finally:
+        mc.set_backend(previous)
+
+
+@pytest.fixture(autouse=True)
+def _numpy_backend_by_default():
+    """Every test starts on the NumPy backend, whatever the previous one left."""
+    mc.set_backend("numpy")
+    yield
+
+
+def away_from_zero(x: np.ndarray, margin: float = 0.05) -> np.ndarray:
+    """Push values at least ``margin`` away from 0, where ReLU-like functions have a kink."""
+    return np.where(x >= 0, x + margin, x - margin)
