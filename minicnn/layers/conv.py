@@ -1,3 +1,146 @@
-"""(being written)"""
+"""2-D convolution as im2col + one matrix multiply."""
 
-__all__: list[str] = []
+from __future__ import annotations
+
+from typing import Any
+
+from .. import init as initializers
+from ..functional.im2col import col2im, im2col, normalize_padding, pair
+from .base import Layer, Parameter, check_channels, check_float_input, check_ndim, new_array
+
+__all__ = ["Conv2d"]
+
+
+class Conv2d(Layer):
+    """2-D convolution (in fact a cross-correlation, like every deep-learning library).
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+        C_in and C_out.
+    kernel_size : int or (KH, KW)
+    stride : int or (sh, sw), default 1
+    padding : int, (ph, pw), "same" or "valid", default 0
+        Zero padding of H and W. ``"same"`` (stride 1 only, as in PyTorch) keeps H and W; for
+        an even kernel the extra row/column goes at the bottom/right (as in TF/Keras and
+        PyTorch). ``"valid"`` means no padding.
+    bias : bool, default True
+    init : str or callable, default "he_normal"
+        ``minicnn.init`` initialiser for W, called with fan_in = C_in·KH·KW and
+        fan_out = C_out·KH·KW. b starts at zero.
+    kernel_regularizer : optional
+        A penalty such as ``minicnn.regularizers.L2(1e-4)`` attached to W.
+
+    Attributes
+    ----------
+    W : Parameter (C_out, C_in, KH, KW)
+    b : Parameter (C_out,) or None
+
+    Forward
+    -------
+    For x of shape (N, C_in, H, W), with x̃ the zero-padded input:
+
+        y[n, o, i, j] = b[o] + Σ_{c, a, b'} W[o, c, a, b'] · x̃[n, c, i·sh + a, j·sw + b']
+
+    Output shape (N, C_out, Ho, Wo) with Ho = floor((H + 2·ph - KH) / sh) + 1 (same for Wo).
+    This is a *cross-correlation*: the kernel is not flipped. A true convolution would flip
+    it, but since W is learned, the network simply learns the flipped kernel; skipping the
+    flip saves work and makes W[o, c, a, b'] the weight of the pixel at offset (a, b') of the
+    window, which is easier to read.
+
+    Computed as one matrix product: ``cols = im2col(x)`` has one row per output pixel and
+    one column per kernel entry (kh, kw, c), and ``W_mat`` is W reordered to
+    (C_out, KH·KW·C_in) in the same (kh, kw, c) column order:
+
+        cols   (N·Ho·Wo, KH·KW·C_in)
+        out  = cols @ W_matᵀ + b          (N·Ho·Wo, C_out)   -> y (N, C_out, Ho, Wo)
+
+    Backward
+    --------
+    With dout_mat = dL/dout reshaped to (N·Ho·Wo, C_out) (the same row order as cols):
+
+        dW_mat = dout_matᵀ @ cols          (C_out, KH·KW·C_in)  -> dW (C_out, C_in, KH, KW)
+        db     = Σ_rows dout_mat           (C_out,)
+        dcols  = dout_mat @ W_mat          (N·Ho·Wo, KH·KW·C_in)
+        dx     = col2im(dcols)             (N, C_in, H, W)
+
+    The first two are the gradient of a linear map summed over all output pixels (every pixel
+    uses the same W); col2im adds each window entry's gradient back onto the input pixel it
+    was copied from, summing where windows overlap.
+
+    The output is stored channels-last (a view of the GEMM result, see
+    ``minicnn.functional.im2col``); it is logically (N, C_out, Ho, Wo) like any other array.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1,
+                 padding: Any = 0, bias: bool = True, init: Any = "he_normal",
+                 kernel_regularizer: Any = None):
+        super().__init__()
+        if int(in_channels) < 1 or int(out_channels) < 1:
+            raise ValueError(f"Conv2d: in_channels and out_channels must be >= 1, got "
+                             f"{in_channels} and {out_channels}")
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.kernel_size = pair(kernel_size, "kernel_size", "Conv2d")
+        self.stride = pair(stride, "stride", "Conv2d")
+        if min(self.kernel_size) < 1 or min(self.stride) < 1:
+            raise ValueError(f"Conv2d: kernel_size and stride must be >= 1, got "
+                             f"{kernel_size!r} and {stride!r}")
+        self.padding = padding if isinstance(padding, str) else pair(padding, "padding",
+                                                                     "Conv2d")
+        self.pads = normalize_padding(padding, self.kernel_size, self.stride, "Conv2d")
+        kh, kw = self.kernel_size
+        shape = (self.out_channels, self.in_channels, kh, kw)
+        fan_in, fan_out = self.in_channels * kh * kw, self.out_channels * kh * kw
+        self.W = Parameter(new_array(initializers.get(init)(shape, fan_in, fan_out)), "W",
+                           regularizer=kernel_regularizer)
+        self.b = (Parameter(new_array(initializers.zeros((self.out_channels,))), "b")
+                  if bias else None)
+
+    def _expected(self) -> str:
+        return f"(N, {self.in_channels}, H, W)"
+
+    def forward(self, x: Any) -> Any:
+        xp = check_float_input("Conv2d", x)
+        check_ndim("Conv2d", x, 4, self._expected())
+        check_channels("Conv2d", x, self.in_channels, self._expected())
+        N, _, H, W_in = x.shape
+        (kh, kw), ((top, bottom), (left, right)) = self.kernel_size, self.pads
+        if H + top + bottom < kh or W_in + left + right < kw:
+            raise ValueError(
+                f"Conv2d: input of shape {tuple(x.shape)} (padded to H×W = "
+                f"{H + top + bottom}×{W_in + left + right}) is smaller than the kernel "
+                f"{kh}×{kw}")
+
+        cols, (Ho, Wo) = im2col(x, self.kernel_size, self.stride, self.pads)
+        # W in the (kh, kw, c) column order of cols: (C_out, KH·KW·C_in).
+        W_mat = self.W.data.astype(x.dtype, copy=False).transpose(0, 2, 3, 1)
+        W_mat = W_mat.reshape(self.out_channels, -1)
+        out = cols @ W_mat.T                                  # (N·Ho·Wo, C_out)
+        if self.b is not None:
+            out += self.b.data.astype(x.dtype, copy=False)
+        self.cache = (cols, W_mat, x.shape, xp)
+        # Logically (N, C_out, Ho, Wo), physically NHWC: a view, no transpose copy.
+        return out.reshape(N, Ho, Wo, self.out_channels).transpose(0, 3, 1, 2)
+
+    def backward(self, dout: Any) -> Any:
+        if getattr(self, "cache", None) is None:
+            raise RuntimeError("Conv2d.backward called before forward")
+        cols, W_mat, x_shape, xp = self.cache
+        kh, kw = self.kernel_size
+        # (N, C_out, Ho, Wo) -> rows (n, ho, wo) like cols; free when dout is channels-last.
+        dout_mat = dout.transpose(0, 2, 3, 1).reshape(-1, self.out_channels)
+        dW_mat = dout_mat.T @ cols                            # (C_out, KH·KW·C_in)
+        dW = dW_mat.reshape(self.out_channels, kh, kw, self.in_channels).transpose(0, 3, 1, 2)
+        self.W.set_grad(xp.ascontiguousarray(dW))
+        if self.b is not None:
+            self.b.set_grad(dout_mat.sum(axis=0))
+        dcols = dout_mat @ W_mat                              # (N·Ho·Wo, KH·KW·C_in)
+        return col2im(dcols, x_shape, self.kernel_size, self.stride, self.pads)
+
+    def extra_repr(self) -> str:
+        padding = self.padding if isinstance(self.padding, str) else tuple(self.padding)
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+             f"stride={self.stride}, padding={padding}")
+        if self.b is None:
+            s += ", bias=False"
+        return s

@@ -1,3 +1,171 @@
-"""(being written)"""
+"""Pooling: max and average over KH×KW windows, and global average pooling.
 
-__all__: list[str] = []
+The windows come from the same strided view as ``im2col`` (``window_view``) and the backward
+passes reuse ``col2im``, which adds each window entry's gradient back onto its input pixel
+(summing where windows overlap, i.e. stride < kernel).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..backend import get_array_module
+from ..functional.im2col import col2im, normalize_padding, pad_channels_last, pair, window_view
+from .base import Layer, check_float_input, check_ndim
+
+__all__ = ["MaxPool2d", "AvgPool2d", "GlobalAvgPool2d"]
+
+
+def _show(p: tuple[int, int]) -> Any:
+    """(2, 2) -> 2 for the repr, like PyTorch shows what the user typed."""
+    return p[0] if p[0] == p[1] else p
+
+
+class _Pool2d(Layer):
+    """Argument handling and input checks shared by MaxPool2d and AvgPool2d."""
+
+    def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0):
+        super().__init__()
+        name = type(self).__name__
+        self.kernel_size = pair(kernel_size, "kernel_size", name)
+        self.stride = self.kernel_size if stride is None else pair(stride, "stride", name)
+        self.padding = pair(padding, "padding", name)
+        if min(self.kernel_size) < 1 or min(self.stride) < 1 or min(self.padding) < 0:
+            raise ValueError(f"{name}: kernel_size and stride must be >= 1 and padding >= 0, "
+                             f"got {kernel_size!r}, {stride!r}, {padding!r}")
+        if any(2 * p > k for p, k in zip(self.padding, self.kernel_size, strict=True)):
+            # As in PyTorch: otherwise a window could hold only padding.
+            raise ValueError(f"{name}: padding must be at most half the kernel size, got "
+                             f"padding={padding!r} for kernel_size={kernel_size!r}")
+        self.pads = normalize_padding(self.padding, self.kernel_size, self.stride, name)
+
+    def _check(self, x: Any) -> Any:
+        name = type(self).__name__
+        xp = check_float_input(name, x)
+        check_ndim(name, x, 4, "(N, C, H, W)")
+        (kh, kw), (ph, pw) = self.kernel_size, self.padding
+        H, W = x.shape[2] + 2 * ph, x.shape[3] + 2 * pw
+        if H < kh or W < kw:
+            raise ValueError(f"{name}: input of shape {tuple(x.shape)} (padded to H×W = "
+                             f"{H}×{W}) is smaller than the kernel {kh}×{kw}")
+        return xp
+
+    def extra_repr(self) -> str:
+        return (f"kernel_size={_show(self.kernel_size)}, stride={_show(self.stride)}, "
+                f"padding={_show(self.padding)}")
+
+
+class MaxPool2d(_Pool2d):
+    """Max pooling: the largest value of each KH×KW window.
+
+    Parameters
+    ----------
+    kernel_size : int or (KH, KW)
+    stride : int or (sh, sw), default kernel_size
+    padding : int or (ph, pw), default 0
+        Padding with -inf (it is never the max), at most half the kernel (as in PyTorch).
+
+    Forward
+    -------
+    y[n, c, i, j] = max_{a, b} x̃[n, c, i·sh + a, j·sw + b]  for x̃ the padded input;
+    (N, C, H, W) -> (N, C, Ho, Wo), Ho = floor((H + 2·ph - KH) / sh) + 1.
+
+    The index of the max inside each window (``argmax``, in 0 .. KH·KW-1, row-major) is cached.
+
+    Backward
+    --------
+    Only the max of a window influenced the output, so dout flows to it alone:
+    dcols[n, i, j, a, b, c] = dout[n, c, i, j] if (a, b) is the window's argmax, else 0;
+    dx = col2im(dcols), which sums where windows overlap. On ties the first max (in row-major
+    window order) gets the gradient, as in PyTorch.
+    """
+
+    def forward(self, x: Any) -> Any:
+        xp = self._check(x)
+        x_p = pad_channels_last(x, self.pads, value=float("-inf"))
+        windows = window_view(x_p, self.kernel_size, self.stride)  # (N, Ho, Wo, KH, KW, C)
+        N, Ho, Wo, kh, kw, C = windows.shape
+        windows = windows.reshape(N, Ho, Wo, kh * kw, C)            # one copy
+        self.argmax = windows.argmax(axis=3)                         # (N, Ho, Wo, C)
+        out = xp.take_along_axis(windows, self.argmax[:, :, :, None, :], axis=3)[:, :, :, 0]
+        self.x_shape = x.shape
+        return out.transpose(0, 3, 1, 2)  # (N, C, Ho, Wo), stored channels-last
+
+    def backward(self, dout: Any) -> Any:
+        if getattr(self, "argmax", None) is None:
+            raise RuntimeError("MaxPool2d.backward called before forward")
+        xp = get_array_module(self.argmax)
+        N, Ho, Wo, C = self.argmax.shape
+        kh, kw = self.kernel_size
+        dout_nhwc = dout.transpose(0, 2, 3, 1)                       # (N, Ho, Wo, C), a view
+        # One-hot of the argmax over the KH·KW window entries, times dout.
+        is_max = self.argmax[:, :, :, None, :] == xp.arange(kh * kw)[:, None]
+        dcols = is_max * dout_nhwc[:, :, :, None, :]                 # (N, Ho, Wo, KH·KW, C)
+        return col2im(dcols.reshape(N, Ho, Wo, kh, kw, C), self.x_shape, self.kernel_size,
+                      self.stride, self.pads)
+
+
+class AvgPool2d(_Pool2d):
+    """Average pooling: the mean of each KH×KW window.
+
+    Parameters
+    ----------
+    kernel_size : int or (KH, KW)
+    stride : int or (sh, sw), default kernel_size
+    padding : int or (ph, pw), default 0
+        Zero padding, at most half the kernel; the zeros count in the mean (PyTorch's
+        ``count_include_pad=True``), so every window divides by KH·KW.
+
+    Forward
+    -------
+    y[n, c, i, j] = 1/(KH·KW) · Σ_{a, b} x̃[n, c, i·sh + a, j·sw + b];
+    (N, C, H, W) -> (N, C, Ho, Wo), Ho = floor((H + 2·ph - KH) / sh) + 1.
+
+    Backward
+    --------
+    Every window entry gets the same share: dcols[n, i, j, a, b, c] = dout[n, c, i, j] / (KH·KW),
+    and dx = col2im(dcols) (summing where windows overlap).
+    """
+
+    def forward(self, x: Any) -> Any:
+        self._check(x)
+        x_p = pad_channels_last(x, self.pads, value=0.0)
+        windows = window_view(x_p, self.kernel_size, self.stride)  # (N, Ho, Wo, KH, KW, C)
+        self.x_shape = x.shape
+        return windows.mean(axis=(3, 4)).transpose(0, 3, 1, 2)   # (N, C, Ho, Wo)
+
+    def backward(self, dout: Any) -> Any:
+        if getattr(self, "x_shape", None) is None:
+            raise RuntimeError("AvgPool2d.backward called before forward")
+        xp = check_float_input("AvgPool2d", dout)
+        kh, kw = self.kernel_size
+        N, C, Ho, Wo = dout.shape
+        share = dout.transpose(0, 2, 3, 1) / float(kh * kw)        # (N, Ho, Wo, C)
+        # The same share for every (a, b) of a window: a broadcast view, not a copy.
+        dcols = xp.broadcast_to(share[:, :, :, None, None, :], (N, Ho, Wo, kh, kw, C))
+        return col2im(dcols, self.x_shape, self.kernel_size, self.stride, self.pads)
+
+
+class GlobalAvgPool2d(Layer):
+    """Global average pooling: the mean of each channel over all of H×W.
+
+    Forward:  y[n, c] = 1/(H·W) · Σ_{h, w} x[n, c, h, w]      (N, C, H, W) -> (N, C)
+    Backward: dx[n, c, h, w] = dout[n, c] / (H·W)            (N, C) -> (N, C, H, W)
+
+    Used in place of Flatten + a big Linear at the end of ResNet-style networks.
+    """
+
+    def forward(self, x: Any) -> Any:
+        check_float_input("GlobalAvgPool2d", x)
+        check_ndim("GlobalAvgPool2d", x, 4, "(N, C, H, W)")
+        self.x = x  # only its shape and memory layout are used, for dx
+        return x.mean(axis=(2, 3))
+
+    def backward(self, dout: Any) -> Any:
+        if getattr(self, "x", None) is None:
+            raise RuntimeError("GlobalAvgPool2d.backward called before forward")
+        xp = check_float_input("GlobalAvgPool2d", dout)
+        H, W = self.x.shape[2:]
+        dx = xp.empty_like(self.x, dtype=dout.dtype)  # keeps x's memory layout
+        dx[...] = (dout / float(H * W))[:, :, None, None]
+        return dx

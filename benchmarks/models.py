@@ -1,0 +1,209 @@
+"""Milliseconds per training step (forward, backward, Adam step) for three models.
+
+The models (CIFAR-shaped input, 10 classes), built identically in minicnn and, when torch is
+importable, in PyTorch, timed in the same run so the ratio is meaningful:
+
+- ``2conv``: the lectures' first net: conv 3->64, sigmoid, pool, conv 64->128, sigmoid, pool,
+  dense 512 (sigmoid), dense 10;
+- ``vgg12``: 12 convs (64x3 / 128x3 / 256x3 / 512x3), BatchNorm + ReLU after each, a 2x2 max
+  pool after each stage, dense 512, dense 10;
+- ``resnet``: stem conv 32, three stages of two basic blocks at 32/64/128 (projection
+  shortcut where the shape changes), global average pool, dense 10.
+
+    python benchmarks/models.py                       # NumPy, batches 64 and 256
+    python benchmarks/models.py --backend cupy --batch 128 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import minicnn as mc  # noqa: E402
+from benchmarks.common import machine_info, save, time_it, torch_or_none  # noqa: E402
+from minicnn import layers as L  # noqa: E402
+
+# A model is a list of specs, interpreted once for minicnn and once for PyTorch:
+# ("conv", cin, cout, stride) 3x3 'same'-style padding 1; ("conv1", cin, cout, stride) 1x1;
+# ("bn", c); ("relu",); ("sigmoid",); ("pool",); ("gap",); ("flatten",); ("linear", i, o);
+# ("res", body_specs, shortcut_specs_or_None); ("seq", specs).
+
+
+def vgg12():
+    specs, cin = [], 3
+    for width in (64, 128, 256, 512):
+        for _ in range(3):
+            specs += [("conv", cin, width, 1), ("bn", width), ("relu",)]
+            cin = width
+        specs.append(("pool",))
+    return specs + [("flatten",), ("linear", 512 * 2 * 2, 512), ("relu",), ("linear", 512, 10)]
+
+
+def two_conv():
+    return [("conv", 3, 64, 1), ("sigmoid",), ("pool",), ("conv", 64, 128, 1), ("sigmoid",),
+            ("pool",), ("flatten",), ("linear", 128 * 8 * 8, 512), ("sigmoid",),
+            ("linear", 512, 10)]
+
+
+def basic_block(cin, cout, stride):
+    body = [("conv", cin, cout, stride), ("bn", cout), ("relu",), ("conv", cout, cout, 1),
+            ("bn", cout)]
+    shortcut = None if (cin == cout and stride == 1) else [("conv1", cin, cout, stride),
+                                                          ("bn", cout)]
+    return [("res", body, shortcut), ("relu",)]
+
+
+def resnet():
+    specs = [("conv", 3, 32, 1), ("bn", 32), ("relu",)]
+    cin = 32
+    for i, width in enumerate((32, 64, 128)):
+        specs += basic_block(cin, width, 1 if i == 0 else 2)
+        specs += basic_block(width, width, 1)
+        cin = width
+    return specs + [("gap",), ("linear", 128, 10)]
+
+
+MODELS = {"2conv": two_conv, "vgg12": vgg12, "resnet": resnet}
+
+
+def build_minicnn(specs):
+    out = []
+    for s in specs:
+        kind = s[0]
+        if kind == "conv":
+            out.append(L.Conv2d(s[1], s[2], 3, stride=s[3], padding=1))
+        elif kind == "conv1":
+            out.append(L.Conv2d(s[1], s[2], 1, stride=s[3], bias=False))
+        elif kind == "bn":
+            out.append(L.BatchNorm2d(s[1]))
+        elif kind == "relu":
+            out.append(L.ReLU())
+        elif kind == "sigmoid":
+            out.append(L.Sigmoid())
+        elif kind == "pool":
+            out.append(L.MaxPool2d(2))
+        elif kind == "gap":
+            out.append(L.GlobalAvgPool2d())
+        elif kind == "flatten":
+            out.append(L.Flatten())
+        elif kind == "linear":
+            out.append(L.Linear(s[1], s[2]))
+        elif kind == "res":
+            shortcut = None if s[2] is None else build_minicnn(s[2])
+            out.append(L.Residual(build_minicnn(s[1]), shortcut=shortcut))
+        else:
+            raise ValueError(kind)
+    return L.Sequential(*out)
+
+
+def build_torch(torch, specs):
+    nn = torch.nn
+
+    class Res(nn.Module):
+        def __init__(self, body, shortcut):
+            super().__init__()
+            self.body, self.shortcut = body, shortcut
+
+        def forward(self, x):
+            return self.body(x) + (x if self.shortcut is None else self.shortcut(x))
+
+    out = []
+    for s in specs:
+        kind = s[0]
+        if kind == "conv":
+            out.append(nn.Conv2d(s[1], s[2], 3, stride=s[3], padding=1))
+        elif kind == "conv1":
+            out.append(nn.Conv2d(s[1], s[2], 1, stride=s[3], bias=False))
+        elif kind == "bn":
+            out.append(nn.BatchNorm2d(s[1]))
+        elif kind == "relu":
+            out.append(nn.ReLU())
+        elif kind == "sigmoid":
+            out.append(nn.Sigmoid())
+        elif kind == "pool":
+            out.append(nn.MaxPool2d(2))
+        elif kind == "gap":
+            out.append(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()))
+        elif kind == "flatten":
+            out.append(nn.Flatten())
+        elif kind == "linear":
+            out.append(nn.Linear(s[1], s[2]))
+        elif kind == "res":
+            shortcut = None if s[2] is None else build_torch(torch, s[2])
+            out.append(Res(build_torch(torch, s[1]), shortcut))
+    return nn.Sequential(*out)
+
+
+def time_minicnn(specs, batch, xp, repeats):
+    rng = np.random.default_rng(0)
+    model = build_minicnn(specs)
+    x = mc.to_device(rng.standard_normal((batch, 3, 32, 32)).astype(np.float32))
+    y = mc.to_device(rng.integers(0, 10, batch))
+    loss_fn = mc.losses.CrossEntropyLoss()
+    opt = mc.optim.Adam(model.parameters(), lr=1e-3)
+
+    def step():
+        loss_fn.forward(model.forward(x), y)
+        model.backward(loss_fn.backward())
+        opt.step()
+
+    return time_it(step, repeats, warmup=2, xp=xp)
+
+
+def time_torch(torch, specs, batch, repeats):
+    rng = np.random.default_rng(0)
+    model = build_torch(torch, specs)
+    x = torch.from_numpy(rng.standard_normal((batch, 3, 32, 32)).astype(np.float32))
+    y = torch.from_numpy(rng.integers(0, 10, batch))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        opt.step()
+
+    return time_it(step, repeats, warmup=2)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--backend", default="numpy", choices=["numpy", "cupy"])
+    p.add_argument("--batch", type=int, nargs="+", default=[64, 256])
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    mc.set_backend(args.backend)
+    xp = mc.backend.get_xp()
+    torch = None if args.no_torch else torch_or_none()
+    if torch is not None and args.backend == "numpy":
+        torch.backends.cudnn.allow_tf32 = False
+    rows = []
+    print(f"{'model':8s} {'batch':>5s} {'minicnn ms':>11s} {'torch ms':>9s} {'ratio':>6s}")
+    for name in args.models:
+        for batch in args.batch:
+            specs = MODELS[name]()
+            row = {"model": name, "batch": batch,
+                   "ms": time_minicnn(specs, batch, xp, args.repeats)}
+            if torch is not None and args.backend == "numpy":
+                row["torch_ms"] = time_torch(torch, specs, batch, args.repeats)
+                row["ratio_vs_torch"] = row["ms"] / row["torch_ms"]
+            rows.append(row)
+            t = f"{row['torch_ms']:9.1f} {row['ratio_vs_torch']:6.2f}" if "torch_ms" in row \
+                else f"{'-':>9s} {'-':>6s}"
+            print(f"{name:8s} {batch:5d} {row['ms']:11.1f} {t}", flush=True)
+    out = args.out or f"models_{args.backend}"
+    path = save(out, {"machine": machine_info(args.backend), "repeats": args.repeats,
+                      "rows": rows})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

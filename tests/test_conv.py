@@ -1,0 +1,268 @@
+"""Conv2d and im2col/col2im: gradient checks, values against a naive loop and scipy, layouts,
+dtypes and errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.signal
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from minicnn import layers as L
+from minicnn.backend import to_numpy
+from minicnn.functional.im2col import col2im, im2col, normalize_padding
+from minicnn.gradcheck import assert_gradients
+from minicnn.regularizers import L2
+
+
+def conv2d_reference(x, W, b, stride, pads):
+    """The definition, one multiply-add at a time (slow, but obviously right).
+
+    y[n, o, i, j] = b[o] + sum_{c, a, b'} W[o, c, a, b'] * x_padded[n, c, i*sh + a, j*sw + b']
+    """
+    (sh, sw), ((top, bottom), (left, right)) = stride, pads
+    x_p = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    N, C, Hp, Wp = x_p.shape
+    C_out, _, KH, KW = W.shape
+    Ho, Wo = (Hp - KH) // sh + 1, (Wp - KW) // sw + 1
+    y = np.zeros((N, C_out, Ho, Wo))
+    for n in range(N):
+        for o in range(C_out):
+            for i in range(Ho):
+                for j in range(Wo):
+                    total = 0.0 if b is None else b[o]
+                    for c in range(C):
+                        for a in range(KH):
+                            for bb in range(KW):
+                                total += W[o, c, a, bb] * x_p[n, c, i * sh + a, j * sw + bb]
+                    y[n, o, i, j] = total
+    return y
+
+
+def channels_last(x):
+    """The same logical (N, C, H, W) array, stored NHWC in memory."""
+    return x.transpose(0, 2, 3, 1).copy().transpose(0, 3, 1, 2)
+
+
+@st.composite
+def conv_cases(draw, max_size=7):
+    """Random (layer arguments, input shape) with an input at least as large as the kernel."""
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    padding = draw(st.one_of(
+        st.integers(0, 2),
+        st.tuples(st.integers(0, 2), st.integers(0, 2)),
+        st.sampled_from(["same", "valid"])))
+    stride = (1, 1) if padding == "same" else (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    (top, bottom), (left, right) = normalize_padding(padding, (kh, kw), stride)
+    H = draw(st.integers(max(1, kh - top - bottom), max_size))
+    W = draw(st.integers(max(1, kw - left - right), max_size))
+    N, C_in, C_out = draw(st.integers(1, 3)), draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    bias = draw(st.booleans())
+    kwargs = dict(kernel_size=(kh, kw), stride=stride, padding=padding, bias=bias)
+    return (C_in, C_out, kwargs), (N, C_in, H, W)
+
+
+def make_conv(args, seed):
+    C_in, C_out, kwargs = args
+    conv = L.Conv2d(C_in, C_out, **kwargs)
+    if conv.b is not None:  # nonzero bias, so a wrong bias path shows
+        conv.b.data = np.random.default_rng(seed).standard_normal(C_out).astype(np.float32)
+    return conv
+
+
+@settings(max_examples=100)
+@given(case=conv_cases(), seed=st.integers(0, 2**31 - 1))
+def test_conv_gradcheck(case, seed):
+    args, shape = case
+    x = np.random.default_rng(seed).standard_normal(shape)
+    assert_gradients(make_conv(args, seed), x, seed=seed)
+
+
+@settings(max_examples=50)
+@given(case=conv_cases(max_size=6), seed=st.integers(0, 2**31 - 1))
+def test_conv_forward_matches_naive_loops(case, seed):
+    args, shape = case
+    conv = make_conv(args, seed)
+    x = np.random.default_rng(seed).standard_normal(shape)
+    y = conv.forward(x)
+    W = conv.W.data.astype(np.float64)
+    b = None if conv.b is None else conv.b.data.astype(np.float64)
+    expected = conv2d_reference(x, W, b, conv.stride, conv.pads)
+    assert y.shape == expected.shape
+    np.testing.assert_allclose(y, expected, rtol=1e-10, atol=1e-10)
+
+
+@settings(max_examples=30)
+@given(N=st.integers(1, 3), C_in=st.integers(1, 4), C_out=st.integers(1, 4),
+       kh=st.integers(1, 4), kw=st.integers(1, 4), extra=st.tuples(st.integers(0, 5),
+       st.integers(0, 5)), seed=st.integers(0, 2**31 - 1))
+def test_conv_forward_matches_scipy_correlate(N, C_in, C_out, kh, kw, extra, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, C_in, kh + extra[0], kw + extra[1]))
+    conv = L.Conv2d(C_in, C_out, (kh, kw))
+    conv.b.data = rng.standard_normal(C_out).astype(np.float32)
+    W = conv.W.data.astype(np.float64)
+    y = conv.forward(x)
+    for n in range(N):
+        for o in range(C_out):
+            # A 2-D cross-correlation per channel pair, summed over the input channels.
+            expected = sum(scipy.signal.correlate(x[n, c], W[o, c], mode="valid")
+                           for c in range(C_in)) + conv.b.data[o]
+            np.testing.assert_allclose(y[n, o], expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("stride, padding", [(1, 0), (2, 1), ((1, 2), (2, 0)), (1, "same")])
+def test_channels_last_input_gives_identical_results(stride, padding):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 7, 6)).astype(np.float32)
+    conv = L.Conv2d(3, 5, (3, 2), stride=stride, padding=padding)
+    conv.b.data = rng.standard_normal(5).astype(np.float32)
+    y = conv.forward(x)
+    dout = rng.standard_normal(y.shape).astype(np.float32)
+    dx = conv.backward(dout)
+    dW, db = conv.W.grad, conv.b.grad
+
+    x_cl = channels_last(x)
+    assert not x_cl.flags.c_contiguous
+    y_cl = conv.forward(x_cl)
+    dx_cl = conv.backward(channels_last(dout))
+    np.testing.assert_array_equal(y_cl, y)
+    np.testing.assert_array_equal(dx_cl, dx)
+    np.testing.assert_array_equal(conv.W.grad, dW)
+    np.testing.assert_array_equal(conv.b.grad, db)
+
+
+def test_output_is_stored_channels_last():
+    """The GEMM result is returned as a view: logically NCHW, physically NHWC."""
+    y = L.Conv2d(2, 4, 3)(np.ones((2, 2, 5, 5), np.float32))
+    assert y.shape == (2, 4, 3, 3)
+    assert y.transpose(0, 2, 3, 1).flags.c_contiguous
+
+
+def test_float32_is_preserved(xp):
+    conv = L.Conv2d(3, 4, 3, padding=1, kernel_regularizer=L2(1e-3))
+    x = xp.asarray(np.random.default_rng(1).standard_normal((2, 3, 5, 5)), dtype=xp.float32)
+    y = conv(x)
+    dout = xp.ones(y.shape, dtype=xp.float32)
+    dx = conv.backward(dout)
+    assert y.dtype == dx.dtype == conv.W.grad.dtype == conv.b.grad.dtype == xp.float32
+    assert dx.shape == x.shape and conv.W.grad.shape == conv.W.shape
+    assert bool(xp.all(dout == 1))  # dout not modified
+
+
+def test_backend_values_match_reference(xp):
+    rng = np.random.default_rng(2)
+    x_np = rng.standard_normal((2, 3, 6, 5))
+    conv = L.Conv2d(3, 2, (3, 2), stride=(2, 1), padding=1)
+    y = conv(xp.asarray(x_np))
+    W = to_numpy(conv.W.data).astype(np.float64)
+    b = to_numpy(conv.b.data).astype(np.float64)
+    np.testing.assert_allclose(to_numpy(y), conv2d_reference(x_np, W, b, (2, 1), conv.pads),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5, (2, 3)])
+def test_same_padding_keeps_height_and_width(k):
+    x = np.random.default_rng(3).standard_normal((1, 2, 7, 6))
+    conv = L.Conv2d(2, 3, k, padding="same")
+    assert conv(x).shape == (1, 3, 7, 6)
+    assert conv.backward(np.ones((1, 3, 7, 6))).shape == x.shape
+
+
+def test_same_padding_puts_the_extra_at_bottom_right():
+    conv = L.Conv2d(1, 1, (4, 2), padding="same")
+    assert conv.pads == ((1, 2), (0, 1))
+
+
+@settings(max_examples=50)
+@given(H=st.integers(1, 12), W=st.integers(1, 12), k=st.integers(1, 5), s=st.integers(1, 4),
+       p=st.integers(0, 3))
+def test_output_shape_formula(H, W, k, s, p):
+    assume(H + 2 * p >= k and W + 2 * p >= k)
+    y = L.Conv2d(1, 2, k, stride=s, padding=p)(np.zeros((1, 1, H, W), np.float32))
+    assert y.shape == (1, 2, (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1)
+
+
+def test_im2col_layout_and_col2im_is_its_adjoint():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 3, 5, 4))
+    pads = ((1, 0), (2, 1))
+    cols, (Ho, Wo) = im2col(x, (2, 3), (2, 1), pads)
+    assert cols.shape == (2 * Ho * Wo, 2 * 3 * 3)
+    x_p = np.pad(x, ((0, 0), (0, 0), (1, 0), (2, 1)))
+    # Row (n, i, j), column (a, b, c) holds x_padded[n, c, 2i + a, j + b].
+    n, i, j, a, b, c = 1, Ho - 1, 1, 1, 2, 2
+    assert cols[(n * Ho + i) * Wo + j, (a * 3 + b) * 3 + c] == x_p[n, c, 2 * i + a, j + b]
+    # <im2col(x), G> == <x, col2im(G)> for any G: col2im is the transpose of im2col.
+    G = rng.standard_normal(cols.shape)
+    dx = col2im(G, x.shape, (2, 3), (2, 1), pads)
+    np.testing.assert_allclose((cols * G).sum(), (x * dx).sum(), rtol=1e-12)
+
+
+def test_weight_gradient_includes_regularizer():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 2, 4, 4)).astype(np.float32)
+    plain = L.Conv2d(2, 3, 3)
+    reg = L.Conv2d(2, 3, 3, kernel_regularizer=L2(0.1))
+    reg.W.data = plain.W.data.copy()
+    dout = rng.standard_normal((2, 3, 2, 2)).astype(np.float32)
+    plain(x)
+    plain.backward(dout)
+    reg(x)
+    reg.backward(dout)
+    np.testing.assert_allclose(reg.W.grad, plain.W.grad + 0.2 * plain.W.data, rtol=1e-5)
+    np.testing.assert_array_equal(reg.b.grad, plain.b.grad)  # bias not regularised
+
+
+def test_parameters_init_and_repr():
+    calls = []
+
+    def init(shape, fan_in, fan_out):
+        calls.append((shape, fan_in, fan_out))
+        return np.full(shape, 0.5, np.float32)
+
+    conv = L.Conv2d(3, 8, (3, 2), stride=2, padding=1, init=init)
+    assert calls == [((8, 3, 3, 2), 3 * 3 * 2, 8 * 3 * 2)]
+    assert [p.name for p in conv.parameters()] == ["W", "b"]
+    assert conv.W.shape == (8, 3, 3, 2) and conv.b.shape == (8,)
+    assert conv.W.data.dtype == np.float32 and not conv.b.data.any()
+    assert repr(conv) == "Conv2d(3, 8, kernel_size=(3, 2), stride=(2, 2), padding=(1, 1))"
+    no_bias = L.Conv2d(3, 8, 3, padding="same", bias=False)
+    assert no_bias.b is None and len(no_bias.parameters()) == 1
+    assert repr(no_bias) == ("Conv2d(3, 8, kernel_size=(3, 3), stride=(1, 1), padding=same, "
+                             "bias=False)")
+
+
+def test_he_normal_scale():
+    conv = L.Conv2d(64, 64, 3)
+    std = float(conv.W.data.std())
+    assert abs(std - np.sqrt(2.0 / (64 * 9))) < 0.05 * np.sqrt(2.0 / (64 * 9))
+
+
+def test_bad_input_errors():
+    conv = L.Conv2d(3, 4, 3)
+    with pytest.raises(ValueError, match=r"Conv2d.*\(N, 3, H, W\).*3 dimensions"):
+        conv(np.zeros((3, 5, 5), np.float32))
+    with pytest.raises(ValueError, match=r"Conv2d.*3 channels"):
+        conv(np.zeros((1, 2, 5, 5), np.float32))
+    with pytest.raises(TypeError, match=r"Conv2d.*floating-point"):
+        conv(np.zeros((1, 3, 5, 5), np.int64))
+    with pytest.raises(ValueError, match=r"Conv2d.*smaller than the kernel 3×3"):
+        conv(np.zeros((1, 3, 2, 5), np.float32))
+    L.Conv2d(3, 4, 3, padding=1)(np.zeros((1, 3, 1, 1), np.float32))  # padded to 3×3: fine
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="Conv2d.*same.*stride 1"):
+        L.Conv2d(1, 1, 3, stride=2, padding="same")
+    with pytest.raises(ValueError, match="Conv2d.*padding"):
+        L.Conv2d(1, 1, 3, padding="full")
+    with pytest.raises(ValueError, match="Conv2d.*kernel_size"):
+        L.Conv2d(1, 1, (3, 3, 3))
+    with pytest.raises(ValueError, match="Conv2d.*>= 1"):
+        L.Conv2d(1, 1, 0)
+    with pytest.raises(ValueError, match="Conv2d.*padding"):
+        L.Conv2d(1, 1, 3, padding=-1)
+    with pytest.raises(RuntimeError, match="Conv2d.backward.*before forward"):
+        L.Conv2d(1, 1, 3).backward(np.zeros((1, 1, 1, 1)))

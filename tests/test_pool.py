@@ -1,0 +1,200 @@
+"""Pooling layers: gradient checks, values against a naive loop, ties, layouts, dtypes, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from minicnn import layers as L
+from minicnn.backend import to_numpy
+from minicnn.gradcheck import assert_gradients
+
+
+def pool_reference(x, kernel, stride, padding, mode):
+    """Max or mean of each window, one window at a time (PyTorch's semantics).
+
+    Max pooling pads with -inf; average pooling pads with zeros that count in the mean.
+    """
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    fill = -np.inf if mode == "max" else 0.0
+    x_p = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=fill)
+    N, C, Hp, Wp = x_p.shape
+    Ho, Wo = (Hp - kh) // sh + 1, (Wp - kw) // sw + 1
+    y = np.zeros((N, C, Ho, Wo))
+    for n in range(N):
+        for c in range(C):
+            for i in range(Ho):
+                for j in range(Wo):
+                    window = x_p[n, c, i * sh:i * sh + kh, j * sw:j * sw + kw]
+                    y[n, c, i, j] = window.max() if mode == "max" else window.mean()
+    return y
+
+
+def channels_last(x):
+    return x.transpose(0, 2, 3, 1).copy().transpose(0, 3, 1, 2)
+
+
+def distinct_values(shape, rng):
+    """Well-separated distinct values (gaps of 0.1 >> h = 1e-6): the argmax never flips."""
+    size = int(np.prod(shape))
+    return (rng.permutation(size).reshape(shape) - size / 2) * 0.1
+
+
+@st.composite
+def pool_cases(draw, max_size=8):
+    """(kernel, stride, padding, input shape): strides < kernel (overlap) and > kernel too."""
+    kernel = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    padding = (draw(st.integers(0, kernel[0] // 2)), draw(st.integers(0, kernel[1] // 2)))
+    H = draw(st.integers(max(1, kernel[0] - 2 * padding[0]), max_size))
+    W = draw(st.integers(max(1, kernel[1] - 2 * padding[1]), max_size))
+    shape = (draw(st.integers(1, 3)), draw(st.integers(1, 4)), H, W)
+    return kernel, stride, padding, shape
+
+
+@settings(max_examples=100)
+@given(case=pool_cases(), seed=st.integers(0, 2**31 - 1))
+def test_maxpool_gradcheck(case, seed):
+    kernel, stride, padding, shape = case
+    x = distinct_values(shape, np.random.default_rng(seed))
+    assert_gradients(L.MaxPool2d(kernel, stride, padding), x, seed=seed)
+
+
+@settings(max_examples=100)
+@given(case=pool_cases(), seed=st.integers(0, 2**31 - 1))
+def test_avgpool_gradcheck(case, seed):
+    kernel, stride, padding, shape = case
+    x = np.random.default_rng(seed).standard_normal(shape)
+    assert_gradients(L.AvgPool2d(kernel, stride, padding), x, seed=seed)
+
+
+@settings(max_examples=30)
+@given(shape=st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(1, 6),
+                       st.integers(1, 6)), seed=st.integers(0, 2**31 - 1))
+def test_global_avgpool_gradcheck(shape, seed):
+    x = np.random.default_rng(seed).standard_normal(shape)
+    assert_gradients(L.GlobalAvgPool2d(), x, seed=seed)
+
+
+@settings(max_examples=100)
+@given(case=pool_cases(), mode=st.sampled_from(["max", "avg"]), seed=st.integers(0, 2**31 - 1))
+def test_pool_values_match_naive_loops(case, mode, seed):
+    kernel, stride, padding, shape = case
+    x = np.random.default_rng(seed).standard_normal(shape)
+    layer = (L.MaxPool2d if mode == "max" else L.AvgPool2d)(kernel, stride, padding)
+    y = layer(x)
+    expected = pool_reference(x, kernel, stride, padding, mode)
+    assert y.shape == expected.shape
+    np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_global_avgpool_values():
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 5))
+    layer = L.GlobalAvgPool2d()
+    np.testing.assert_allclose(layer(x), x.mean(axis=(2, 3)), rtol=1e-12)
+    dout = np.arange(6.0).reshape(2, 3)
+    np.testing.assert_allclose(layer.backward(dout),
+                               np.broadcast_to(dout[:, :, None, None] / 20, x.shape))
+
+
+def test_maxpool_ties_give_the_gradient_to_the_first_max():
+    x = np.zeros((1, 1, 2, 2))
+    layer = L.MaxPool2d(2)
+    layer(x)
+    np.testing.assert_array_equal(layer.backward(np.ones((1, 1, 1, 1))),
+                                  [[[[1.0, 0.0], [0.0, 0.0]]]])
+
+
+def test_maxpool_overlapping_windows_accumulate():
+    # The center is the max of all four 2×2 windows (stride 1): it collects every dout.
+    x = np.arange(9.0).reshape(1, 1, 3, 3)
+    x[0, 0, 1, 1] = 100.0
+    layer = L.MaxPool2d(2, stride=1)
+    np.testing.assert_array_equal(layer(x), np.full((1, 1, 2, 2), 100.0))
+    dout = np.array([[[[1.0, 2.0], [3.0, 4.0]]]])
+    expected = np.zeros((1, 1, 3, 3))
+    expected[0, 0, 1, 1] = 10.0
+    np.testing.assert_array_equal(layer.backward(dout), expected)
+
+
+def test_avgpool_counts_padding_and_spreads_gradient():
+    x = np.ones((1, 1, 2, 2))
+    layer = L.AvgPool2d(2, stride=2, padding=1)  # each window holds one 1 and three padded 0
+    np.testing.assert_array_equal(layer(x), np.full((1, 1, 2, 2), 0.25))
+    np.testing.assert_array_equal(layer.backward(np.ones((1, 1, 2, 2))),
+                                  np.full((1, 1, 2, 2), 0.25))
+
+
+@pytest.mark.parametrize("layer", [L.MaxPool2d((3, 2), stride=1, padding=1),
+                                   L.AvgPool2d(3, stride=2, padding=1), L.GlobalAvgPool2d()])
+def test_channels_last_input_gives_identical_results(layer):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 3, 7, 6)).astype(np.float32)
+    y = layer(x)
+    dout = rng.standard_normal(y.shape).astype(np.float32)
+    dx = layer.backward(dout)
+    # Max pooling picks the same elements; means may be summed in another order.
+    tol = 0 if isinstance(layer, L.MaxPool2d) else 1e-6
+    np.testing.assert_allclose(layer(channels_last(x)), y, rtol=tol, atol=tol)
+    dout_cl = channels_last(dout) if dout.ndim == 4 else dout
+    np.testing.assert_allclose(layer.backward(dout_cl), dx, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("make", [lambda: L.MaxPool2d((3, 2), stride=(1, 2)),
+                                  lambda: L.AvgPool2d((3, 2), padding=1),
+                                  lambda: L.GlobalAvgPool2d()])
+def test_float32_is_preserved_and_dout_untouched(make, xp):
+    layer = make()
+    x = xp.asarray(np.random.default_rng(2).standard_normal((2, 3, 6, 5)), dtype=xp.float32)
+    y = layer(x)
+    dout = xp.ones(y.shape, dtype=xp.float32)
+    dx = layer.backward(dout)
+    assert y.dtype == dx.dtype == xp.float32
+    assert dx.shape == x.shape
+    assert bool(xp.all(dout == 1))
+
+
+def test_backend_values_match_reference(xp):
+    x_np = np.random.default_rng(3).standard_normal((2, 3, 7, 6))
+    for mode, cls in [("max", L.MaxPool2d), ("avg", L.AvgPool2d)]:
+        y = cls((3, 2), stride=(2, 1), padding=1)(xp.asarray(x_np))
+        np.testing.assert_allclose(to_numpy(y), pool_reference(x_np, (3, 2), (2, 1), (1, 1),
+                                                               mode), rtol=1e-12)
+
+
+def test_stride_defaults_to_kernel_and_repr():
+    layer = L.MaxPool2d((3, 2))
+    assert layer.stride == (3, 2)
+    assert layer(np.zeros((1, 1, 7, 7))).shape == (1, 1, 2, 3)
+    assert repr(L.MaxPool2d(2)) == "MaxPool2d(kernel_size=2, stride=2, padding=0)"
+    assert repr(L.AvgPool2d((3, 2), 1, (1, 0))) == \
+        "AvgPool2d(kernel_size=(3, 2), stride=1, padding=(1, 0))"
+    assert repr(L.GlobalAvgPool2d()) == "GlobalAvgPool2d()"
+    assert L.MaxPool2d(2).parameters() == []
+
+
+@pytest.mark.parametrize("cls", [L.MaxPool2d, L.AvgPool2d])
+def test_bad_input_errors(cls):
+    name = cls.__name__
+    layer = cls(3)
+    with pytest.raises(ValueError, match=rf"{name}.*\(N, C, H, W\)"):
+        layer(np.zeros((3, 5, 5), np.float32))
+    with pytest.raises(TypeError, match=rf"{name}.*floating-point"):
+        layer(np.zeros((1, 1, 5, 5), np.int32))
+    with pytest.raises(ValueError, match=rf"{name}.*smaller than the kernel 3×3"):
+        layer(np.zeros((1, 1, 5, 2), np.float32))
+    with pytest.raises(ValueError, match=rf"{name}.*at most half"):
+        cls(3, padding=2)
+    with pytest.raises(ValueError, match=rf"{name}.*kernel_size"):
+        cls(0)
+    with pytest.raises(RuntimeError, match=rf"{name}.backward.*before forward"):
+        cls(2).backward(np.zeros((1, 1, 1, 1)))
+
+
+def test_global_avgpool_errors():
+    with pytest.raises(ValueError, match=r"GlobalAvgPool2d.*\(N, C, H, W\)"):
+        L.GlobalAvgPool2d()(np.zeros((2, 3)))
+    with pytest.raises(TypeError, match="GlobalAvgPool2d.*floating-point"):
+        L.GlobalAvgPool2d()(np.zeros((1, 1, 2, 2), np.int64))
