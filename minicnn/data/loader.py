@@ -1,0 +1,135 @@
+"""Mini-batches for training: shuffled once per epoch, sliced from arrays, on the backend.
+
+``DataLoader`` keeps the whole dataset as uint8 on the current backend (on the GPU with CuPy:
+CIFAR-10's 150 MB fit easily) and builds each batch with one array gather. Only the batch is
+converted to float32, so memory stays at one uint8 copy of the dataset, and nothing is ever
+built with Python lists.
+
+Per batch, in this order::
+
+    x_b = x[idx]                     uint8 gather of the batch's samples
+    x_b = x_b / 255                  float32 in [0, 1]   (float input is only cast to float32)
+    x_b = transform(x_b, rng)        augmentation (optional), see minicnn.data.transforms
+    x_b = normalize(x_b)             optional: "symmetric" -> [-1, 1], or (mean, std)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from ..backend import get_xp, to_device
+from .normalize import Normalize
+
+__all__ = ["DataLoader"]
+
+
+class DataLoader:
+    """Iterate over ``(x_batch, y_batch)`` pairs, one fresh permutation per epoch.
+
+    Parameters
+    ----------
+    x : array (N, C, H, W)
+        Images, usually the uint8 arrays of ``load_cifar10()``; NumPy or CuPy. Moved once to
+        the backend current at construction.
+    y : array (N,)
+        Integer labels.
+    batch_size : int
+    shuffle : bool
+        Draw a new permutation of 0..N-1 at the start of every epoch (every ``iter()``): each
+        sample appears exactly once per epoch; there is no sampling with replacement. Without
+        shuffling, batches are plain slices in order.
+    drop_last : bool
+        Skip the last batch when it is smaller than ``batch_size``.
+    transform : callable ``(x_batch, rng) -> x_batch``, optional
+        Augmentation on float32 batches in [0, 1], e.g.
+        ``Compose([RandomCrop(32, padding=4), RandomHorizontalFlip()])``.
+    seed : int, optional
+        Seeds the generator behind the permutations and the transforms: the same seed gives
+        the same sequence of batches, epoch after epoch.
+    normalize : None, "unit", "symmetric", (mean, std) or callable
+        Applied after ``transform``. None or ``"unit"`` leaves [0, 1]; ``"symmetric"`` maps to
+        [-1, 1]; ``(mean, std)`` standardises each channel (use ``channel_stats(x_train)`` and
+        the same values for the test loader); a callable is applied as it is.
+
+    Yields
+    ------
+    x_batch : float32 array (B, C, H', W') of the current backend
+    y_batch : int64 array (B,) of the current backend
+    """
+
+    def __init__(self, x: Any, y: Any, batch_size: int, shuffle: bool = True,
+                 drop_last: bool = False, transform: Callable | None = None,
+                 seed: int | None = None, normalize: Any = None):
+        if getattr(x, "ndim", None) != 4:
+            raise ValueError(f"DataLoader: expected images x of shape (N, C, H, W), got shape "
+                             f"{tuple(getattr(x, 'shape', ()))}")
+        if getattr(y, "ndim", None) != 1 or len(y) != len(x):
+            raise ValueError(f"DataLoader: expected labels y of shape ({len(x)},), got shape "
+                             f"{tuple(getattr(y, 'shape', ()))}")
+        if getattr(y, "dtype", np.dtype("f")).kind not in "iu":
+            raise TypeError(f"DataLoader: labels must be integers, got dtype {y.dtype}")
+        if int(batch_size) < 1:
+            raise ValueError(f"DataLoader: batch_size must be >= 1, got {batch_size}")
+        self.x = to_device(x)  # stays uint8: converted per batch
+        self.y = to_device(y, dtype=np.int64)
+        self.xp = get_xp()
+        self.batch_size = int(batch_size)
+        self.shuffle = bool(shuffle)
+        self.drop_last = bool(drop_last)
+        self.transform = transform
+        self.normalize = self._make_normalize(normalize)
+        self.rng = np.random.default_rng(seed)
+
+    @staticmethod
+    def _make_normalize(normalize: Any) -> Callable | None:
+        if normalize is None or (isinstance(normalize, str) and normalize == "unit"):
+            return None
+        if isinstance(normalize, str):
+            if normalize == "symmetric":
+                return Normalize(0.5, 0.5)  # (x - 0.5) / 0.5 maps [0, 1] to [-1, 1]
+            raise ValueError(f"DataLoader: normalize must be None, 'unit', 'symmetric', "
+                             f"(mean, std) or a callable, got {normalize!r}")
+        if callable(normalize):
+            return normalize
+        mean, std = normalize
+        return Normalize(mean, std)
+
+    def __len__(self) -> int:
+        """The number of batches per epoch."""
+        n = len(self.x)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Any, Any]]:
+        n, b = len(self.x), self.batch_size
+        order = self.xp.asarray(self.rng.permutation(n)) if self.shuffle else None
+        for k in range(len(self)):
+            if order is None:
+                x_b, y_b = self.x[k * b:(k + 1) * b], self.y[k * b:(k + 1) * b]
+            else:
+                idx = order[k * b:(k + 1) * b]
+                x_b, y_b = self.x[idx], self.y[idx]
+            yield self._prepare(x_b), y_b
+
+    def _prepare(self, x_b: Any) -> Any:
+        if x_b.dtype == np.uint8:
+            x_b = x_b.astype(np.float32) * (1.0 / 255.0)
+        else:
+            x_b = x_b.astype(np.float32)  # always a copy: transforms never touch self.x
+        if self.transform is not None:
+            x_b = self.transform(x_b, self.rng)
+        if self.normalize is not None:
+            x_b = self.normalize(x_b)
+        return x_b
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.x)
+
+    def __repr__(self) -> str:
+        return (f"DataLoader({len(self.x)} samples of {tuple(self.x.shape[1:])}, "
+                f"batch_size={self.batch_size}, shuffle={self.shuffle}, "
+                f"drop_last={self.drop_last}, transform={self.transform!r})")
