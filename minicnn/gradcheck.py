@@ -137,11 +137,11 @@ def check_gradients(layer: Layer, x: Any, *, seed: int = 0, h: float = 1e-6,
                      for name in getattr(m, "_buffer_names", ())]
     try:
         for p in params:
-            p.data = xp.array(p.data, dtype=dtype, copy=True)
+            p.data = xp.array(p.data, dtype=dtype, copy=True, order="C")
         for m, name, value in saved_buffers:
             if value is not None:
                 setattr(m, name, xp.array(value, dtype=dtype, copy=True))
-        x64 = xp.array(x, dtype=dtype, copy=True)
+        x64 = xp.array(x, dtype=dtype, copy=True, order="C")
         rng_states = _rng_states(layer)
 
         def restore_rngs() -> None:

@@ -1,3 +1,198 @@
-"""(being written)"""
+"""Loss functions: a scalar L that training minimises, and its gradient dL/d(prediction).
 
-__all__: list[str] = []
+A loss is not a layer (it has two inputs and no parameters) but follows the same pattern:
+
+    loss = loss_fn.forward(prediction, target)   # a 0-d array, mean over the batch
+    dpred = loss_fn.backward()                    # dL/d(prediction), same shape as prediction
+
+The loss comes back as a 0-d array of the prediction's backend and dtype, not a Python float:
+converting would force the GPU to finish its work at every step. ``float(loss)`` when you
+want to print it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .backend import get_array_module, to_numpy
+from .functional.softmax import log_softmax
+
+__all__ = ["Loss", "CrossEntropyLoss", "MSELoss"]
+
+
+class Loss:
+    """Base class: ``forward(prediction, target) -> loss``, ``backward() -> dprediction``."""
+
+    def forward(self, prediction: Any, target: Any) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__}.forward")
+
+    def backward(self) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__}.backward")
+
+    def __call__(self, prediction: Any, target: Any) -> Any:
+        return self.forward(prediction, target)
+
+    def _need_forward(self, cached: Any) -> None:
+        if cached is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def _as_array(target: Any, xp: Any) -> Any:
+    """The target as an array of the predictions' module ``xp`` (labels may come from NumPy)."""
+    if xp is np:
+        return to_numpy(target)
+    return xp.asarray(target)
+
+
+def _check_predictions(name: str, what: str, z: Any, expected: str,
+                       ndim: int | None = None) -> Any:
+    """Raise unless ``z`` is a floating-point array (of ``ndim`` dimensions); return its xp."""
+    if not hasattr(z, "dtype") or not hasattr(z, "shape"):
+        raise TypeError(f"{name}: expected {what} as an array of shape {expected}, got "
+                        f"{type(z).__name__}")
+    if z.dtype.kind != "f":
+        raise TypeError(f"{name}: expected floating-point {what} of shape {expected}, "
+                        f"got dtype {z.dtype}")
+    if ndim is not None and z.ndim != ndim:
+        raise ValueError(f"{name}: expected {what} of shape {expected}, got shape "
+                         f"{tuple(z.shape)}")
+    return get_array_module(z)
+
+
+class CrossEntropyLoss(Loss):
+    """Softmax followed by cross-entropy, fused, averaged over the batch.
+
+    With logits z (N, C), p = softmax(z) row by row, and a target distribution t per sample:
+
+        L = -(1/N) Σ_n Σ_c t_nc log p_nc,      log p = log_softmax(z) (log-sum-exp trick)
+        dL/dz = (p - t) / N
+
+    (The fused gradient is why softmax is not a separate layer: softmax's Jacobian times the
+    cross-entropy's gradient collapses to p - t.) For integer labels y, t is the one-hot
+    vector, so L = -(1/N) Σ_n log p_{n, y_n}; with ``label_smoothing`` ε it is PyTorch's
+
+        t = (1 - ε) onehot(y) + ε / C.
+
+    Parameters
+    ----------
+    label_smoothing : float
+        ε in [0, 1]; 0 (the default) is plain cross-entropy.
+
+    Inputs
+    ------
+    logits : (N, C) float array (NumPy or CuPy)
+    y : (N,) integer labels in [0, C), or (N, C) float class probabilities (soft targets,
+        smoothed too when ε > 0).
+
+    Attributes
+    ----------
+    probs : (N, C) array
+        softmax(z) of the last forward, e.g. for accuracy without a second softmax.
+
+    At initialisation, with logits ≈ 0, p = 1/C and L ≈ ln C (2.303 for 10 classes): a
+    useful sanity check of a new model.
+    """
+
+    def __init__(self, label_smoothing: float = 0.0):
+        if not 0.0 <= label_smoothing <= 1.0:
+            raise ValueError(f"CrossEntropyLoss: label_smoothing must be in [0, 1], "
+                             f"got {label_smoothing}")
+        self.label_smoothing = float(label_smoothing)
+        self.probs: Any = None
+        self.target: Any = None
+
+    def forward(self, logits: Any, y: Any) -> Any:
+        xp = _check_predictions("CrossEntropyLoss", "logits", logits, "(N, C)", ndim=2)
+        N, C = logits.shape
+        if N == 0:
+            raise ValueError("CrossEntropyLoss: empty batch (logits of shape (0, C))")
+        y = _as_array(y, xp)
+        eps = self.label_smoothing
+        log_p = log_softmax(logits, axis=1)
+        self.probs = xp.exp(log_p)
+
+        if y.ndim == 1:
+            y = self._check_labels(y, N, C, xp)
+            # t = (1 - ε) onehot + ε/C, built once: backward needs it as a whole.
+            target = xp.zeros_like(logits)
+            target[xp.arange(N), y] = 1.0
+            # -log p of the true class, picked directly: reads as the lecture's formula.
+            loss = -log_p[xp.arange(N), y].mean()
+            if eps > 0.0:
+                target = (1.0 - eps) * target + eps / C
+                loss = (1.0 - eps) * loss - (eps / C) * log_p.sum(axis=1).mean()
+        elif y.ndim == 2:
+            if y.shape != logits.shape:
+                raise ValueError(f"CrossEntropyLoss: class-probability targets must have the "
+                                 f"logits' shape {tuple(logits.shape)}, got {tuple(y.shape)}")
+            if y.dtype.kind != "f":
+                raise TypeError(f"CrossEntropyLoss: (N, C) targets must be float class "
+                                f"probabilities, got dtype {y.dtype}; for class indices pass "
+                                f"integer labels of shape (N,)")
+            target = y.astype(logits.dtype, copy=False)
+            if eps > 0.0:
+                target = (1.0 - eps) * target + eps / C
+            loss = -(target * log_p).sum(axis=1).mean()
+        else:
+            raise ValueError(f"CrossEntropyLoss: expected labels of shape ({N},) or class "
+                             f"probabilities of shape ({N}, {C}), got shape {tuple(y.shape)}")
+        self.target = target
+        return xp.asarray(loss, dtype=logits.dtype)
+
+    @staticmethod
+    def _check_labels(y: Any, N: int, C: int, xp: Any) -> Any:
+        if y.dtype.kind not in "iu":
+            raise TypeError(f"CrossEntropyLoss: labels must be integers (class indices in "
+                            f"[0, {C})), got dtype {y.dtype}; use y.astype('int64')")
+        if y.shape[0] != N:
+            raise ValueError(f"CrossEntropyLoss: {y.shape[0]} labels for {N} rows of logits; "
+                             f"expected labels of shape ({N},)")
+        bad = (y < 0) | (y >= C)
+        if bool(bad.any()):  # one small device sync; out-of-range indices would be silent
+            value = int(y[xp.argmax(bad)])
+            raise ValueError(f"CrossEntropyLoss: labels must be in the range [0, {C}) for "
+                             f"{C} classes, got {value}")
+        return y
+
+    def backward(self) -> Any:
+        """dL/dz = (softmax(z) - t) / N, shape (N, C), in the logits' dtype."""
+        self._need_forward(self.probs)
+        N = self.probs.shape[0]
+        return (self.probs - self.target) * (1.0 / N)
+
+    def __repr__(self) -> str:
+        return f"CrossEntropyLoss(label_smoothing={self.label_smoothing:g})"
+
+
+class MSELoss(Loss):
+    """Mean squared error over all elements.
+
+        L = (1/M) Σ_i (ŷ_i - y_i)²,      M = number of elements
+        dL/dŷ = 2 (ŷ - y) / M
+
+    Inputs: predictions ŷ and targets y of the same shape (any); y is cast to ŷ's dtype.
+    """
+
+    def __init__(self) -> None:
+        self.diff: Any = None
+
+    def forward(self, y_hat: Any, y: Any) -> Any:
+        xp = _check_predictions("MSELoss", "predictions", y_hat, "(N, ...)")
+        y = _as_array(y, xp)
+        if y.shape != y_hat.shape:
+            raise ValueError(f"MSELoss: predictions and targets must have the same shape, got "
+                             f"{tuple(y_hat.shape)} and {tuple(y.shape)}")
+        if y_hat.size == 0:
+            raise ValueError("MSELoss: empty input")
+        self.diff = y_hat - y.astype(y_hat.dtype, copy=False)
+        return xp.asarray((self.diff * self.diff).mean(), dtype=y_hat.dtype)
+
+    def backward(self) -> Any:
+        """dL/dŷ = 2 (ŷ - y) / M, same shape and dtype as ŷ."""
+        self._need_forward(self.diff)
+        return self.diff * (2.0 / self.diff.size)

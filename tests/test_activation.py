@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
+import scipy.special as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minicnn import layers as L
 from minicnn.gradcheck import assert_gradients
+from minicnn.layers.activation import erf, erfc
 from tests.conftest import away_from_zero
 
 shapes = st.lists(st.integers(1, 5), min_size=1, max_size=4).map(tuple)
@@ -31,3 +35,121 @@ def test_relu_values_and_dtype(xp):
 def test_relu_rejects_integer_input():
     with pytest.raises(TypeError, match="ReLU.*floating-point"):
         L.ReLU()(np.arange(3))
+
+
+# -- the other activations ------------------------------------------------------------------
+SMOOTH = {
+    "sigmoid": lambda: L.Sigmoid(),
+    "tanh": lambda: L.Tanh(),
+    "silu": lambda: L.SiLU(),
+    "gelu": lambda: L.GELU(),
+    "gelu_tanh": lambda: L.GELU(approximate="tanh"),
+}
+ALL = {**SMOOTH, "relu": lambda: L.ReLU(), "leaky_relu": lambda: L.LeakyReLU(0.1)}
+
+
+def _gelu_exact(x):
+    return x * 0.5 * (1.0 + sp.erf(x / np.sqrt(2.0)))
+
+
+def _gelu_tanh(x):
+    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
+
+
+REFERENCE = {
+    "sigmoid": sp.expit,
+    "tanh": np.tanh,
+    "silu": lambda x: x * sp.expit(x),
+    "gelu": _gelu_exact,
+    "gelu_tanh": _gelu_tanh,
+    "relu": lambda x: np.maximum(x, 0.0),
+    "leaky_relu": lambda x: np.where(x > 0, x, 0.1 * x),
+}
+
+
+@settings(max_examples=100)
+@given(name=st.sampled_from(sorted(SMOOTH)), shape=shapes, scale=st.sampled_from([0.5, 2.0, 5.0]),
+       seed=st.integers(0, 2**31 - 1))
+def test_smooth_activation_gradcheck(name, shape, scale, seed):
+    # Up to |x| = 5: into the tails, but not so far that f' (e.g. σ'(14) ≈ 1e-6) drowns in the
+    # central difference's rounding error ε |f| / h ≈ 1e-10 (a limit of the check, not of f').
+    x = np.random.default_rng(seed).uniform(-scale, scale, shape)
+    assert_gradients(SMOOTH[name](), x, seed=seed)
+
+
+@settings(max_examples=40)
+@given(shape=shapes, slope=st.floats(0.0, 3.0), seed=st.integers(0, 2**31 - 1))
+def test_leaky_relu_gradcheck_random_slopes(shape, slope, seed):
+    x = away_from_zero(np.random.default_rng(seed).standard_normal(shape))
+    assert_gradients(L.LeakyReLU(negative_slope=slope), x, seed=seed)
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_values_match_reference(name):
+    x = np.linspace(-12.0, 12.0, 2001)
+    np.testing.assert_allclose(ALL[name]()(x), REFERENCE[name](x), rtol=1e-13, atol=1e-15)
+    # float32: computed in float32, accurate to float32 precision.
+    y32 = ALL[name]()(x.astype(np.float32))
+    np.testing.assert_allclose(y32, REFERENCE[name](x), rtol=2e-6, atol=2e-7)
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_float32_stays_float32_and_dout_untouched(name, xp):
+    rng = np.random.default_rng(0)
+    x = xp.asarray(away_from_zero(rng.standard_normal((4, 3, 5))), dtype=xp.float32)
+    dout = xp.asarray(rng.standard_normal((4, 3, 5)), dtype=xp.float32)
+    dout_before = dout.copy()
+    layer = ALL[name]()
+    y = layer(x)
+    dx = layer.backward(dout)
+    assert y.dtype == xp.float32 and dx.dtype == xp.float32
+    assert y.shape == x.shape and dx.shape == x.shape
+    assert bool(xp.all(dout == dout_before))
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_huge_inputs_no_overflow(name, dtype):
+    x = np.array([-1e4, -1e3, -100.0, -30.0, 30.0, 100.0, 1e3, 1e4], dtype=dtype)
+    layer = ALL[name]()
+    with warnings.catch_warnings(), np.errstate(over="raise", invalid="raise", divide="raise"):
+        warnings.simplefilter("error")
+        y = layer(x)
+        dx = layer.backward(np.ones_like(x))
+    assert np.all(np.isfinite(y)) and np.all(np.isfinite(dx))
+    if name in ("sigmoid", "tanh"):
+        lo = 0.0 if name == "sigmoid" else -1.0
+        np.testing.assert_array_equal(y[[0, -1]], [lo, 1.0])
+    else:  # ReLU-like: y -> 0 on the left, y -> x on the right
+        np.testing.assert_allclose(y[-4:], x[-4:], rtol=1e-6)
+        np.testing.assert_allclose(y[0], 0.0 if name != "leaky_relu" else -1e3, rtol=1e-6)
+
+
+def test_erf_erfc_match_scipy_float64():
+    x = np.concatenate([np.linspace(-26.0, 26.0, 100_001), np.geomspace(1e-300, 1.0, 500)])
+    x = np.concatenate([x, -x])
+    np.testing.assert_allclose(erf(x), sp.erf(x), rtol=2e-15, atol=0)
+    # erfc keeps its relative accuracy in the right tail, where 1 - erf(x) would be 0.
+    np.testing.assert_allclose(erfc(x), sp.erfc(x), rtol=1e-13, atol=0)
+    assert erfc(np.array([10.0]))[0] > 0 and 1.0 - erf(np.array([10.0]))[0] == 0.0
+
+
+def test_erf_float32_and_infinities():
+    x = np.linspace(-8.0, 8.0, 10_001).astype(np.float32)
+    assert erf(x).dtype == np.float32 and erfc(x).dtype == np.float32
+    np.testing.assert_allclose(erf(x), sp.erf(x.astype(np.float64)), rtol=0, atol=3e-7)
+    np.testing.assert_allclose(erfc(np.array([-np.inf, 0.0, np.inf])), [2.0, 1.0, 0.0])
+
+
+def test_gelu_left_tail_keeps_relative_accuracy():
+    # x Φ(x) for x = -20 is ~ -5.5e-88: computing 1 + erf(x/√2) would give exactly 0.
+    x = np.array([-20.0, -30.0])
+    np.testing.assert_allclose(L.GELU()(x), x * 0.5 * sp.erfc(-x / np.sqrt(2.0)), rtol=1e-12)
+
+
+def test_activation_argument_errors():
+    with pytest.raises(ValueError, match="GELU.*'none' or 'tanh'"):
+        L.GELU(approximate="fast")
+    for name in ("LeakyReLU", "Sigmoid", "Tanh", "SiLU", "GELU"):
+        with pytest.raises(TypeError, match=f"{name}.*floating-point"):
+            getattr(L, name)()(np.arange(3))

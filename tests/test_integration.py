@@ -20,10 +20,13 @@ from minicnn.gradcheck import assert_gradients
 
 
 def small_cnn(in_ch=3, classes=10, width=8, hidden=32):
+    # Convs that feed BatchNorm have no bias: BatchNorm subtracts the batch mean, so such a
+    # bias has exactly zero gradient in training mode (and is wasted work).
     return L.Sequential(
-        L.Conv2d(in_ch, width, 3, padding="same"), L.BatchNorm2d(width), L.ReLU(),
+        L.Conv2d(in_ch, width, 3, padding="same", bias=False), L.BatchNorm2d(width), L.ReLU(),
         L.MaxPool2d(2),
-        L.Residual(L.Sequential(L.Conv2d(width, width, 3, padding=1), L.BatchNorm2d(width),
+        L.Residual(L.Sequential(L.Conv2d(width, width, 3, padding=1, bias=False),
+                                L.BatchNorm2d(width),
                                 L.SiLU())),
         L.Conv2d(width, 2 * width, (3, 2), stride=(1, 2), padding=(1, 0)), L.GELU(),
         L.AvgPool2d(2),

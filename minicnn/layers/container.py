@@ -1,3 +1,128 @@
-"""(being written)"""
+"""Containers: layers made of layers (a chain, a residual block), and the identity."""
 
-__all__: list[str] = []
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from .base import Layer
+
+__all__ = ["Identity", "Sequential", "Residual"]
+
+
+class Identity(Layer):
+    """y = x, dx = dout. A placeholder (e.g. the shortcut of a residual block)."""
+
+    def forward(self, x: Any) -> Any:
+        return x
+
+    def backward(self, dout: Any) -> Any:
+        return dout
+
+
+def _check_layer(owner: str, what: str, layer: Any) -> Layer:
+    if not isinstance(layer, Layer):
+        hint = " (pass the layers as separate arguments: Sequential(*layers))" \
+            if isinstance(layer, (list, tuple)) else ""
+        raise TypeError(f"{owner}: {what} must be a Layer, got {type(layer).__name__}{hint}")
+    return layer
+
+
+class Sequential(Layer):
+    """A chain of layers: f = f_K ∘ ... ∘ f_2 ∘ f_1.
+
+    Forward:  x_0 = x,  x_k = f_k(x_{k-1}),  y = x_K
+    Backward: the chain rule, last layer first:
+              g_K = dout,  g_{k-1} = f_k.backward(g_k),  dx = g_0
+
+    ``parameters()`` lists the layers' parameters in order. Supports ``len(model)``,
+    ``model[i]`` (a slice gives a new Sequential sharing the layers), iteration and
+    ``append(layer)``.
+    """
+
+    def __init__(self, *layers: Layer):
+        super().__init__()
+        self.layers: list[Layer] = [
+            _check_layer("Sequential", f"argument {i}", layer) for i, layer in enumerate(layers)]
+
+    def forward(self, x: Any) -> Any:
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, dout: Any) -> Any:
+        for layer in reversed(self.layers):
+            dout = layer.backward(dout)
+        return dout
+
+    def append(self, layer: Layer) -> Sequential:
+        """Add ``layer`` at the end. Returns self (so calls can be chained)."""
+        self.layers.append(_check_layer("Sequential.append", "the argument", layer))
+        return self
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __iter__(self) -> Iterator[Layer]:
+        return iter(self.layers)
+
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            part = Sequential(*self.layers[index])
+            part.training = self.training
+            return part
+        return self.layers[index]
+
+    def __repr__(self) -> str:
+        if not self.layers:
+            return "Sequential()"
+        lines = "\n".join(f"  ({i}): " + repr(layer).replace("\n", "\n  ")
+                          for i, layer in enumerate(self.layers))
+        return f"Sequential(\n{lines}\n)"
+
+
+class Residual(Layer):
+    """A residual block: y = body(x) + shortcut(x), shortcut = identity by default.
+
+    Forward:  y = F(x) + S(x)
+    Backward: both branches received the same output, so each gets the whole upstream
+              gradient and their input gradients add up:
+              dx = F.backward(dout) + S.backward(dout)
+              (this is why a layer's backward must never modify ``dout`` in place)
+
+    Parameters
+    ----------
+    body : Layer
+        F, e.g. ``Sequential(Conv2d, BatchNorm2d, ReLU, Conv2d, BatchNorm2d)``.
+    shortcut : Layer, optional
+        S; None means the identity. When F changes the shape (stride or channels), use a
+        projection, e.g. ``Sequential(Conv2d(c_in, c_out, 1, stride=2), BatchNorm2d(c_out))``.
+
+    ``parameters()`` lists the body's parameters, then the shortcut's.
+    """
+
+    def __init__(self, body: Layer, shortcut: Layer | None = None):
+        super().__init__()
+        # Assigned in this order so that parameters() lists body, then shortcut.
+        self.body = _check_layer("Residual", "body", body)
+        self.shortcut = Identity() if shortcut is None else \
+            _check_layer("Residual", "shortcut", shortcut)
+
+    def forward(self, x: Any) -> Any:
+        f = self.body.forward(x)
+        s = self.shortcut.forward(x)
+        if f.shape != s.shape:
+            raise ValueError(
+                f"Residual: the body's output shape {tuple(f.shape)} differs from the "
+                f"shortcut's output shape {tuple(s.shape)} (input shape {tuple(x.shape)}); "
+                f"use a projection shortcut that maps the input to the body's output shape, "
+                f"e.g. shortcut=Sequential(Conv2d(c_in, c_out, 1, stride=s), BatchNorm2d(c_out))")
+        return f + s
+
+    def backward(self, dout: Any) -> Any:
+        return self.body.backward(dout) + self.shortcut.backward(dout)
+
+    def __repr__(self) -> str:
+        body = repr(self.body).replace("\n", "\n  ")
+        shortcut = repr(self.shortcut).replace("\n", "\n  ")
+        return f"Residual(\n  body: {body}\n  shortcut: {shortcut}\n)"

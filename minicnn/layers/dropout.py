@@ -1,3 +1,77 @@
-"""(being written)"""
+"""Dropout: randomly zero units during training, a cheap ensemble that fights overfitting."""
 
-__all__: list[str] = []
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .base import Layer, check_float_input
+
+__all__ = ["Dropout"]
+
+
+class Dropout(Layer):
+    """Inverted dropout.
+
+    Training: each unit is kept with probability 1 - p and scaled by 1 / (1 - p), so that
+    E[y] = x and evaluation needs no rescaling:
+
+        m_i ~ Bernoulli(1 - p),   y = x * m / (1 - p)
+        dx = dout * m / (1 - p)           (the same mask)
+
+    Evaluation (``eval()``): y = x, dx = dout.
+
+    Parameters
+    ----------
+    p : float
+        Probability of zeroing a unit, 0 <= p < 1 (p = 0: identity).
+    seed : int, optional
+        Seeds the mask generator, for reproducible runs.
+
+    Attributes
+    ----------
+    rng : numpy.random.Generator
+        Draws the masks of NumPy inputs. (``minicnn.gradcheck`` replays its state, so the
+        gradient check sees the same mask at every forward.) CuPy inputs get their masks from
+        a CuPy generator on the GPU, created on first use from the same seed: masks are never
+        copied from the host.
+
+    Shapes: any, output same as input.
+    """
+
+    def __init__(self, p: float = 0.5, seed: int | None = None):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"Dropout: p (the probability of zeroing) must be in [0, 1), got {p}")
+        self.p = float(p)
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+        self._gpu_rng: Any = None
+        self.mask: Any = None
+
+    def _uniform(self, xp: Any, shape: tuple[int, ...]) -> Any:
+        """U[0, 1) float32 draws of ``shape`` on x's device."""
+        if xp is np:
+            return self.rng.random(shape, dtype=np.float32)
+        if self._gpu_rng is None:
+            self._gpu_rng = xp.random.default_rng(self.seed)
+        return self._gpu_rng.random(shape, dtype=xp.float32)
+
+    def forward(self, x: Any) -> Any:
+        xp = check_float_input("Dropout", x)
+        if not self.training or self.p == 0.0:
+            self.mask = None
+            return x
+        keep = self._uniform(xp, tuple(x.shape)) >= self.p  # P(keep) = 1 - p
+        # The scaled mask m / (1 - p), in x's dtype (a Python-float scale keeps float32).
+        self.mask = keep.astype(x.dtype) * (1.0 / (1.0 - self.p))
+        return x * self.mask
+
+    def backward(self, dout: Any) -> Any:
+        if self.mask is None:  # eval mode or p = 0: the identity
+            return dout
+        return dout * self.mask
+
+    def extra_repr(self) -> str:
+        return f"p={self.p:g}"
