@@ -1,0 +1,223 @@
+"""Pictures of a training run: curves, confusion matrix, per-class accuracy, filters, feature maps.
+
+matplotlib is an optional extra (``pip install 'minicnn[plot]'``); it is imported only when a
+picture is drawn, with the "Agg" backend when no display is available. Every function draws
+into a new figure, saves it to ``path`` when given, and returns the figure.
+
+``confusion_matrix`` and ``per_class_accuracy`` are plain NumPy and need no matplotlib.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .backend import get_xp, to_numpy
+
+__all__ = ["plot_history", "confusion_matrix", "per_class_accuracy", "plot_confusion_matrix",
+           "plot_per_class_accuracy", "plot_filters", "plot_feature_maps",
+           "matplotlib_available"]
+
+
+def matplotlib_available() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError("minicnn.plot needs matplotlib: pip install 'minicnn[plot]' "
+                          "(or pip install matplotlib)") from None
+    if not os.environ.get("DISPLAY") and matplotlib.get_backend().lower() not in ("agg",):
+        matplotlib.use("Agg")  # headless: draw to files only
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _finish(fig: Any, path: str | os.PathLike | None) -> Any:
+    fig.tight_layout()
+    if path is not None:
+        folder = os.path.dirname(os.path.abspath(os.fspath(path)))
+        os.makedirs(folder, exist_ok=True)
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def _series(values: Sequence[Any]) -> np.ndarray:
+    """A list with None entries (no validation that epoch) as floats with NaN gaps."""
+    return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+
+
+def plot_history(history: Any, path: str | os.PathLike | None = None,
+                 title: str | None = None) -> Any:
+    """Training vs validation loss (left) and accuracy (right), per epoch.
+
+    ``history`` is a ``History``, its ``.history`` dict, or a ``history.json`` dict.
+    """
+    plt = _pyplot()
+    h = getattr(history, "history", None) or history.get("history", history)
+    epochs = getattr(history, "epoch", None) or (history.get("epoch") if isinstance(
+        history, dict) else None) or list(range(1, len(h["loss"]) + 1))
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, label in ((ax_loss, "loss", "loss"), (ax_acc, "acc", "accuracy")):
+        ax.plot(epochs, _series(h[key]), "o-", label=f"train {label}", markersize=3)
+        val = _series(h.get(f"val_{key}", []))
+        if val.size and not np.all(np.isnan(val)):
+            ax.plot(epochs, val, "s-", label=f"validation {label}", markersize=3)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    val_acc = _series(h.get("val_acc", []))
+    if val_acc.size and not np.all(np.isnan(val_acc)):
+        best = int(np.nanargmax(val_acc))
+        ax_acc.set_title(f"best validation accuracy {val_acc[best]:.2%} (epoch {epochs[best]})")
+    if title:
+        fig.suptitle(title)
+    return _finish(fig, path)
+
+
+def confusion_matrix(y_true: Any, y_pred: Any, num_classes: int | None = None) -> np.ndarray:
+    """C[i, j] = number of samples of true class i predicted as class j (int64, (K, K))."""
+    y_true = to_numpy(y_true).astype(np.int64).ravel()
+    y_pred = to_numpy(y_pred).astype(np.int64).ravel()
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"confusion_matrix: y_true has {y_true.size} labels, y_pred "
+                         f"{y_pred.size}")
+    k = num_classes or int(max(y_true.max(initial=-1), y_pred.max(initial=-1)) + 1)
+    return np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k)
+
+
+def per_class_accuracy(cm: np.ndarray) -> np.ndarray:
+    """Recall of each class from a confusion matrix: C[i, i] / Σ_j C[i, j] (NaN if absent)."""
+    totals = cm.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(totals > 0, np.diag(cm) / totals, np.nan)
+
+
+def _class_names(k: int, names: Sequence[str] | None) -> list[str]:
+    return list(names) if names is not None else [str(i) for i in range(k)]
+
+
+def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str] | None = None,
+                          path: str | os.PathLike | None = None, normalize: bool = True) -> Any:
+    """The confusion matrix as an image; rows are true classes, normalised to 1 by default."""
+    plt = _pyplot()
+    k = cm.shape[0]
+    names = _class_names(k, class_names)
+    shown = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1) if normalize else cm
+    fig, ax = plt.subplots(figsize=(1 + 0.6 * k, 1 + 0.55 * k))
+    im = ax.imshow(shown, cmap="Blues", vmin=0)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    ax.set_xticks(range(k), names, rotation=45, ha="right")
+    ax.set_yticks(range(k), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                text = f"{shown[i, j]:.2f}" if normalize else f"{int(shown[i, j])}"
+                ax.text(j, i, text, ha="center", va="center", fontsize=7,
+                        color="white" if shown[i, j] > 0.5 * shown.max() else "black")
+    ax.set_title(f"accuracy {np.trace(cm) / max(cm.sum(), 1):.2%}")
+    return _finish(fig, path)
+
+
+def plot_per_class_accuracy(cm: np.ndarray, class_names: Sequence[str] | None = None,
+                            path: str | os.PathLike | None = None) -> Any:
+    """A bar per class: the fraction of its test images classified correctly."""
+    plt = _pyplot()
+    acc = per_class_accuracy(cm)
+    names = _class_names(len(acc), class_names)
+    fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(acc)), 3.5))
+    ax.bar(range(len(acc)), acc, color="tab:blue")
+    ax.axhline(np.trace(cm) / max(cm.sum(), 1), color="tab:red", ls="--", label="overall")
+    ax.set_xticks(range(len(acc)), names, rotation=45, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.legend()
+    return _finish(fig, path)
+
+
+def _grid(n: int) -> tuple[int, int]:
+    cols = math.ceil(math.sqrt(n))
+    return math.ceil(n / cols), cols
+
+
+def _first_conv(model: Any) -> Any:
+    from .layers import Conv2d
+
+    for m in model.modules():
+        if isinstance(m, Conv2d):
+            return m
+    raise ValueError("plot_filters: the model has no Conv2d layer")
+
+
+def plot_filters(model_or_weights: Any, path: str | os.PathLike | None = None,
+                 max_filters: int = 64) -> Any:
+    """The first convolution's filters, one tile each (RGB when it has 3 input channels).
+
+    Accepts a model (its first ``Conv2d``) or a weight array (C_out, C_in, KH, KW). Each
+    filter is scaled to [0, 1] on its own, so the tiles show patterns, not magnitudes.
+    """
+    plt = _pyplot()
+    W = model_or_weights
+    if not hasattr(W, "shape"):
+        W = _first_conv(W).W.data
+    W = to_numpy(W)[:max_filters].astype(np.float64)
+    lo = W.min(axis=(1, 2, 3), keepdims=True)
+    hi = W.max(axis=(1, 2, 3), keepdims=True)
+    W = (W - lo) / np.maximum(hi - lo, 1e-12)
+    rows, cols = _grid(len(W))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.8, rows * 0.8), squeeze=False)
+    for i, ax in enumerate(axes.ravel()):
+        ax.axis("off")
+        if i < len(W):
+            tile = W[i].transpose(1, 2, 0) if W.shape[1] == 3 else W[i].mean(axis=0)
+            ax.imshow(tile, cmap=None if W.shape[1] == 3 else "gray", interpolation="nearest")
+    fig.suptitle(f"first-layer filters ({W.shape[1]}x{W.shape[2]}x{W.shape[3]})")
+    return _finish(fig, path)
+
+
+def plot_feature_maps(model: Any, image: Any, layer_index: int = 0,
+                      path: str | os.PathLike | None = None, max_maps: int = 32) -> Any:
+    """The feature maps of one image after layer ``layer_index`` of a ``Sequential``.
+
+    ``image`` has shape (C, H, W) (normalised like the training data). The model runs in eval
+    mode; its modes are restored afterwards.
+    """
+    plt = _pyplot()
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        x = get_xp().asarray(np.asarray(to_numpy(image), dtype=np.float32)[None])
+        for layer in list(model)[:layer_index + 1]:
+            x = layer.forward(x)
+    finally:
+        for m, mode in modes:
+            m.training = mode
+    maps = to_numpy(x)[0]
+    if maps.ndim != 3:
+        raise ValueError(f"plot_feature_maps: layer {layer_index} outputs shape "
+                         f"{tuple(maps.shape)} per image, not (C, H, W) feature maps")
+    maps = maps[:max_maps]
+    rows, cols = _grid(len(maps))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.2, rows * 1.2), squeeze=False)
+    for i, ax in enumerate(axes.ravel()):
+        ax.axis("off")
+        if i < len(maps):
+            ax.imshow(maps[i], cmap="viridis")
+    name = type(list(model)[layer_index]).__name__
+    fig.suptitle(f"feature maps after layer {layer_index} ({name}), {maps.shape[1]}x"
+                 f"{maps.shape[2]}")
+    return _finish(fig, path)
