@@ -70,39 +70,53 @@ class MaxPool2d(_Pool2d):
     y[n, c, i, j] = max_{a, b} x̃[n, c, i·sh + a, j·sw + b]  for x̃ the padded input;
     (N, C, H, W) -> (N, C, Ho, Wo), Ho = floor((H + 2·ph - KH) / sh) + 1.
 
-    The index of the max inside each window (``argmax``, in 0 .. KH·KW-1, row-major) is cached.
+    Computed with a loop over the KH·KW kernel positions (4 steps for 2×2), each step
+    vectorised over the whole batch: a running ``maximum`` of the window entries.
 
     Backward
     --------
     Only the max of a window influenced the output, so dout flows to it alone:
-    dcols[n, i, j, a, b, c] = dout[n, c, i, j] if (a, b) is the window's argmax, else 0;
-    dx = col2im(dcols), which sums where windows overlap. On ties the first max (in row-major
-    window order) gets the gradient, as in PyTorch.
+    dx̃[n, c, i·sh + a, j·sw + b] += dout[n, c, i, j] if (a, b) holds the window's max.
+    The max is found again where the window entry equals the output; on ties only the
+    first such position (row-major window order) gets the gradient, as in PyTorch. The same
+    loop over kernel positions adds each position's share into one strided slice of dx̃
+    (summing where windows overlap, i.e. stride < kernel).
+
+    (Storing an argmax in the forward pass instead reads naturally, but NumPy's masked
+    assignments — ``np.where``, ``copyto(where=)`` — are 5x slower than the comparisons used
+    here, so the max pool would cost more than the convolution before it.)
     """
 
     def forward(self, x: Any) -> Any:
         xp = self._check(x)
         x_p = pad_channels_last(x, self.pads, value=float("-inf"))
         windows = window_view(x_p, self.kernel_size, self.stride)  # (N, Ho, Wo, KH, KW, C)
-        N, Ho, Wo, kh, kw, C = windows.shape
-        windows = windows.reshape(N, Ho, Wo, kh * kw, C)            # one copy
-        self.argmax = windows.argmax(axis=3)                         # (N, Ho, Wo, C)
-        out = xp.take_along_axis(windows, self.argmax[:, :, :, None, :], axis=3)[:, :, :, 0]
-        self.x_shape = x.shape
+        kh, kw = self.kernel_size
+        out = windows[:, :, :, 0, 0, :].copy()                      # running max (N, Ho, Wo, C)
+        for k in range(1, kh * kw):
+            xp.maximum(out, windows[:, :, :, k // kw, k % kw, :], out=out)
+        self.cache = (windows, out, x.shape)
         return out.transpose(0, 3, 1, 2)  # (N, C, Ho, Wo), stored channels-last
 
     def backward(self, dout: Any) -> Any:
-        if getattr(self, "argmax", None) is None:
+        if getattr(self, "cache", None) is None:
             raise RuntimeError("MaxPool2d.backward called before forward")
-        xp = get_array_module(self.argmax)
-        N, Ho, Wo, C = self.argmax.shape
-        kh, kw = self.kernel_size
+        windows, out, x_shape = self.cache
+        xp = get_array_module(out)
+        N, Ho, Wo, C = out.shape
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        (top, bottom), (left, right) = self.pads
+        H, W = x_shape[2:]
         dout_nhwc = dout.transpose(0, 2, 3, 1)                       # (N, Ho, Wo, C), a view
-        # One-hot of the argmax over the KH·KW window entries, times dout.
-        is_max = self.argmax[:, :, :, None, :] == xp.arange(kh * kw)[:, None]
-        dcols = is_max * dout_nhwc[:, :, :, None, :]                 # (N, Ho, Wo, KH·KW, C)
-        return col2im(dcols.reshape(N, Ho, Wo, kh, kw, C), self.x_shape, self.kernel_size,
-                      self.stride, self.pads)
+        dx_p = xp.zeros((N, H + top + bottom, W + left + right, C), dtype=dout.dtype)
+        unclaimed = xp.ones(out.shape, dtype=bool)  # windows whose max is not yet found
+        for k in range(kh * kw):
+            a, b = divmod(k, kw)
+            is_max = windows[:, :, :, a, b, :] == out
+            is_max &= unclaimed
+            unclaimed ^= is_max
+            dx_p[:, a:a + sh * Ho:sh, b:b + sw * Wo:sw, :] += dout_nhwc * is_max
+        return dx_p[:, top:top + H, left:left + W, :].transpose(0, 3, 1, 2)
 
 
 class AvgPool2d(_Pool2d):
