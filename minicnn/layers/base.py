@@ -131,6 +131,22 @@ class Layer:
         """
         return {name: getattr(self, name) for name in getattr(self, "_buffer_names", ())}
 
+    def workspace(self, xp: Any, name: str, shape: tuple[int, ...], dtype: Any) -> Any:
+        """A scratch buffer owned by this layer, reused from step to step.
+
+        Large temporaries (a convolution's patch matrix is ~100 MB) cost as much to allocate
+        as to fill: fresh memory is page-faulted in on first touch. A layer that needs the
+        same shape every step asks for it here instead. The content is undefined; only the
+        layer itself may keep references to it (never return a workspace to the caller).
+        ``xp`` is the array module of the input (NumPy or CuPy).
+        """
+        buffers = self.__dict__.setdefault("_workspaces", {})
+        buf = buffers.get(name)
+        if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype or \
+                get_array_module(buf) is not xp:
+            buf = buffers[name] = xp.empty(shape, dtype=dtype)
+        return buf
+
     def num_parameters(self) -> int:
         return int(sum(int(np.prod(p.shape)) for p in self.parameters()))
 
