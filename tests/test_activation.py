@@ -78,7 +78,7 @@ def test_smooth_activation_gradcheck(name, shape, scale, seed):
 
 
 @settings(max_examples=40)
-@given(shape=shapes, slope=st.floats(0.0, 3.0), seed=st.integers(0, 2**31 - 1))
+@given(shape=shapes, slope=st.floats(-1.0, 3.0), seed=st.integers(0, 2**31 - 1))
 def test_leaky_relu_gradcheck_random_slopes(shape, slope, seed):
     x = away_from_zero(np.random.default_rng(seed).standard_normal(shape))
     assert_gradients(L.LeakyReLU(negative_slope=slope), x, seed=seed)
@@ -105,6 +105,41 @@ def test_float32_stays_float32_and_dout_untouched(name, xp):
     assert y.dtype == xp.float32 and dx.dtype == xp.float32
     assert y.shape == x.shape and dx.shape == x.shape
     assert bool(xp.all(dout == dout_before))
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_channels_last_stays_channels_last(name):
+    # Conv2d hands over NHWC memory viewed as (N, C, H, W); the next conv relies on it.
+    rng = np.random.default_rng(1)
+    x = away_from_zero(rng.standard_normal((2, 4, 5, 3))).astype(np.float32).transpose(0, 3, 1, 2)
+    dout = rng.standard_normal((2, 4, 5, 3)).astype(np.float32).transpose(0, 3, 1, 2)
+    layer = ALL[name]()
+    y = layer(x)
+    dx = layer.backward(dout)
+    assert y.transpose(0, 2, 3, 1).flags.c_contiguous
+    assert dx.transpose(0, 2, 3, 1).flags.c_contiguous
+    np.testing.assert_allclose(y, REFERENCE[name](x.astype(np.float64)), rtol=2e-6, atol=2e-7)
+
+
+@pytest.mark.parametrize("slope", [-0.5, 0.0, 1.0, 2.5])
+def test_leaky_relu_any_slope(slope):
+    x = np.array([-3.0, -0.5, 0.5, 3.0])
+    layer = L.LeakyReLU(slope)
+    np.testing.assert_array_equal(layer(x), np.where(x > 0, x, slope * x))
+    dx = layer.backward(np.full(4, 2.0))
+    np.testing.assert_array_equal(dx, np.where(x > 0, 2.0, 2.0 * slope))
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_zero_dim_input(name):
+    # The in-place steps must also work when NumPy turns a 0-d result into a scalar.
+    for v in (-1.5, 2.0):
+        layer = ALL[name]()
+        y = layer(np.array(v))
+        dx = layer.backward(np.array(3.0))
+        np.testing.assert_allclose(y, REFERENCE[name](np.array([v]))[0], rtol=1e-12)
+        assert np.shape(y) == () and np.shape(dx) == ()
+        assert np.isfinite(dx)
 
 
 @pytest.mark.parametrize("name", sorted(ALL))

@@ -387,6 +387,58 @@ def test_channels_last_input_matches_contiguous(name, factory, shape, training):
         np.testing.assert_allclose(q.grad, p.grad, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("name, factory, shape",
+                         [c for c in all_layers() if len(c[2]) == 4],
+                         ids=[c[0] for c in all_layers() if len(c[2]) == 4])
+def test_channels_last_stays_channels_last(name, factory, shape, training):
+    # The next convolution relies on its input keeping the NHWC memory order.
+    rng = np.random.default_rng(13)
+    N, C, H, W = shape
+    x = rng.standard_normal((N, H, W, C)).astype(np.float32).transpose(0, 3, 1, 2)
+    dout = rng.standard_normal((N, H, W, C)).astype(np.float32).transpose(0, 3, 1, 2)
+    layer = factory().train(training)
+    y = layer(x)
+    dx = layer.backward(dout)
+    assert y.transpose(0, 2, 3, 1).flags.c_contiguous
+    assert dx.transpose(0, 2, 3, 1).flags.c_contiguous
+
+
+@pytest.mark.parametrize("shape, axes", [
+    ((4, 3, 5, 6), (0, 2, 3)), ((4, 3, 5, 6), (2, 3)), ((4, 3, 5, 6), (1, 2, 3)),
+    ((4, 3, 5, 6), (3,)), ((6, 5), (0,)), ((6, 5), (1,)), ((2, 2, 3, 5, 4), (2, 3, 4))])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_sum_helper_matches_numpy(shape, axes, channels_last):
+    from minicnn.layers.norm import _sum
+    rng = np.random.default_rng(14)
+    a, b = rng.standard_normal(shape), rng.standard_normal(shape)
+    if channels_last and len(shape) == 4:
+        a = np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(_sum(a, axes), a.sum(axis=axes, keepdims=True), rtol=1e-12)
+    np.testing.assert_allclose(_sum(a, axes, b), (a * b).sum(axis=axes, keepdims=True),
+                               rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_batchnorm_float32_statistics_accurate(channels_last):
+    # 65536 values per channel around 5: one running float32 sum per channel would be off by
+    # ~1e-5 relative; the statistics must stay within a few float32 ulps of the float64 ones.
+    rng = np.random.default_rng(15)
+    N, C, H, W = 64, 4, 32, 32
+    x64 = rng.standard_normal((N, H, W, C)) + 5.0
+    x = x64.astype(np.float32).transpose(0, 3, 1, 2)
+    if not channels_last:
+        x = np.ascontiguousarray(x)
+    bn = L.BatchNorm2d(C, momentum=1.0)    # momentum 1: the running stats are this batch's
+    bn(x)
+    xd = x.astype(np.float64)
+    m = N * H * W
+    mu = xd.mean(axis=(0, 2, 3))
+    var = xd.var(axis=(0, 2, 3)) * m / (m - 1)
+    np.testing.assert_allclose(bn.running_mean, mu, rtol=2e-6)
+    np.testing.assert_allclose(bn.running_var, var, rtol=4e-6)
+
+
 def test_parameters_in_order():
     for layer in (L.BatchNorm2d(4), L.BatchNorm1d(4), L.LayerNorm(4), L.GroupNorm(2, 4),
                   L.InstanceNorm2d(4, affine=True)):

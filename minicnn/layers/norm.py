@@ -24,8 +24,9 @@ So they share one forward helper (``_normalize``) and one backward helper
 BatchNorm alone keeps running statistics for evaluation mode; the others normalise every
 sample by its own statistics, the same way in training and evaluation.
 
-Reductions with ``keepdims=True`` and element-wise operations work on any memory layout, so a
-channels-last input (a transposed view) is normalised without being copied first.
+The reductions (``_sum``, an ``einsum``) and the element-wise operations work on any memory
+layout, so a channels-last input (a transposed view) is normalised without being copied
+first, and the outputs keep the input's layout (NumPy's element-wise default order 'K').
 """
 
 from __future__ import annotations
@@ -42,15 +43,46 @@ __all__ = ["BatchNorm1d", "BatchNorm2d", "LayerNorm", "GroupNorm", "InstanceNorm
 
 # -- the shared math ----------------------------------------------------------------------
 
+def _sum(x: Any, axes: tuple[int, ...], other: Any = None) -> Any:
+    """Σ x (or Σ x * other, without forming that product) over ``axes``, kept with size 1.
+
+    ``einsum`` multiplies and adds in a single pass over the data, in whatever order the
+    memory is laid out (a channels-last view included): about 3-4 times faster than
+    ``(x * other).sum(axis=axes)``, which first writes the full-size product.
+
+    Accuracy: a float32 sum is pairwise (error ~ log n) only along the innermost memory axis.
+    For BatchNorm on channels-last data that axis is the channel one, so each channel would
+    be one running sum over N*H*W numbers (relative error ~1e-5 for 64K of them). When
+    several axes are reduced, the first one (the batch) is therefore kept in the einsum
+    output: per-sample partial sums, added up afterwards in a second, small sum.
+    """
+    xp = get_array_module(x)
+    letters = "abcdefghijklmnopqrstuvwxyz"[:x.ndim]
+    # The first reduced axis, reduced in a second step; the axes before it are all kept, so
+    # it has the same position in the einsum output as in x.
+    partial = min(axes) if len(axes) > 1 else None
+    kept = "".join(c for i, c in enumerate(letters) if i not in axes or i == partial)
+    spec = letters if other is None else f"{letters},{letters}"
+    operands = (x,) if other is None else (x, other)
+    s = xp.einsum(f"{spec}->{kept}", *operands)
+    if partial is not None:
+        s = s.sum(axis=partial)
+    shape = tuple(1 if i in axes else n for i, n in enumerate(x.shape))
+    return s.reshape(shape)
+
+
 def _normalize(xp: Any, x: Any, axes: tuple[int, ...], eps: float) -> tuple[Any, Any, Any, Any]:
     """Normalise ``x`` over ``axes``.
 
     Returns ``x_hat, inv_std, mu, var``; the last three keep the reduced axes (size 1), so
-    they broadcast against ``x``. ``inv_std = 1 / sqrt(var + eps)``; ``var`` is biased.
+    they broadcast against ``x``. ``inv_std = 1 / sqrt(var + eps)``; ``var`` is biased, and
+    computed in two passes (from x - mu, not as E[x²] - mu², which cancels catastrophically
+    in float32 when |mu| >> std).
     """
-    mu = x.mean(axis=axes, keepdims=True)
+    m = int(np.prod([x.shape[a] for a in axes]))
+    mu = _sum(x, axes) * (1.0 / m)
     x_hat = x - mu                                        # x - mu for now, x_hat below
-    var = (x_hat * x_hat).mean(axis=axes, keepdims=True)
+    var = _sum(x_hat, axes, x_hat) * (1.0 / m)
     inv_std = 1.0 / xp.sqrt(var + eps)
     x_hat *= inv_std                                      # in place: saves a full-size array
     return x_hat, inv_std, mu, var
@@ -86,8 +118,8 @@ def _normalization_backward(dx_hat: Any, x_hat: Any, scale: Any,
         Σ dx_hat and Σ dx_hat * x_hat, returned so callers can reuse them for dbeta, dgamma.
     """
     m = int(np.prod([x_hat.shape[a] for a in axes]))
-    sum_dx_hat = dx_hat.sum(axis=axes, keepdims=True)
-    sum_dx_hat_x_hat = (dx_hat * x_hat).sum(axis=axes, keepdims=True)
+    sum_dx_hat = _sum(dx_hat, axes)
+    sum_dx_hat_x_hat = _sum(dx_hat, axes, x_hat)
     # The mean form: the 1/m lands on the small reduced arrays, not on full-size ones.
     dx = x_hat * (sum_dx_hat_x_hat * (-1.0 / m))
     dx += dx_hat
@@ -243,6 +275,8 @@ class _BatchNorm(Layer):
         check_channels(name, x, C, expected)
         axes = (0,) + tuple(range(2, x.ndim))      # all but the channel axis
         m = x.size // C                             # elements per channel
+        gamma = _per_channel(self.gamma.data.astype(x.dtype, copy=False), x.ndim)
+        beta = _per_channel(self.beta.data.astype(x.dtype, copy=False), x.ndim)
         if self.training:
             if m <= 1:
                 raise ValueError(
@@ -250,18 +284,22 @@ class _BatchNorm(Layer):
                     f"of shape {tuple(x.shape)}; use a batch of 2 or more, or call .eval()")
             x_hat, inv_std, mu, var = _normalize(xp, x, axes, self.eps)
             self._update_running_stats(mu.reshape(C), var.reshape(C), m)
+            y = x_hat * gamma
+            y += beta
         else:
+            # Fixed statistics: y = (x - mu) * (gamma * inv_std) + beta, one affine map per
+            # channel, in three passes over the data instead of the four through x_hat.
+            # Only backward needs x_hat (for dgamma), so it keeps x and mu to recompute it.
             mu = _per_channel(self.running_mean.astype(x.dtype, copy=False), x.ndim)
             var = _per_channel(self.running_var.astype(x.dtype, copy=False), x.ndim)
             inv_std = 1.0 / xp.sqrt(var + self.eps)
-            x_hat = x - mu
-            x_hat *= inv_std
-        gamma = _per_channel(self.gamma.data.astype(x.dtype, copy=False), x.ndim)
-        beta = _per_channel(self.beta.data.astype(x.dtype, copy=False), x.ndim)
-        y = x_hat * gamma
-        y += beta
-        # Backward needs x_hat, inv_std, and whether the statistics depended on x.
+            y = x - mu
+            y *= gamma * inv_std
+            y += beta
+            x_hat = None
+        # Backward needs x_hat (or x and mu), inv_std, and whether the statistics depended on x.
         self.x_hat, self.inv_std, self._batch_stats = x_hat, inv_std, self.training
+        self._x, self._mu = (None, None) if self.training else (x, mu)
         return y
 
     def _update_running_stats(self, mu: Any, var: Any, m: int) -> None:
@@ -276,20 +314,22 @@ class _BatchNorm(Layer):
                             + mom * unbiased_var.astype(self.running_var.dtype, copy=False))
 
     def backward(self, dout: Any) -> Any:
-        x_hat, inv_std = self.x_hat, self.inv_std
-        axes = (0,) + tuple(range(2, x_hat.ndim))
-        gamma = _per_channel(self.gamma.data.astype(x_hat.dtype, copy=False), x_hat.ndim)
+        inv_std = self.inv_std                      # in the dtype of the forward input
+        axes = (0,) + tuple(range(2, dout.ndim))
+        gamma = _per_channel(self.gamma.data.astype(inv_std.dtype, copy=False), dout.ndim)
         if self._batch_stats:
             # gamma is constant over the reduced axes: pass dout and fold gamma into the scale;
             # the two sums come back as dbeta and dgamma.
             dx, sum_dout, sum_dout_x_hat = _normalization_backward(
-                dout, x_hat, gamma * inv_std, axes)
+                dout, self.x_hat, gamma * inv_std, axes)
             dbeta, dgamma = sum_dout, sum_dout_x_hat
         else:
             # Fixed statistics: y is an affine map of x.
+            x_hat = self._x - self._mu
+            x_hat *= inv_std
             dx = dout * (gamma * inv_std)
-            dbeta = dout.sum(axis=axes)
-            dgamma = (dout * x_hat).sum(axis=axes)
+            dbeta = _sum(dout, axes)
+            dgamma = _sum(dout, axes, x_hat)
         self.gamma.set_grad(dgamma.reshape(self.num_features))
         self.beta.set_grad(dbeta.reshape(self.num_features))
         return dx
