@@ -38,7 +38,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "mnist": {
         "cpu": dict(model="vgg", model_kwargs=dict(widths=[32, 64], depth=1, batchnorm=True,
                                                    hidden=128, dropout=0.25),
-                    epochs=2, batch_size=128, optimizer="adam", lr=4e-3, weight_decay=0.0,
+                    epochs=3, batch_size=128, optimizer="adam", lr=4e-3, weight_decay=0.0,
                     schedule="onecycle", augment=False, label_smoothing=0.0),
         "gpu": dict(model="vgg", model_kwargs=dict(widths=[32, 64], depth=2, batchnorm=True,
                                                    hidden=256, dropout=0.25),
@@ -48,7 +48,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "fashion_mnist": {
         "cpu": dict(model="vgg", model_kwargs=dict(widths=[32, 64], depth=1, batchnorm=True,
                                                    hidden=256, dropout=0.3),
-                    epochs=6, batch_size=128, optimizer="adam", lr=3e-3, weight_decay=0.0,
+                    epochs=9, batch_size=128, optimizer="adam", lr=3e-3, weight_decay=0.0,
                     schedule="onecycle", augment=True, label_smoothing=0.0),
         "gpu": dict(model="vgg", model_kwargs=dict(widths=[64, 128], depth=2, batchnorm=True,
                                                    hidden=256, dropout=0.3),
