@@ -37,7 +37,7 @@ __all__ = ["main", "run_example", "PRESETS", "DATASETS", "build_parser"]
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "mnist": {
         "cpu": dict(model="vgg", model_kwargs=dict(widths=[32, 64], depth=1, batchnorm=True,
-                                                   hidden=128, dropout=0.25),
+                                                   hidden=256, dropout=0.0),
                     epochs=3, batch_size=128, optimizer="adam", lr=4e-3, weight_decay=0.0,
                     schedule="onecycle", augment=False, label_smoothing=0.0),
         "gpu": dict(model="vgg", model_kwargs=dict(widths=[32, 64], depth=2, batchnorm=True,
@@ -48,8 +48,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "fashion_mnist": {
         "cpu": dict(model="vgg", model_kwargs=dict(widths=[32, 64], depth=1, batchnorm=True,
                                                    hidden=256, dropout=0.3),
-                    epochs=9, batch_size=128, optimizer="adam", lr=3e-3, weight_decay=0.0,
-                    schedule="onecycle", augment=True, label_smoothing=0.0),
+                    epochs=8, batch_size=128, optimizer="adam", lr=3e-3, weight_decay=0.0,
+                    schedule="onecycle", augment="flip", label_smoothing=0.0),
         "gpu": dict(model="vgg", model_kwargs=dict(widths=[64, 128], depth=2, batchnorm=True,
                                                    hidden=256, dropout=0.3),
                     epochs=20, batch_size=256, optimizer="adam", lr=3e-3, weight_decay=0.0,
@@ -131,12 +131,16 @@ def _load_data(args: argparse.Namespace) -> tuple[tuple, tuple, tuple[str, ...]]
     return splits[0], splits[1], tuple(splits.classes)
 
 
-def _augmentation(dataset: str) -> Any:
+def _augmentation(dataset: str, kind: Any = True) -> Any:
+    """The training transforms: ``kind`` names them ("crop", "flip", "crop+flip"); True means
+    the dataset's default (``DATASETS``)."""
     from . import data
 
     c, h, w = DATASETS[dataset]["shape"]
-    kind = DATASETS[dataset]["augment"]
-    steps = [data.RandomCrop((h, w), padding=4 if h >= 32 else 2)]
+    kind = DATASETS[dataset]["augment"] if kind is True else str(kind)
+    steps = []
+    if "crop" in kind:
+        steps.append(data.RandomCrop((h, w), padding=4 if h >= 32 else 2))
     if "flip" in kind:
         steps.append(data.RandomHorizontalFlip())
     return data.Compose(steps)
@@ -225,7 +229,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     normalize = (mean.tolist(), std.tolist())
     train_loader = data.DataLoader(
         x_train, y_train, cfg["batch_size"], shuffle=True, seed=args.seed, normalize=normalize,
-        transform=_augmentation(args.dataset) if cfg["augment"] else None)
+        transform=_augmentation(args.dataset, cfg["augment"]) if cfg["augment"] else None)
     test_loader = data.DataLoader(x_test, y_test, max(cfg["batch_size"], 256), shuffle=False,
                                   normalize=normalize)
 

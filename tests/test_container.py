@@ -12,7 +12,7 @@ from minicnn import layers as L
 from minicnn.gradcheck import assert_gradients
 
 
-@settings(max_examples=40)
+@settings(max_examples=100)
 @given(shape=st.lists(st.integers(1, 4), min_size=2, max_size=5).map(tuple),
        transpose=st.booleans(), seed=st.integers(0, 2**31 - 1))
 def test_flatten_gradcheck(shape, transpose, seed):
@@ -45,7 +45,7 @@ def _mlp(d_in, hidden, d_out, act):
                         L.Linear(hidden, d_out, init="glorot_normal"))
 
 
-@settings(max_examples=40)
+@settings(max_examples=100)
 @given(n=st.integers(1, 4), c=st.integers(1, 3), h=st.integers(1, 3), hidden=st.integers(1, 6),
        d_out=st.integers(1, 4), seed=st.integers(0, 2**31 - 1))
 def test_sequential_gradcheck(n, c, h, hidden, d_out, seed):
@@ -58,7 +58,7 @@ def test_sequential_gradcheck(n, c, h, hidden, d_out, seed):
     assert len(result.errors) == 5  # x, W, b, W, b
 
 
-@settings(max_examples=40)
+@settings(max_examples=100)
 @given(n=st.integers(1, 4), d=st.integers(1, 6), hidden=st.integers(1, 6),
        d_out=st.integers(1, 6), seed=st.integers(0, 2**31 - 1))
 def test_residual_gradcheck(n, d, hidden, d_out, seed):

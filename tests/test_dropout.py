@@ -13,7 +13,7 @@ from minicnn.gradcheck import assert_gradients
 shapes = st.lists(st.integers(1, 5), min_size=1, max_size=4).map(tuple)
 
 
-@settings(max_examples=60)
+@settings(max_examples=100)
 @given(shape=shapes, p=st.sampled_from([0.0, 0.1, 0.5, 0.9]), train=st.booleans(),
        seed=st.integers(0, 2**31 - 1))
 def test_dropout_gradcheck(shape, p, train, seed):

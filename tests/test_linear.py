@@ -12,7 +12,7 @@ from minicnn.gradcheck import assert_gradients, numerical_gradient, relative_err
 from minicnn.regularizers import L2
 
 
-@settings(max_examples=60)
+@settings(max_examples=100)
 @given(n=st.integers(1, 5), d_in=st.integers(1, 7), d_out=st.integers(1, 7), bias=st.booleans(),
        lead=st.sampled_from([(), (2,), (2, 3)]), seed=st.integers(0, 2**31 - 1))
 def test_linear_gradcheck(n, d_in, d_out, bias, lead, seed):

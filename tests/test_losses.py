@@ -25,7 +25,7 @@ def _ce_gradcheck(loss_fn, logits, y):
     assert relative_error(analytic, numeric) < 1e-6, (analytic, numeric)
 
 
-@settings(max_examples=80)
+@settings(max_examples=100)
 @given(n=st.integers(1, 6), c=st.integers(1, 7), eps=st.sampled_from([0.0, 0.1, 0.5]),
        scale=st.sampled_from([1.0, 4.0]), soft=st.booleans(), seed=st.integers(0, 2**31 - 1))
 def test_cross_entropy_gradient(n, c, eps, scale, soft, seed):
@@ -37,7 +37,7 @@ def test_cross_entropy_gradient(n, c, eps, scale, soft, seed):
     _ce_gradcheck(CE(label_smoothing=eps), logits, y)
 
 
-@settings(max_examples=30)
+@settings(max_examples=100)
 @given(shape=st.lists(st.integers(1, 4), min_size=1, max_size=3).map(tuple),
        seed=st.integers(0, 2**31 - 1))
 def test_mse_gradient(shape, seed):

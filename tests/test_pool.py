@@ -70,7 +70,7 @@ def test_avgpool_gradcheck(case, seed):
     assert_gradients(L.AvgPool2d(kernel, stride, padding), x, seed=seed)
 
 
-@settings(max_examples=30)
+@settings(max_examples=100)
 @given(shape=st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(1, 6),
                        st.integers(1, 6)), seed=st.integers(0, 2**31 - 1))
 def test_global_avgpool_gradcheck(shape, seed):
