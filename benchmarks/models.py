@@ -71,34 +71,31 @@ def resnet():
 MODELS = {"2conv": two_conv, "vgg12": vgg12, "resnet": resnet}
 
 
-def build_minicnn(specs):
+def build(specs, kit):
+    """Interpret ``specs`` with ``kit``: a dict from spec kind to a constructor."""
     out = []
-    for s in specs:
-        kind = s[0]
-        if kind == "conv":
-            out.append(L.Conv2d(s[1], s[2], 3, stride=s[3], padding=1))
-        elif kind == "conv1":
-            out.append(L.Conv2d(s[1], s[2], 1, stride=s[3], bias=False))
-        elif kind == "bn":
-            out.append(L.BatchNorm2d(s[1]))
-        elif kind == "relu":
-            out.append(L.ReLU())
-        elif kind == "sigmoid":
-            out.append(L.Sigmoid())
-        elif kind == "pool":
-            out.append(L.MaxPool2d(2))
-        elif kind == "gap":
-            out.append(L.GlobalAvgPool2d())
-        elif kind == "flatten":
-            out.append(L.Flatten())
-        elif kind == "linear":
-            out.append(L.Linear(s[1], s[2]))
-        elif kind == "res":
-            shortcut = None if s[2] is None else build_minicnn(s[2])
-            out.append(L.Residual(build_minicnn(s[1]), shortcut=shortcut))
+    for kind, *args in specs:
+        if kind == "res":
+            body, shortcut = args
+            out.append(kit["res"](build(body, kit),
+                                  None if shortcut is None else build(shortcut, kit)))
         else:
-            raise ValueError(kind)
-    return L.Sequential(*out)
+            out.append(kit[kind](*args))
+    return kit["seq"](out)
+
+
+MINICNN_KIT = {
+    "conv": lambda ci, co, s: L.Conv2d(ci, co, 3, stride=s, padding=1),
+    "conv1": lambda ci, co, s: L.Conv2d(ci, co, 1, stride=s, bias=False),
+    "bn": L.BatchNorm2d, "relu": L.ReLU, "sigmoid": L.Sigmoid,
+    "pool": lambda: L.MaxPool2d(2), "gap": L.GlobalAvgPool2d, "flatten": L.Flatten,
+    "linear": L.Linear, "res": lambda body, shortcut: L.Residual(body, shortcut=shortcut),
+    "seq": lambda layers: L.Sequential(*layers),
+}
+
+
+def build_minicnn(specs):
+    return build(specs, MINICNN_KIT)
 
 
 def build_torch(torch, specs):
@@ -112,31 +109,16 @@ def build_torch(torch, specs):
         def forward(self, x):
             return self.body(x) + (x if self.shortcut is None else self.shortcut(x))
 
-    out = []
-    for s in specs:
-        kind = s[0]
-        if kind == "conv":
-            out.append(nn.Conv2d(s[1], s[2], 3, stride=s[3], padding=1))
-        elif kind == "conv1":
-            out.append(nn.Conv2d(s[1], s[2], 1, stride=s[3], bias=False))
-        elif kind == "bn":
-            out.append(nn.BatchNorm2d(s[1]))
-        elif kind == "relu":
-            out.append(nn.ReLU())
-        elif kind == "sigmoid":
-            out.append(nn.Sigmoid())
-        elif kind == "pool":
-            out.append(nn.MaxPool2d(2))
-        elif kind == "gap":
-            out.append(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()))
-        elif kind == "flatten":
-            out.append(nn.Flatten())
-        elif kind == "linear":
-            out.append(nn.Linear(s[1], s[2]))
-        elif kind == "res":
-            shortcut = None if s[2] is None else build_torch(torch, s[2])
-            out.append(Res(build_torch(torch, s[1]), shortcut))
-    return nn.Sequential(*out)
+    kit = {
+        "conv": lambda ci, co, s: nn.Conv2d(ci, co, 3, stride=s, padding=1),
+        "conv1": lambda ci, co, s: nn.Conv2d(ci, co, 1, stride=s, bias=False),
+        "bn": nn.BatchNorm2d, "relu": nn.ReLU, "sigmoid": nn.Sigmoid,
+        "pool": lambda: nn.MaxPool2d(2),
+        "gap": lambda: nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()),
+        "flatten": nn.Flatten, "linear": nn.Linear, "res": Res,
+        "seq": lambda layers: nn.Sequential(*layers),
+    }
+    return build(specs, kit)
 
 
 def time_minicnn(specs, batch, xp, repeats):
