@@ -47,3 +47,11 @@ def _numpy_backend_by_default():
 def away_from_zero(x: np.ndarray, margin: float = 0.05) -> np.ndarray:
     """Push values at least ``margin`` away from 0, where ReLU-like functions have a kink."""
     return np.where(x >= 0, x + margin, x - margin)
+
+
+@pytest.fixture
+def isolated_data_dirs(tmp_path, monkeypatch):
+    """Never touch the user's real data folder or cache (data tests use it module-wide)."""
+    monkeypatch.setenv("MINICNN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MINICNN_DATA", raising=False)

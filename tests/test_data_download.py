@@ -22,13 +22,7 @@ from minicnn.data import (
 )
 from tests import data_fixtures as fx
 
-
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    """Never touch the user's real data folder or cache."""
-    monkeypatch.setenv("MINICNN_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("MINICNN_DATA", raising=False)
+pytestmark = pytest.mark.usefixtures("isolated_data_dirs")
 
 
 @pytest.fixture

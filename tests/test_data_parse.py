@@ -28,12 +28,7 @@ from minicnn.data import (
 from minicnn.data.download import cache_file
 from tests import data_fixtures as fx
 
-
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("MINICNN_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("MINICNN_DATA", raising=False)
+pytestmark = pytest.mark.usefixtures("isolated_data_dirs")
 
 
 # -- IDX -----------------------------------------------------------------------------------

@@ -24,18 +24,14 @@ from minicnn.data import (
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 
-pytestmark = pytest.mark.skipif(not (SHARED / "mnist").is_dir(),
-                                reason=f"{SHARED} not present (only on the team's machines)")
+pytestmark = [
+    pytest.mark.skipif(not (SHARED / "mnist").is_dir(),
+                       reason=f"{SHARED} not present (only on the team's machines)"),
+    pytest.mark.usefixtures("isolated_data_dirs"),
+]
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
-
-
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("MINICNN_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("MINICNN_DATA", raising=False)
 
 
 def listing(folder: Path) -> dict[str, tuple[int, int]]:
