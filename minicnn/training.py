@@ -20,6 +20,7 @@ Epochs are counted from 1 in messages, callbacks and ``History.epoch``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -28,7 +29,7 @@ import sys
 import tempfile
 import time
 import types
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,7 @@ import numpy as np
 from . import init as initializers
 from .backend import get_array_module, get_xp, to_numpy
 from .layers.base import Layer, Parameter
+from .layers.container import Sequential
 
 __all__ = [
     "History", "fit", "evaluate", "predict",
@@ -469,53 +471,70 @@ def fit(model: Layer, loss: Any, optimizer: Any, train_loader: Iterable, val_loa
         c.set_state(state)
         c.on_train_begin()
 
-    for epoch in range(int(initial_epoch) + 1, int(epochs) + 1):
-        state.epoch = epoch
-        lr = float(optimizer.lr)
-        _train_mode(model)
-        for c in all_callbacks:
-            c.on_epoch_begin(epoch)
-        meter = _Meter()
-        bar = _progress_bar(verbose == 1, steps_per_epoch, f"epoch {epoch}/{epochs}")
-        every = sync_every
-        start = time.perf_counter()
-        for step, (x, y) in enumerate(train_loader, start=1):
-            logits = model.forward(x)
-            batch_loss = loss.forward(logits, y)
-            model.backward(loss.backward())
-            optimizer.step()
-            meter.add(batch_loss, _accuracy_count(logits, y), int(x.shape[0]))
+    with _no_input_grad(model):
+        for epoch in range(int(initial_epoch) + 1, int(epochs) + 1):
+            state.epoch = epoch
+            lr = float(optimizer.lr)
+            _train_mode(model)
             for c in all_callbacks:
-                c.on_step_end(epoch, step)
-            if every is None:
-                every = 1 if get_array_module(x) is np else 20
-            if step % every == 0 or step == steps_per_epoch:
-                _flush(meter, all_callbacks, epoch, bar, start, state)
+                c.on_epoch_begin(epoch)
+            meter = _Meter()
+            bar = _progress_bar(verbose == 1, steps_per_epoch, f"epoch {epoch}/{epochs}")
+            every = sync_every
+            start = time.perf_counter()
+            for step, (x, y) in enumerate(train_loader, start=1):
+                logits = model.forward(x)
+                batch_loss = loss.forward(logits, y)
+                model.backward(loss.backward())
+                optimizer.step()
+                meter.add(batch_loss, _accuracy_count(logits, y), int(x.shape[0]))
+                for c in all_callbacks:
+                    c.on_step_end(epoch, step)
+                if every is None:
+                    every = 1 if get_array_module(x) is np else 20
+                if step % every == 0 or step == steps_per_epoch:
+                    _flush(meter, all_callbacks, epoch, bar, start, state)
+                if state.stop_training:
+                    break
+            _flush(meter, all_callbacks, epoch, bar, start, state)
+            if bar is not None:
+                bar.close()
+            if state.stop_training and state.stop_reason and state.stop_reason.startswith(
+                    "TerminateOnNaN"):
+                break  # the epoch is not finished and its weights are broken: record nothing
+            logs: dict[str, Any] = {"loss": meter.loss, "acc": meter.acc, "val_loss": None,
+                                    "val_acc": None, "lr": lr}
+            train_time = time.perf_counter() - start
+            if val_loader is not None:
+                val = evaluate(model, val_loader, loss)
+                logs["val_loss"], logs["val_acc"] = val["loss"], val["acc"]
+            logs["time"] = time.perf_counter() - start
+            history.append(epoch, logs)
+            if verbose:
+                _write(_format_logs(epoch, epochs, logs, meter.seen / max(train_time, 1e-9)))
+            for c in all_callbacks:
+                c.on_epoch_end(epoch, logs)
             if state.stop_training:
                 break
-        _flush(meter, all_callbacks, epoch, bar, start, state)
-        if bar is not None:
-            bar.close()
-        if state.stop_training and state.stop_reason and state.stop_reason.startswith(
-                "TerminateOnNaN"):
-            break  # the epoch is not finished and its weights are broken: record nothing
-        logs: dict[str, Any] = {"loss": meter.loss, "acc": meter.acc, "val_loss": None,
-                                "val_acc": None, "lr": lr}
-        train_time = time.perf_counter() - start
-        if val_loader is not None:
-            val = evaluate(model, val_loader, loss)
-            logs["val_loss"], logs["val_acc"] = val["loss"], val["acc"]
-        logs["time"] = time.perf_counter() - start
-        history.append(epoch, logs)
-        if verbose:
-            _write(_format_logs(epoch, epochs, logs, meter.seen / max(train_time, 1e-9)))
-        for c in all_callbacks:
-            c.on_epoch_end(epoch, logs)
-        if state.stop_training:
-            break
     for c in all_callbacks:
         c.on_train_end()
     return history
+
+
+@contextlib.contextmanager
+def _no_input_grad(model: Layer) -> Iterator[None]:
+    """Switch off dL/dx of the layer that sees the images (no one needs it) while fitting."""
+    first = model
+    while isinstance(first, Sequential) and first.layers:
+        first = first.layers[0]
+    switch = getattr(first, "input_grad", False) is True
+    if switch:
+        first.input_grad = False
+    try:
+        yield
+    finally:
+        if switch:
+            first.input_grad = True
 
 
 def _train_mode(model: Layer) -> None:

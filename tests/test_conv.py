@@ -266,3 +266,19 @@ def test_bad_arguments():
         L.Conv2d(1, 1, 3, padding=-1)
     with pytest.raises(RuntimeError, match="Conv2d.backward.*before forward"):
         L.Conv2d(1, 1, 3).backward(np.zeros((1, 1, 1, 1)))
+
+
+@pytest.mark.parametrize("Layer, shape", [(lambda: L.Conv2d(3, 4, 3, padding=1), (2, 3, 5, 5)),
+                                          (lambda: L.Linear(6, 4), (5, 6))])
+def test_input_grad_off_keeps_parameter_gradients_and_returns_none(Layer, shape):
+    rng = np.random.default_rng(0)
+    layer = Layer()
+    x = rng.standard_normal(shape).astype(np.float32)
+    dout = rng.standard_normal(layer.forward(x).shape).astype(np.float32)
+    dx = layer.backward(dout)
+    full = [p.grad.copy() for p in layer.parameters()]
+    layer.input_grad = False
+    layer.forward(x)
+    assert dx is not None and layer.backward(dout) is None
+    for g, p in zip(full, layer.parameters(), strict=True):
+        np.testing.assert_array_equal(p.grad, g)

@@ -465,3 +465,26 @@ def test_replace_head_for_a_new_task():
         np.testing.assert_array_equal(p.data, f)
     with pytest.raises(TypeError, match="Sequential"):
         training.replace_head(L.ReLU(), 3)
+
+
+def test_fit_skips_the_input_gradient_of_the_first_layer_only_while_fitting():
+    # The first conv's dx is never used: fit switches it off, and restores it afterwards.
+    model = models.simple_cnn(in_channels=1, num_classes=3, image_size=8, widths=(2, 3))
+    first = model.layers[0]
+    seen = []
+    backward = first.backward
+
+    def spy(dout):
+        dx = backward(dout)
+        seen.append(dx)
+        return dx
+
+    first.backward = spy
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 1, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 3, 8)
+    training.fit(model, losses.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1),
+                 data.DataLoader(x, y, batch_size=4, seed=0), epochs=1, verbose=0)
+    assert len(seen) == 2 and all(dx is None for dx in seen)
+    convs = [m for m in model.modules() if isinstance(m, L.Conv2d)]
+    assert len(convs) == 2 and all(c.input_grad is True for c in convs)

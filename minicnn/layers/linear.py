@@ -53,6 +53,7 @@ class Linear(Layer):
         self.W = Parameter(new_array(W0), "W", regularizer=kernel_regularizer)
         b0 = initializers.zeros((self.out_features,))
         self.b = Parameter(new_array(b0), "b") if bias else None
+        self.input_grad = True  # False: backward skips dx (see Conv2d.input_grad)
 
     def forward(self, x: Any) -> Any:
         check_float_input("Linear", x)
@@ -77,6 +78,8 @@ class Linear(Layer):
         self.W.set_grad(x2.T @ dout2)
         if self.b is not None:
             self.b.set_grad(dout2.sum(axis=0))
+        if not self.input_grad:  # see Conv2d.input_grad
+            return None
         return dout @ W.T
 
     def extra_repr(self) -> str:
