@@ -493,15 +493,67 @@ def build_parser(dataset: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--backend", default="numpy", choices=("numpy", "cupy"))
     g.add_argument("-v", "--verbose", action="store_true", help="the error of every tensor")
     sub.add_parser("info", help="backend, devices, versions, data folder")
+    _add_ladder_args(sub.add_parser("ladder", help="the lectures' training ladder, with a "
+                                    "report beside the lecture's numbers"))
     return p
 
 
+def _add_ladder_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rungs", default="all",
+                   help="which rungs: all (default), 1-5, 3,7,12 (12 = 12a-12g), 12c, mnist")
+    p.add_argument("--budget", default=None, choices=("quick", "full", "smoke"),
+                   help="quick: every rung on 2 CPU cores in under an hour (data subset, "
+                        "1/4 widths); full: the lecture's sizes (GPU); smoke: seconds "
+                        "(default: full on the GPU, quick on the CPU)")
+    p.add_argument("--out", default="runs/ladder", metavar="DIR",
+                   help="writes DIR/ladder.md, DIR/ladder.json and DIR/img/ (default "
+                        "runs/ladder); results already there (same budget) are kept")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", default=os.environ.get("MINICNN_BACKEND", "auto"),
+                   choices=("auto", "numpy", "cupy"))
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help="data folder (default $MINICNN_DATA or ~/.cache/minicnn)")
+    p.add_argument("--smoke", action="store_true", help="same as --budget smoke")
+    p.add_argument("-q", "--quiet", action="store_true", help="no per-epoch lines")
+
+
+def cmd_ladder(args: argparse.Namespace) -> int:
+    from . import ladder
+
+    backend = _choose_backend(args.backend)
+    budget = "smoke" if args.smoke else args.budget or ("full" if backend == "cupy"
+                                                        else "quick")
+    try:
+        rungs = ladder.select_rungs(args.rungs)
+    except ValueError as exc:
+        raise SystemExit(f"minicnn: {exc}") from None
+    command = " ".join(["python examples/ladder.py", *sys.argv[1:]]) \
+        if os.path.basename(sys.argv[0]) == "ladder.py" else " ".join(["minicnn", *sys.argv[1:]])
+    start = time.perf_counter()
+    ladder.run_ladder(rungs, budget, data_root=args.data, out=args.out, seed=args.seed,
+                      verbose=0 if args.quiet else 2, command=command)
+    print(f"ladder: {len(rungs)} rungs ({budget}) in {(time.perf_counter() - start) / 60:.1f} "
+          f"min; report: {os.path.join(args.out, 'ladder.md')}")
+    return 0
+
+
+def run_ladder_example(argv: list[str] | None = None) -> int:
+    """What ``examples/ladder.py`` runs: ``minicnn ladder``."""
+    p = argparse.ArgumentParser(prog="ladder.py", description=(
+        "The lectures' CNN-training ladder: every rung, with a report beside the lecture's "
+        "numbers."))
+    _add_ladder_args(p)
+    args = p.parse_args(argv)
+    args.command = "ladder"
+    return _run(args)
+
+
 def _run(args: argparse.Namespace) -> int:
-    if getattr(args, "out", "unset") is None:
+    if getattr(args, "out", "unset") is None and hasattr(args, "dataset"):
         args.out = os.path.join("runs", args.dataset + ("-smoke" if args.smoke else ""))
     command = getattr(args, "command", "train")
     handler = {"train": cmd_train, "evaluate": cmd_evaluate, "gradcheck": cmd_gradcheck,
-               "info": cmd_info}[command]
+               "info": cmd_info, "ladder": cmd_ladder}[command]
     from .data import DatasetError
 
     try:
