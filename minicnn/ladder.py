@@ -279,7 +279,7 @@ def load_splits(rungs: Sequence[Rung], budget_name: str, data_root: str | None,
         else:
             load = D.load_mnist if mnist else D.load_cifar10
             s = load(root=data_root, download=True)
-            train, val = (s[0], s[1]), (s[2], s[3])
+            train, val = s[0], s[1]
         splits[dataset] = (_subset(*train, n_train, seed), _subset(*val, n_val, seed + 1))
     return splits
 
