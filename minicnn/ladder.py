@@ -122,11 +122,14 @@ RUNGS: list[Rung] = _ladder()
 
 # train/val: images used (None: all); width: factor on every conv width and the dense layer.
 BUDGETS: dict[str, dict[str, Any]] = {
-    "quick": dict(train=5000, val=2000, epochs=4, epochs_12=4, batch_size=64, width=0.25,
+    "quick": dict(train=5000, val=2000, epochs=4, epochs_sigmoid=12, epochs_12=4,
+                  batch_size=64, width=0.25,
                   mnist_train=10000, mnist_val=None, mnist_epochs=1, mnist_width=1.0),
-    "full": dict(train=None, val=None, epochs=30, epochs_12=60, batch_size=256, width=1.0,
+    "full": dict(train=None, val=None, epochs=30, epochs_sigmoid=30, epochs_12=60,
+                 batch_size=256, width=1.0,
                  mnist_train=None, mnist_val=None, mnist_epochs=5, mnist_width=1.0),
-    "smoke": dict(train=32, val=16, epochs=1, epochs_12=1, batch_size=16, width=1 / 16,
+    "smoke": dict(train=32, val=16, epochs=1, epochs_sigmoid=1, epochs_12=1, batch_size=16,
+                  width=1 / 16,
                   mnist_train=32, mnist_val=16, mnist_epochs=1, mnist_width=1 / 8),
 }
 
@@ -239,8 +242,10 @@ def run_rung(rung: Rung, budget: dict[str, Any], splits: dict[str, tuple], seed:
         grads = gradient_norms(model, x0, y0)
     if rung.dataset == "mnist":
         epochs = budget["mnist_epochs"]
+    elif rung.name.startswith("12"):
+        epochs = budget["epochs_12"]
     else:
-        epochs = budget["epochs_12"] if rung.name.startswith("12") else budget["epochs"]
+        epochs = budget["epochs_sigmoid" if rung.model["activation"] == "sigmoid" else "epochs"]
     opt = optim.Adam(model.parameters(), lr=rung.lr)
     start = time.perf_counter()
     history = training.fit(model, losses.CrossEntropyLoss(), opt, train_loader, val_loader,
