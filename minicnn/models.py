@@ -148,7 +148,8 @@ def vgg(in_channels: int = 3, num_classes: int = 10, image_size: int = 32,
         widths: Sequence[int] = (64, 128, 256), depth: int | Sequence[int] = 2,
         activation: str = "relu", batchnorm: bool = False, norm: str | None = None,
         init: str = "he_normal", residual: bool = False, hidden: int | None = 512,
-        dropout: float = 0.0, global_pool: bool = False) -> L.Sequential:
+        dropout: float = 0.0, global_pool: bool = False,
+        pool_first: bool = False) -> L.Sequential:
     """The VGG-style ladder of the lectures.
 
     Each stage s is ``depth[s]`` blocks of (3x3 conv 'same', stride 1 -> norm -> activation)
@@ -176,6 +177,13 @@ def vgg(in_channels: int = 3, num_classes: int = 10, image_size: int = 32,
         Dropout probability before each dense layer (0: none).
     global_pool : bool
         Global average pooling instead of Flatten before the dense layers.
+    pool_first : bool
+        In each stage's last block, pool right after the conv: conv -> max pool -> norm ->
+        activation. Max pooling commutes with any increasing function (ReLU, SiLU on most of
+        its range, BatchNorm's per-channel map while gamma > 0), so this is nearly the same
+        network, but the norm and the activation run on a quarter of the pixels: a cheaper
+        step (the fast CIFAR-10 training scripts such as airbench order blocks this way).
+        Not with ``residual``.
 
     Shapes: x (N, in_channels, image_size, image_size) -> logits (N, num_classes).
     """
@@ -183,14 +191,17 @@ def vgg(in_channels: int = 3, num_classes: int = 10, image_size: int = 32,
     if len(depths) != len(widths):
         raise ValueError(f"vgg: depth has {len(depths)} entries but widths has {len(widths)}")
     kind = norm if norm is not None else ("batch" if batchnorm else None)
+    if pool_first and residual:
+        raise ValueError("vgg: pool_first applies to plain stages, not with residual=True")
     bias = kind is None  # a bias before a normalisation layer is cancelled by its mean
     layers: list[L.Layer] = []
     c, size = in_channels, image_size
     for width, n in zip(widths, depths, strict=True):
         stage: list[L.Layer] = []
         for i in range(n):
+            pool = [L.MaxPool2d(2)] if pool_first and i == n - 1 else []
             stage += [L.Conv2d(c if i == 0 else width, width, 3, padding="same", bias=bias,
-                               init=init), *_norm(kind, width), _act(activation)]
+                               init=init), *pool, *_norm(kind, width), _act(activation)]
         if residual:
             body = L.Sequential(*stage[:-1])  # the activation comes after the sum
             shortcut = None if c == width else L.Sequential(
@@ -198,7 +209,8 @@ def vgg(in_channels: int = 3, num_classes: int = 10, image_size: int = 32,
             layers += [L.Residual(body, shortcut), _act(activation)]
         else:
             layers += stage
-        layers.append(L.MaxPool2d(2))
+        if not pool_first:
+            layers.append(L.MaxPool2d(2))
         c, size = width, size // 2
     if global_pool:
         layers.append(L.GlobalAvgPool2d())

@@ -26,6 +26,8 @@ def forward_shape(model, shape, batch=2):
     ("vgg", dict(widths=(4, 8, 8), depth=(1, 2, 1), hidden=16), (3, 32, 32)),
     ("vgg", dict(in_channels=1, image_size=28, widths=(4, 8), residual=True, batchnorm=True,
                  hidden=None, global_pool=True), (1, 28, 28)),
+    ("vgg", dict(in_channels=1, image_size=28, widths=(4, 8), depth=(2, 1), batchnorm=True,
+                 pool_first=True), (1, 28, 28)),
     ("vgg16", dict(cifar=True, width=1 / 16), (3, 32, 32)),
     ("lenet5", dict(), (1, 28, 28)),
     ("lenet5", dict(in_channels=3, image_size=32, activation="relu", pool="max"), (3, 32, 32)),
@@ -142,6 +144,8 @@ def test_summary_table_counts_and_leaves_the_model_untouched():
     ("simple_cnn", dict(widths=(2, 3), hidden=4, image_size=8), (1, 8, 8)),
     ("vgg", dict(widths=(2, 3), depth=1, hidden=4, image_size=8, batchnorm=True,
                  residual=True, activation="silu"), (3, 8, 8)),
+    ("vgg", dict(widths=(2, 3), depth=(2, 1), hidden=4, image_size=8, batchnorm=True,
+                 pool_first=True), (3, 8, 8)),
     ("lenet5", dict(), (1, 28, 28)),
     ("resnet", dict(widths=(2, 3), blocks=1), (3, 6, 6)),
 ])
@@ -150,3 +154,21 @@ def test_whole_models_pass_the_gradient_check(name, kwargs, shape):
     model = models.MODELS[name](**kwargs)
     x = np.random.default_rng(1).standard_normal((3, *shape))
     assert_gradients(model, x, seed=1, max_entries=8)
+
+
+def test_vgg_pool_first_pools_before_the_norm_of_each_stages_last_block():
+    model = models.vgg(widths=(4, 8), depth=(2, 1), batchnorm=True, pool_first=True,
+                       image_size=8)
+    kinds = [type(m).__name__ for m in model.layers[:11]]
+    assert kinds == ["Conv2d", "BatchNorm2d", "ReLU", "Conv2d", "MaxPool2d", "BatchNorm2d",
+                     "ReLU", "Conv2d", "MaxPool2d", "BatchNorm2d", "ReLU"]
+    # Without the norm (or with gamma > 0) it is the same function as pooling at the end:
+    # max pooling commutes with ReLU.
+    mc.init.set_seed(3)
+    first = models.vgg(widths=(4, 8), depth=1, pool_first=True, image_size=8, hidden=None)
+    mc.init.set_seed(3)
+    last = models.vgg(widths=(4, 8), depth=1, image_size=8, hidden=None)
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(first.forward(x), last.forward(x), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="pool_first"):
+        models.vgg(residual=True, pool_first=True)
