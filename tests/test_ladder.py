@@ -121,3 +121,21 @@ def test_bad_rung_spec_is_a_clear_error(tmp_path):
                            "--rungs", "99", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "unknown rung '99'" in proc.stderr
+
+
+def test_ladder_reads_real_format_files(tmp_path, monkeypatch, isolated_data_dirs):
+    # The data path of the real budgets: official-format MNIST files placed by hand.
+    from minicnn.data import mnist
+
+    from . import data_fixtures as fx
+
+    arrays, files = fx.tiny_mnist(n_train=24, n_test=8)
+    monkeypatch.setattr(mnist, "MNIST", fx.tiny_mnist_spec(files, n_train=24, n_test=8))
+    fx.write_folder(tmp_path / "data" / "mnist", files)
+    monkeypatch.setitem(ladder.BUDGETS, "tiny", {**SMOKE, "mnist_train": 16})
+    state = ladder.run_ladder(ladder.select_rungs("mnist-bn"), "tiny",
+                              data_root=str(tmp_path / "data"), out=tmp_path / "out",
+                              verbose=0)
+    result = state["results"]["mnist-bn"]
+    assert result["train_images"] == 16 and result["val_images"] == 8
+    assert (tmp_path / "out" / "ladder.md").exists()
