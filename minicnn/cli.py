@@ -21,6 +21,7 @@ import inspect
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 from typing import Any
@@ -37,9 +38,9 @@ __all__ = ["main", "run_example", "PRESETS", "DATASETS", "build_parser"]
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "mnist": {
         "cpu": dict(model="vgg", model_kwargs=dict(widths=[32, 64], depth=1, batchnorm=True,
-                                                   hidden=256, dropout=0.0),
-                    epochs=3, batch_size=128, optimizer="adam", lr=4e-3, weight_decay=0.0,
-                    schedule="onecycle", augment=False, label_smoothing=0.0),
+                                                   hidden=256, dropout=0.0, pool_first=True),
+                    epochs=4, batch_size=128, optimizer="adam", lr=4e-3, weight_decay=0.0,
+                    schedule="onecycle", augment="crop", label_smoothing=0.0),
         "gpu": dict(model="vgg", model_kwargs=dict(widths=[32, 64], depth=2, batchnorm=True,
                                                    hidden=256, dropout=0.25),
                     epochs=10, batch_size=256, optimizer="adam", lr=4e-3, weight_decay=0.0,
@@ -47,8 +48,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
     "fashion_mnist": {
         "cpu": dict(model="vgg", model_kwargs=dict(widths=[32, 64], depth=1, batchnorm=True,
-                                                   hidden=256, dropout=0.2),
-                    epochs=8, batch_size=128, optimizer="adam", lr=3e-3, weight_decay=0.0,
+                                                   hidden=256, dropout=0.2, pool_first=True),
+                    epochs=12, batch_size=128, optimizer="adam", lr=3e-3, weight_decay=0.0,
                     schedule="onecycle", augment="flip", label_smoothing=0.1),
         "gpu": dict(model="vgg", model_kwargs=dict(widths=[64, 128], depth=2, batchnorm=True,
                                                    hidden=256, dropout=0.3),
@@ -57,7 +58,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
     "cifar10": {
         "cpu": dict(model="vgg", model_kwargs=dict(widths=[32, 64, 128], depth=1,
-                                                   batchnorm=True, hidden=256, dropout=0.2),
+                                                   batchnorm=True, hidden=256, dropout=0.2,
+                                                   pool_first=True),
                     epochs=10, batch_size=128, optimizer="sgd", lr=0.1, weight_decay=5e-4,
                     schedule="onecycle", augment=True, label_smoothing=0.0),
         "gpu": dict(model="vgg", model_kwargs=dict(widths=[64, 128, 256], depth=2,
@@ -527,8 +529,9 @@ def cmd_ladder(args: argparse.Namespace) -> int:
         rungs = ladder.select_rungs(args.rungs)
     except ValueError as exc:
         raise SystemExit(f"minicnn: {exc}") from None
-    command = " ".join(["python examples/ladder.py", *sys.argv[1:]]) \
-        if os.path.basename(sys.argv[0]) == "ladder.py" else " ".join(["minicnn", *sys.argv[1:]])
+    argv = getattr(args, "argv", None)
+    argv = sys.argv[1:] if argv is None else argv
+    command = " ".join([getattr(args, "prog", "minicnn"), *map(shlex.quote, argv)])
     start = time.perf_counter()
     ladder.run_ladder(rungs, budget, data_root=args.data, out=args.out, seed=args.seed,
                       verbose=0 if args.quiet else 2, command=command)
@@ -544,7 +547,7 @@ def run_ladder_example(argv: list[str] | None = None) -> int:
         "numbers."))
     _add_ladder_args(p)
     args = p.parse_args(argv)
-    args.command = "ladder"
+    args.command, args.argv, args.prog = "ladder", argv, "python examples/ladder.py"
     return _run(args)
 
 
@@ -568,7 +571,9 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``minicnn`` command. Returns the exit status."""
-    return _run(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    args.argv = argv  # for the command line the ladder's report quotes
+    return _run(args)
 
 
 def run_example(dataset: str, argv: list[str] | None = None) -> int:

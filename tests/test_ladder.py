@@ -139,3 +139,15 @@ def test_ladder_reads_real_format_files(tmp_path, monkeypatch, isolated_data_dir
     result = state["results"]["mnist-bn"]
     assert result["train_images"] == 16 and result["val_images"] == 8
     assert (tmp_path / "out" / "ladder.md").exists()
+
+
+def test_minicnn_ladder_command(tmp_path, capsys):
+    from minicnn import cli
+
+    assert cli.main(["ladder", "--smoke", "--rungs", "1,mnist", "--out", str(tmp_path), "-q",
+                     "--backend", "numpy"]) == 0
+    assert "4 rungs (smoke)" in capsys.readouterr().out
+    state = json.loads((tmp_path / "ladder.json").read_text())
+    assert sorted(state["results"]) == ["1", "mnist", "mnist-bn", "mnist-dropout"]
+    assert state["command"] == ("minicnn ladder --smoke --rungs 1,mnist --out " + str(tmp_path)
+                                + " -q --backend numpy")
