@@ -517,11 +517,22 @@ def _add_ladder_args(p: argparse.ArgumentParser) -> None:
                    help="data folder (default $MINICNN_DATA or ~/.cache/minicnn)")
     p.add_argument("--smoke", action="store_true", help="same as --budget smoke")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-epoch lines")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: rewrite DIR/ladder.md and the figures from "
+                        "DIR/ladder.json")
 
 
 def cmd_ladder(args: argparse.Namespace) -> int:
     from . import ladder
 
+    if args.report_only:
+        path = os.path.join(args.out, "ladder.json")
+        if not os.path.exists(path):
+            raise SystemExit(f"minicnn: --report-only needs {path} from an earlier run")
+        with open(path) as f:
+            ladder.write_report(json.load(f), args.out)
+        print(f"ladder: report rewritten: {os.path.join(args.out, 'ladder.md')}")
+        return 0
     backend = _choose_backend(args.backend)
     budget = "smoke" if args.smoke else args.budget or ("full" if backend == "cupy"
                                                         else "quick")

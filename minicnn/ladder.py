@@ -119,6 +119,7 @@ def _ladder() -> list[Rung]:
 
 
 RUNGS: list[Rung] = _ladder()
+GRADIENT_RUNGS = ("3", "4", "5", "6", "7")  # the report's vanishing-gradient picture
 
 # train/val: images used (None: all); width: factor on every conv width and the dense layer.
 BUDGETS: dict[str, dict[str, Any]] = {
@@ -303,12 +304,14 @@ def run_ladder(rungs: Sequence[Rung], budget_name: str = "quick", data_root: str
     state = _load_state(path, budget_name)
     state.update(budget=budget_name, budget_values=budget, machine=_machine(),
                  command=command or state.get("command", ""))
+    start = time.perf_counter()
     splits = load_splits(rungs, budget_name, data_root, seed)
     for rung in rungs:
         if verbose:
             print(f"ladder: rung {rung.name} ({rung.dataset}): {rung.change}", flush=True)
         result = run_rung(rung, budget, splits, seed=seed, verbose=verbose)
         state["results"][rung.name] = result
+        state["wall_seconds"] = time.perf_counter() - start  # this call: loading included
         if verbose:
             print(f"ladder: rung {rung.name}: train {result['train_acc']:.2%}, "
                   f"val {result['val_acc']:.2%} in {result['seconds']:.0f}s", flush=True)
@@ -327,8 +330,19 @@ def _load_state(path: str, budget_name: str) -> dict[str, Any]:
     return {"results": {}}
 
 
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def _machine() -> dict[str, Any]:
-    return dict(platform=platform.platform(), processor=platform.processor() or "?",
+    return dict(platform=platform.platform(), processor=_cpu_model(),
                 cpus=os.cpu_count(), numpy=np.__version__, backend=get_backend(),
                 date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
 
@@ -388,7 +402,8 @@ def write_report(state: dict[str, Any], out: str | os.PathLike, plots: bool = Tr
         f"Budget **{state['budget']}** on {machine['cpus']} CPU cores "
         f"({machine['processor']}, {machine['platform']}), backend {machine['backend']}, "
         f"NumPy {machine['numpy']}, {machine['date']}. Training time of the rungs below: "
-        f"{total / 60:.1f} min.",
+        f"{total / 60:.1f} min" + (f"; wall time of the command: {state['wall_seconds'] / 60:.1f} "
+                                   "min." if state.get("wall_seconds") else "."),
         "",
         f"Command: `{state.get('command') or 'python examples/ladder.py'}`",
         "",
@@ -401,7 +416,15 @@ def write_report(state: dict[str, Any], out: str | os.PathLike, plots: bool = Tr
         "the quick budget, on 10x the data, 4x the width and many more epochs): compare the "
         "pattern, not the values.",
         "",
+        "Train accuracy is the running mean over the last epoch, with dropout, noise and "
+        "augmentation on (what Keras prints), so it can lie below the val accuracy, measured "
+        "after the epoch in evaluation mode.",
+        "",
     ]
+    if state["budget"] == "quick":
+        lines += ["The regularisers of rung 12 trade fitting speed for generalisation; with "
+                  "4 epochs on 5,000 images they mostly cost fitting speed. The lecture's "
+                  "gains from them need its long runs (`--budget full`).", ""]
     for dataset, title in (("cifar10", "CIFAR-10"), ("mnist", "MNIST")):
         rows = [r for r in results.values() if r["dataset"] == dataset]
         if not rows:
@@ -424,15 +447,19 @@ def write_report(state: dict[str, Any], out: str | os.PathLike, plots: bool = Tr
         lines += [f"![{name}](img/{os.path.basename(p)})" for name, p in images]
         lines.append("")
     grads = {k: r["grad_norms"] for k, r in results.items() if r.get("grad_norms")
-             and k in ("3", "4", "5", "6", "7")}
+             and k in GRADIENT_RUNGS}
     if grads:
+        width = max(len(g) for g in grads.values())
         lines += ["## Gradient norm per layer at the first step", "",
-                  "‖dL/dW‖ of each conv and dense layer (input to output) for the first "
-                  "batch, before any update:", "",
-                  "| rung | " + " | ".join(n for n, _ in max(grads.values(), key=len)) + " |",
-                  "| --- |" + " ---: |" * len(max(grads.values(), key=len))]
+                  "‖dL/dW‖ of each conv and dense layer, numbered from the input, for the "
+                  "first batch before any update:", "",
+                  "| rung | layers | " + " | ".join(str(i) for i in range(1, width + 1)) + " |",
+                  "| --- | --- |" + " ---: |" * width]
         for k, g in grads.items():
-            lines.append(f"| {k} | " + " | ".join(f"{v:.1e}" for _, v in g) + " |")
+            kinds = [name.rstrip("0123456789") for name, _ in g]
+            layers = f"{kinds.count('conv')} conv, {kinds.count('dense')} dense"
+            cells = [f"{v:.1e}" for _, v in g] + [""] * (width - len(g))
+            lines.append(f"| {k} | {layers} | " + " | ".join(cells) + " |")
         lines.append("")
     text = "\n".join(lines)
     _atomic_write(os.path.join(out, "ladder.md"), text)
@@ -455,12 +482,22 @@ def _plots(results: dict[str, dict[str, Any]], folder: str) -> list[tuple[str, s
               ("MNIST", [r for r in results.values() if r["dataset"] == "mnist"])]
     groups = [(t, g) for t, g in groups if g]
     fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.2), squeeze=False)
+    colours = plt.get_cmap("tab20").colors
     for ax, (title, rows) in zip(axes[0], groups, strict=True):
-        for r in rows:
+        if max(len(r["history"]["val_acc"]) for r in rows) == 1:  # one epoch: a bar each
+            acc = [100 * r["val_acc"] for r in rows]
+            bars = ax.bar([r["rung"] for r in rows], acc, color=colours[:len(rows)])
+            ax.bar_label(bars, fmt="%.2f")
+            ax.set(title=title, ylabel="val accuracy % after 1 epoch",
+                   ylim=(max(0.0, min(acc) - 3), min(100.0, max(acc) + 1)))
+            continue
+        for i, r in enumerate(rows):
             acc = [100 * v for v in r["history"]["val_acc"]]
-            ax.plot(range(1, len(acc) + 1), acc, marker="o", ms=3, label=f"rung {r['rung']}")
+            ax.plot(range(1, len(acc) + 1), acc, marker="o", ms=3, color=colours[i % 20],
+                    ls="-" if i < 10 else "--", label=f"rung {r['rung']}")
         ax.axhline(10, color="grey", lw=0.8, ls=":")
         ax.set(title=title, xlabel="epoch", ylabel="val accuracy %")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.legend(fontsize=7, ncol=2)
     path = os.path.join(folder, "ladder_curves.png")
     fig.tight_layout()
@@ -469,7 +506,7 @@ def _plots(results: dict[str, dict[str, Any]], folder: str) -> list[tuple[str, s
     out.append(("validation accuracy per epoch", path))
 
     grads = [(k, r["grad_norms"]) for k, r in results.items()
-             if r.get("grad_norms") and k in ("3", "4", "5", "6", "7")]
+             if r.get("grad_norms") and k in GRADIENT_RUNGS]
     if grads:
         fig, ax = plt.subplots(figsize=(6.5, 4.2))
         for k, g in grads:

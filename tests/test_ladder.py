@@ -151,3 +151,8 @@ def test_minicnn_ladder_command(tmp_path, capsys):
     assert sorted(state["results"]) == ["1", "mnist", "mnist-bn", "mnist-dropout"]
     assert state["command"] == ("minicnn ladder --smoke --rungs 1,mnist --out " + str(tmp_path)
                                 + " -q --backend numpy")
+    (tmp_path / "ladder.md").unlink()
+    assert cli.main(["ladder", "--report-only", "--out", str(tmp_path)]) == 0
+    assert "| mnist-bn | with BatchNorm |" in (tmp_path / "ladder.md").read_text()
+    with pytest.raises(SystemExit, match="needs .*ladder.json"):
+        cli.main(["ladder", "--report-only", "--out", str(tmp_path / "nothing")])
