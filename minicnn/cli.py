@@ -39,7 +39,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "mnist": {
         "cpu": dict(model="vgg", model_kwargs=dict(widths=[32, 64], depth=1, batchnorm=True,
                                                    hidden=256, dropout=0.0, pool_first=True),
-                    epochs=4, batch_size=128, optimizer="adam", lr=4e-3, weight_decay=0.0,
+                    epochs=4, batch_size=64, optimizer="adam", lr=3e-3, weight_decay=0.0,
                     schedule="onecycle", augment="crop", label_smoothing=0.0),
         "gpu": dict(model="vgg", model_kwargs=dict(widths=[32, 64], depth=2, batchnorm=True,
                                                    hidden=256, dropout=0.25),
