@@ -188,3 +188,13 @@ def test_activation_argument_errors():
     for name in ("LeakyReLU", "Sigmoid", "Tanh", "SiLU", "GELU"):
         with pytest.raises(TypeError, match=f"{name}.*floating-point"):
             getattr(L, name)()(np.arange(3))
+
+
+def test_gelu_tanh_keeps_relative_accuracy_in_the_left_tail():
+    # ½ (1 + tanh u) cancels to 0 in float32 below x ≈ -3.9; σ(2u) does not.
+    x = np.linspace(-7.0, -3.0, 41)
+    u = np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)
+    expected = x * sp.expit(2 * u)                       # float64, no cancellation
+    y = L.GELU(approximate="tanh").forward(x.astype(np.float32))
+    assert y.dtype == np.float32 and np.all(y < 0)
+    np.testing.assert_allclose(y, expected, rtol=1e-4)

@@ -323,6 +323,11 @@ class GELU(Layer):
         Forward:  y = ½ x (1 + t),   t = tanh(u),   u = √(2/π) (x + 0.044715 x³)
         Backward: dx = dout * (½ (1 + t) + ½ x (1 - t²) √(2/π) (1 + 3 · 0.044715 x²))
 
+    computed through s = σ(2u), since ½ (1 + tanh u) = σ(2u) and ½ (1 - t²) = 2 s (1 - s):
+    y = x s, dx = dout * (s + 2 x s (1 - s) du/dx). For x << 0, 1 + tanh(u) is the difference
+    of two numbers near 1 and loses its digits (all of them in float32 below x ≈ -3.9);
+    σ(2u) keeps its relative accuracy.
+
     Φ is computed with ``erfc`` (this module; Cody's float64-accurate rational approximation,
     or CuPy's kernel on the GPU), so the left tail Φ(x) → 0 keeps its relative accuracy.
     On the CPU the exact form costs several times the tanh form (a rational approximation in
@@ -338,12 +343,12 @@ class GELU(Layer):
         self.approximate = approximate
 
     def forward(self, x: Any) -> Any:
-        xp = check_float_input("GELU", x)
+        check_float_input("GELU", x)
         self.x = x
         if self.approximate == "tanh":
             u = _SQRT_2_OVER_PI * (x + _GELU_TANH_A * (x * x * x))
-            self.t = xp.tanh(u)
-            return 0.5 * x * (1.0 + self.t)
+            self.s = _sigmoid(2.0 * u)                     # = ½ (1 + tanh u)
+            return x * self.s
         self.Phi = 0.5 * erfc(x * -_SQRT_HALF)
         return x * self.Phi
 
@@ -351,9 +356,9 @@ class GELU(Layer):
         xp = get_array_module(dout)
         x = self.x
         if self.approximate == "tanh":
-            t = self.t
+            s = self.s
             du_dx = _SQRT_2_OVER_PI * (1.0 + (3.0 * _GELU_TANH_A) * (x * x))
-            return dout * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du_dx)
+            return dout * (s + 2.0 * x * s * (1.0 - s) * du_dx)
         xc = xp.clip(x, -40.0, 40.0)  # φ(±40) = 0 in float64; clipping keeps x² finite
         phi = _INV_SQRT_2PI * xp.exp(-0.5 * (xc * xc))
         return dout * (self.Phi + x * phi)
