@@ -184,12 +184,18 @@ def build(rung: Rung, budget: dict[str, Any], shape: tuple[int, int, int]) -> L.
     return model
 
 
-def _transform(rung: Rung, size: int) -> Any:
+def _transform(rung: Rung, size: int, stats: tuple | None) -> Any:
+    """The rung's training transforms (crop-and-resize, flip, input noise), or None."""
     steps: list[Any] = []
     if "crop" in rung.augment:
         steps.append(D.RandomResizedCrop(size, scale=(0.6, 1.0)))
     if "flip" in rung.augment:
         steps.append(D.RandomHorizontalFlip())
+    if rung.noise:
+        # std `noise` on the model's input: added before standardising, so scaled by the
+        # data's std (Keras' GaussianNoise(0.1) sits after the normalised input).
+        scale = float(np.mean(stats[1])) if stats is not None else 1.0
+        steps.append(D.GaussianNoise(rung.noise * scale))
     return D.Compose(steps) if steps else None
 
 
@@ -226,13 +232,7 @@ def run_rung(rung: Rung, budget: dict[str, Any], splits: dict[str, tuple], seed:
     init.set_seed(seed)
     model = build(rung, budget, shape)  # type: ignore[arg-type]
     stats = D.channel_stats(x_train) if rung.normalize else None
-    steps: list[Any] = [t for t in (_transform(rung, shape[1]),) if t is not None]
-    if rung.noise:
-        # std `noise` on the model's input: added before standardising, so scaled by the
-        # data's std (Keras' GaussianNoise(0.1) sits after the normalised input).
-        scale = float(np.mean(stats[1])) if stats is not None else 1.0
-        steps.append(D.GaussianNoise(rung.noise * scale))
-    transform = D.Compose(steps) if steps else None
+    transform = _transform(rung, shape[1], stats)
     bs = budget["batch_size"]
     train_loader = D.DataLoader(x_train, y_train, bs, seed=seed, transform=transform,
                                 normalize=stats)
@@ -257,7 +257,7 @@ def run_rung(rung: Rung, budget: dict[str, Any], splits: dict[str, tuple], seed:
                 lecture=rung.lecture, train_acc=h["acc"][-1], val_acc=h["val_acc"][-1],
                 history={k: h[k] for k in ("loss", "acc", "val_loss", "val_acc")},
                 epochs=len(h["acc"]), seconds=seconds, grad_norms=grads,
-                params=int(sum(p.data.size for p in model.parameters())),
+                params=model.num_parameters(),
                 train_images=len(x_train), val_images=len(x_val),
                 nonfinite=not all(math.isfinite(v) for v in h["loss"]))
 
