@@ -49,7 +49,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "fashion_mnist": {
         "cpu": dict(model="vgg", model_kwargs=dict(widths=[32, 64], depth=1, batchnorm=True,
                                                    hidden=256, dropout=0.2, pool_first=True),
-                    epochs=12, batch_size=128, optimizer="adam", lr=3e-3, weight_decay=0.0,
+                    epochs=11, batch_size=128, optimizer="adam", lr=3e-3, weight_decay=0.0,
                     schedule="onecycle", augment="flip", label_smoothing=0.1),
         "gpu": dict(model="vgg", model_kwargs=dict(widths=[64, 128], depth=2, batchnorm=True,
                                                    hidden=256, dropout=0.3),
