@@ -111,22 +111,14 @@ def _model_kwargs(builder: str, dataset: str | None, kwargs: dict[str, Any]) -> 
     return out
 
 
-def _synthetic(dataset: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Random uint8 images whose mean brightness depends on the label: learnable, tiny."""
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 10, size=n).astype(np.int64)
-    x = rng.integers(0, 128, size=(n, *DATASETS[dataset]["shape"]))
-    x = (x + 12 * y[:, None, None, None]).astype(np.uint8)
-    return x, y
-
-
 def _load_data(args: argparse.Namespace) -> tuple[tuple, tuple, tuple[str, ...]]:
     from . import data
 
     spec = DATASETS[args.dataset]
     if args.smoke:
-        train = _synthetic(args.dataset, SMOKE_SIZES["train"], args.seed)
-        test = _synthetic(args.dataset, SMOKE_SIZES["test"], args.seed + 1)
+        shape = DATASETS[args.dataset]["shape"]
+        train = data.synthetic(SMOKE_SIZES["train"], shape, args.seed)
+        test = data.synthetic(SMOKE_SIZES["test"], shape, args.seed + 1)
         return train, test, tuple(getattr(data, spec["classes"]))
     load = getattr(data, spec["load"])
     splits = load(root=args.data, download=True, quiet=args.quiet)
@@ -309,7 +301,7 @@ def _test_data(args: argparse.Namespace, dataset: str) -> tuple[np.ndarray, np.n
     from . import data
 
     if args.smoke:
-        return _synthetic(dataset, SMOKE_SIZES["test"], 1)
+        return data.synthetic(SMOKE_SIZES["test"], DATASETS[dataset]["shape"], 1)
     splits = getattr(data, DATASETS[dataset]["load"])(root=args.data, download=True,
                                                       quiet=args.quiet)
     return splits[1]
@@ -543,11 +535,10 @@ def cmd_ladder(args: argparse.Namespace) -> int:
     argv = getattr(args, "argv", None)
     argv = sys.argv[1:] if argv is None else argv
     command = " ".join([getattr(args, "prog", "minicnn"), *map(shlex.quote, argv)])
-    start = time.perf_counter()
-    ladder.run_ladder(rungs, budget, data_root=args.data, out=args.out, seed=args.seed,
-                      verbose=0 if args.quiet else 2, command=command)
-    print(f"ladder: {len(rungs)} rungs ({budget}) in {(time.perf_counter() - start) / 60:.1f} "
-          f"min; report: {os.path.join(args.out, 'ladder.md')}")
+    state = ladder.run_ladder(rungs, budget, data_root=args.data, out=args.out,
+                              seed=args.seed, verbose=0 if args.quiet else 2, command=command)
+    print(f"ladder: {len(rungs)} rungs ({budget}) in {state['wall_seconds'] / 60:.1f} min; "
+          f"report: {os.path.join(args.out, 'ladder.md')}")
     return 0
 
 

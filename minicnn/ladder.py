@@ -32,7 +32,6 @@ import json
 import math
 import os
 import platform
-import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -262,14 +261,6 @@ def run_rung(rung: Rung, budget: dict[str, Any], splits: dict[str, tuple], seed:
                 nonfinite=not all(math.isfinite(v) for v in h["loss"]))
 
 
-def _synthetic(n: int, shape: tuple[int, ...], seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Random uint8 images whose brightness depends on the label (for --budget smoke)."""
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 10, size=n).astype(np.int64)
-    x = (rng.integers(0, 128, size=(n, *shape)) + 12 * y[:, None, None, None]).astype(np.uint8)
-    return x, y
-
-
 def load_splits(rungs: Sequence[Rung], budget_name: str, data_root: str | None,
                 seed: int = 0) -> dict[str, tuple]:
     """The (train, val) images each dataset in ``rungs`` needs, subset to the budget."""
@@ -281,7 +272,7 @@ def load_splits(rungs: Sequence[Rung], budget_name: str, data_root: str | None,
         n_val = budget["mnist_val" if mnist else "val"]
         if budget_name == "smoke":
             shape = (1, 28, 28) if mnist else (3, 32, 32)
-            train, val = _synthetic(n_train, shape, seed), _synthetic(n_val, shape, seed + 1)
+            train, val = D.synthetic(n_train, shape, seed), D.synthetic(n_val, shape, seed + 1)
         else:
             load = D.load_mnist if mnist else D.load_cifar10
             s = load(root=data_root, download=True)
@@ -348,11 +339,7 @@ def _machine() -> dict[str, Any]:
 
 
 def _atomic_write(path: str, text: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".ladder-", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    training._atomic_write(path, lambda f: f.write(text.encode()))
 
 
 # -- the report -----------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from .download import (
     DownloadError,
     data_root,
 )
-from .loader import DataLoader
+from .loader import DataLoader, synthetic
 from .mnist import (
     FASHION_MNIST,
     FASHION_MNIST_CLASSES,
@@ -69,7 +69,7 @@ __all__ = [
     "MNIST", "FASHION_MNIST", "CIFAR10", "read_idx", "data_root",
     "DatasetError", "DatasetNotFoundError", "DatasetFormatError", "DownloadError",
     "ChecksumWarning", "UnsafePickleError", "UnsafeArchiveError",
-    "DataLoader", "channel_stats", "Normalize", "to_unit_range", "to_symmetric_range",
+    "DataLoader", "synthetic", "channel_stats", "Normalize", "to_unit_range", "to_symmetric_range",
     "Transform", "Compose", "RandomCrop", "RandomHorizontalFlip", "RandomVerticalFlip",
     "RandomResizedCrop", "GaussianNoise", "Cutout", "ColorJitter",
 ]

@@ -24,7 +24,7 @@ import numpy as np
 from ..backend import get_xp, to_device
 from .normalize import Normalize
 
-__all__ = ["DataLoader"]
+__all__ = ["DataLoader", "synthetic"]
 
 
 class DataLoader:
@@ -133,3 +133,14 @@ class DataLoader:
         return (f"DataLoader({len(self.x)} samples of {tuple(self.x.shape[1:])}, "
                 f"batch_size={self.batch_size}, shuffle={self.shuffle}, "
                 f"drop_last={self.drop_last}, transform={self.transform!r})")
+
+
+def synthetic(n: int, shape: tuple[int, ...], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Tiny learnable fake data for smoke tests: uint8 images (n, *shape) and int64 labels.
+
+    Pixels are uniform in [0, 128) plus 12·label, so the mean brightness tells the class.
+    """
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 10, size=n).astype(np.int64)
+    x = rng.integers(0, 128, size=(n, *shape))
+    return (x + 12 * y[:, None, None, None]).astype(np.uint8), y
