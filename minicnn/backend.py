@@ -15,6 +15,7 @@ CuPy is imported lazily and only here, so minicnn imports and runs without it.
 from __future__ import annotations
 
 import os
+import sys
 from types import ModuleType
 from typing import Any
 
@@ -29,6 +30,8 @@ __all__ = [
     "to_device",
     "to_numpy",
     "cupy_available",
+    "get_cupy",
+    "get_special",
 ]
 
 _CUPY_INSTALL_HINT = (
@@ -117,20 +120,59 @@ def get_xp() -> ModuleType:
     return _cupy if get_backend() == "cupy" else np  # type: ignore[return-value]
 
 
+def get_cupy() -> ModuleType:
+    """The CuPy module, imported and checked; raises ``BackendError`` (with the install hint)
+    when CuPy is missing or sees no GPU. The one door through which minicnn reaches CuPy."""
+    cp = _import_cupy()
+    if cp is None:
+        raise BackendError(f"CuPy is needed here but unusable: {_cupy_error} {_CUPY_INSTALL_HINT}")
+    return cp
+
+
+def _loaded_cupy() -> ModuleType | None:
+    """CuPy if anyone (minicnn or the user) has imported it, else None; never imports it.
+
+    A user may hand minicnn a CuPy array without ever calling ``set_backend``: its arrays must
+    still be recognised, so this looks in ``sys.modules`` rather than at our own import.
+    """
+    if _cupy is not None:
+        return _cupy
+    cp = sys.modules.get("cupy")
+    return cp if cp is not None and hasattr(cp, "ndarray") else None
+
+
 def get_array_module(*arrays: Any) -> ModuleType:
     """The array module (``numpy`` or ``cupy``) that owns ``arrays``.
 
     Layers call this on their input, so the same code runs on the CPU and the GPU. Without
-    CuPy imported, everything is NumPy.
+    CuPy loaded, everything is NumPy.
     """
-    if _cupy is not None:
-        return _cupy.get_array_module(*arrays)
+    cp = _loaded_cupy()
+    if cp is not None:
+        return cp.get_array_module(*arrays)
     return np
 
 
-def to_device(x: Any, dtype: Any = None) -> Any:
-    """Return ``x`` as an array of the current backend (copying only when needed)."""
-    xp = get_xp()
+def get_special(xp: ModuleType) -> Any:
+    """CuPy's special-function namespace (``erf``, ``erfc``: one fused GPU kernel each) when
+    ``xp`` is CuPy and it has one; None otherwise (on NumPy minicnn uses its own formulas:
+    SciPy is not a dependency)."""
+    if xp is np:
+        return None
+    try:
+        import cupyx.scipy.special as special  # noqa: PLC0415 (lazy on purpose)
+    except Exception:
+        return None
+    return special
+
+
+def to_device(x: Any, dtype: Any = None, *, like: Any = None) -> Any:
+    """Return ``x`` as an array of the current backend (copying only when needed).
+
+    With ``like=ref``, the device is the one ``ref`` lives on instead (e.g. labels brought to
+    the logits' device), whatever the current backend is.
+    """
+    xp = get_xp() if like is None else get_array_module(like)
     if xp is np:
         out = to_numpy(x)
     else:
@@ -142,6 +184,7 @@ def to_device(x: Any, dtype: Any = None) -> Any:
 
 def to_numpy(x: Any) -> np.ndarray:
     """Return ``x`` as a NumPy array (from the GPU if it lives there)."""
-    if _cupy is not None and isinstance(x, _cupy.ndarray):
-        return _cupy.asnumpy(x)
+    cp = _loaded_cupy()
+    if cp is not None and isinstance(x, cp.ndarray):
+        return cp.asnumpy(x)
     return np.asarray(x)

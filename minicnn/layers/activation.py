@@ -16,9 +16,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
-
-from ..backend import get_array_module
+from ..backend import get_array_module, get_special
 from .base import Layer, check_float_input
 
 __all__ = ["ReLU", "LeakyReLU", "Sigmoid", "Tanh", "SiLU", "GELU"]
@@ -264,10 +262,9 @@ def erfc(x: Any) -> Any:
     would cancel to 0. Keeps the dtype of ``x``; NumPy or CuPy.
     """
     xp = get_array_module(x)
-    if xp is not np:
-        fast = _cupy_erfc()
-        if fast is not None:
-            return fast(x)
+    special = get_special(xp)  # CuPy's own fused kernel when there is one
+    if special is not None:
+        return special.erfc(x)
     ax = xp.abs(x)
     # erfc(|x|), each range with its own approximation, evaluated only where it applies
     # (NaN stays NaN: it falls in no range).
@@ -289,19 +286,6 @@ def erf(x: Any) -> Any:
     return xp.where(small, _erf_small(xp.where(small, x, 0.0)), 1.0 - erfc(x))
 
 
-_cupy_erfc_fn: Any = None
-
-
-def _cupy_erfc() -> Any:
-    """``cupyx.scipy.special.erfc`` (a single fused GPU kernel), imported on first use."""
-    global _cupy_erfc_fn
-    if _cupy_erfc_fn is None:
-        try:
-            from cupyx.scipy.special import erfc as cupy_erfc  # noqa: PLC0415 (lazy on purpose)
-        except ImportError:
-            cupy_erfc = False
-        _cupy_erfc_fn = cupy_erfc
-    return _cupy_erfc_fn or None
 
 
 _SQRT_HALF = math.sqrt(0.5)

@@ -1,13 +1,25 @@
 """The two building blocks every layer shares: ``Parameter`` and ``Layer``.
 
-A layer is an object with
+The layer contract (what every layer in ``minicnn.layers`` does, and a new one must do):
 
-- ``forward(x)``: computes the output and caches what the backward pass will need;
+- ``forward(x)`` computes the output and stores what the backward pass needs in
+  ``self.cache`` (set to None in ``__init__``);
 - ``backward(dout) -> dx``: given dL/d(output), fills ``p.grad`` = dL/dp for each of its
-  parameters and returns dL/dx. It never modifies ``dout`` in place (a residual branch may
-  share the same array);
-- ``parameters()``: its trainable ``Parameter`` objects, in definition order;
-- ``train()`` / ``eval()``: the mode (BatchNorm and Dropout behave differently).
+  parameters and returns dL/dx. It reads the cache through ``self.cached()``, which raises a
+  clear ``RuntimeError`` when forward has not run. It never modifies ``dout`` in place (a
+  residual branch may share the same array). It may return None when ``self.input_grad`` is
+  False (the first layer of a model: nobody needs dL/d(image)); a layer that honours this
+  flag says so;
+- parameters are ``Parameter`` attributes, sub-layers are ``Layer`` attributes (or lists,
+  tuples, dicts of them), buffers (non-trained state saved in checkpoints, e.g. BatchNorm's
+  running statistics) are attributes named in the class attribute ``_buffer_names``. One walk
+  (``named_modules``) finds them all, in definition order; everything else — ``parameters``,
+  ``state_dict``, ``to``, ``astype``, ``train``/``eval`` — is built on it;
+- large scratch arrays reused from step to step come from ``self.workspace(...)``; they, and
+  the cache, are dropped when a layer is pickled or deep-copied (``__getstate__``);
+- ``train()`` / ``eval()`` set the mode (BatchNorm and Dropout behave differently);
+  ``with model.mode(training=False):`` sets it for a block and restores every module's own
+  mode afterwards.
 
 There is no autograd: each layer's ``backward`` is the chain rule written out by hand.
 
@@ -18,14 +30,19 @@ supported).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
-from ..backend import get_array_module, get_xp, to_numpy
+from ..backend import get_array_module, get_cupy, get_xp, to_numpy
 
-__all__ = ["Parameter", "Layer", "check_float_input", "check_ndim", "check_channels", "new_array"]
+__all__ = ["Parameter", "Layer", "evaluating", "check_float_input", "check_ndim",
+           "check_channels", "new_array"]
+
+# Attributes that hold per-step scratch state: never pickled, copied or saved.
+_TRANSIENT = ("cache", "_workspaces")
 
 
 class Parameter:
@@ -74,16 +91,21 @@ class Parameter:
 
 
 class Layer:
-    """Base class: mode handling, parameter discovery and the ``__call__`` shortcut.
+    """Base class: the model walk, state dicts, modes, devices and the ``__call__`` shortcut.
 
-    Subclasses implement ``forward`` and ``backward``. Parameters are found by looking at the
-    instance attributes in definition order: a ``Parameter`` is listed, a ``Layer`` (or a list
-    of layers) is searched recursively. That is why ``W`` is listed before ``b``: it is
-    assigned first in ``__init__``.
+    Subclasses implement ``forward`` and ``backward`` (see the module docstring for the whole
+    contract). Structure is found by a plain walk over the instance attributes in definition
+    order — no registration, no ``__setattr__`` magic: a ``Parameter`` is a parameter, a
+    ``Layer`` (or a list, tuple or dict of layers) is a sub-layer. That is why ``W`` is listed
+    before ``b``: it is assigned first in ``__init__``.
     """
+
+    _buffer_names: tuple[str, ...] = ()
+    input_grad = True
 
     def __init__(self) -> None:
         self.training = True
+        self.cache: Any = None
 
     # -- the two passes --------------------------------------------------------------------
     def forward(self, x: Any) -> Any:  # pragma: no cover - abstract
@@ -95,42 +117,165 @@ class Layer:
     def __call__(self, x: Any) -> Any:
         return self.forward(x)
 
-    # -- structure -------------------------------------------------------------------------
+    def cached(self) -> Any:
+        """What forward stored for backward; a clear error when there is nothing."""
+        cache = self.__dict__.get("cache")
+        if cache is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.backward called before forward (or after the cache "
+                f"was dropped by a copy): run forward on this batch first")
+        return cache
+
+    # -- structure: one walk ---------------------------------------------------------------
+    def named_children(self) -> list[tuple[str, Layer]]:
+        """Direct sub-layers with their attribute names, in definition order.
+
+        A list or tuple attribute ``layers`` gives ``layers.0``, ``layers.1``, ...; a dict
+        attribute ``branches`` gives ``branches.<key>``.
+        """
+        found: list[tuple[str, Layer]] = []
+        for key, value in vars(self).items():
+            if isinstance(value, Layer):
+                found.append((key, value))
+            elif isinstance(value, (list, tuple)):
+                found += [(f"{key}.{i}", v) for i, v in enumerate(value) if isinstance(v, Layer)]
+            elif isinstance(value, dict):
+                found += [(f"{key}.{k}", v) for k, v in value.items() if isinstance(v, Layer)]
+        return found
+
+    def named_modules(self, prefix: str = "") -> list[tuple[str, Layer]]:
+        """This layer (name ``prefix``, "" at the top) and all its descendants, depth first,
+        with dotted names like PyTorch's (``layers.3.body.layers.0``)."""
+        found = [(prefix, self)]
+        for name, child in self.named_children():
+            found += child.named_modules(f"{prefix}.{name}" if prefix else name)
+        return found
+
+    def named_parameters(self) -> list[tuple[str, Parameter]]:
+        """``(dotted name, Parameter)`` in definition order (``layers.0.W``, ``layers.0.b``)."""
+        return [(_join(prefix, key), value) for prefix, m in self.named_modules()
+                for key, value in vars(m).items() if isinstance(value, Parameter)]
+
+    def named_buffers(self) -> list[tuple[str, Any]]:
+        """``(dotted name, array)`` of the buffers (``layers.1.running_mean``); None skipped."""
+        return [(_join(prefix, name), getattr(m, name)) for prefix, m in self.named_modules()
+                for name in m._buffer_names if getattr(m, name, None) is not None]
+
     def children(self) -> Iterator[Layer]:
         """Direct sub-layers, in definition order."""
-        for value in vars(self).values():
-            if isinstance(value, Layer):
-                yield value
-            elif isinstance(value, (list, tuple)):
-                yield from (v for v in value if isinstance(v, Layer))
+        return iter([child for _, child in self.named_children()])
 
     def modules(self) -> Iterator[Layer]:
         """This layer and all its descendants, depth first."""
-        yield self
-        for child in self.children():
-            yield from child.modules()
+        return iter([m for _, m in self.named_modules()])
 
     def parameters(self) -> list[Parameter]:
         """Trainable parameters in definition order (``W`` before ``b``; children in order)."""
-        params: list[Parameter] = []
-        for value in vars(self).values():
-            if isinstance(value, Parameter):
-                params.append(value)
-            elif isinstance(value, Layer):
-                params.extend(value.parameters())
-            elif isinstance(value, (list, tuple)):
-                for v in value:
-                    if isinstance(v, Layer):
-                        params.extend(v.parameters())
-        return params
+        return [p for _, p in self.named_parameters()]
 
     def buffers(self) -> dict[str, Any]:
-        """Non-trainable state saved in checkpoints (e.g. BatchNorm's running statistics).
+        """Non-trainable state saved in checkpoints (e.g. BatchNorm's running statistics),
+        by dotted name. A layer lists its own in the class attribute ``_buffer_names``."""
+        return dict(self.named_buffers())
 
-        Subclasses with state list their attribute names in ``_buffer_names``.
+    # -- state dicts -----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Every parameter's and buffer's array by dotted name (references, not copies).
+
+        The names are those of ``named_parameters`` and ``named_buffers``; PyTorch's
+        ``model.state_dict()`` uses the same scheme, so the two can be compared key by key.
         """
-        return {name: getattr(self, name) for name in getattr(self, "_buffer_names", ())}
+        state = {name: p.data for name, p in self.named_parameters()}
+        state.update(self.named_buffers())
+        return state
 
+    def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> Layer:
+        """Copy ``state``'s arrays into this model's parameters and buffers (in place).
+
+        Everything is checked before anything changes: a key the model lacks (unexpected),
+        a key the model has but ``state`` lacks (missing; both only with ``strict=True``) or a
+        shape that differs raises ``ValueError`` naming the key, and leaves the model as it
+        was. Values keep the model's device and dtype. Returns self.
+        """
+        own = self._state_slots()
+        cls = type(self).__name__
+        if strict:
+            missing = [k for k in own if k not in state]
+            unexpected = [k for k in state if k not in own]
+            if missing or unexpected:
+                raise ValueError(
+                    f"{cls}.load_state_dict: missing keys {missing or 'none'}, unexpected keys "
+                    f"{unexpected or 'none'} (is this the state of another model?)")
+        for key, value in state.items():
+            if key in own and tuple(np.shape(value)) != tuple(own[key][2].shape):
+                raise ValueError(
+                    f"{cls}.load_state_dict: {key!r} has shape {tuple(np.shape(value))}, the "
+                    f"model's has {tuple(own[key][2].shape)}")
+        for key, value in state.items():
+            if key not in own:
+                continue
+            owner, attr, current = own[key]
+            xp = get_array_module(current)
+            new = xp.asarray(to_numpy(value) if xp is np else value, dtype=current.dtype)
+            if isinstance(owner, Parameter):
+                owner.data = new.copy() if new is value else new
+            else:
+                setattr(owner, attr, new.copy() if new is value else new)
+        return self
+
+    def _state_slots(self) -> dict[str, tuple[Any, str, Any]]:
+        """dotted name -> (owner, attribute, current array): where ``load_state_dict`` writes."""
+        slots: dict[str, tuple[Any, str, Any]] = {}
+        for prefix, m in self.named_modules():
+            for key, value in vars(m).items():
+                if isinstance(value, Parameter):
+                    slots[_join(prefix, key)] = (value, "data", value.data)
+            for name in m._buffer_names:
+                if getattr(m, name, None) is not None:
+                    slots[_join(prefix, name)] = (m, name, getattr(m, name))
+        return slots
+
+    def rng_states(self) -> dict[str, Any]:
+        """The state of every NumPy random generator a module holds (Dropout's masks), by
+        dotted name (``layers.5.rng``): saved in checkpoints so a resumed run draws the same
+        masks, and replayed by the gradient check."""
+        return {_join(prefix, key): value.bit_generator.state
+                for prefix, m in self.named_modules() for key, value in vars(m).items()
+                if isinstance(value, np.random.Generator)}
+
+    def set_rng_states(self, states: dict[str, Any]) -> Layer:
+        """Restore generator states from ``rng_states()`` (unknown names are ignored)."""
+        for prefix, m in self.named_modules():
+            for key, value in vars(m).items():
+                name = _join(prefix, key)
+                if isinstance(value, np.random.Generator) and name in states:
+                    value.bit_generator.state = states[name]
+        return self
+
+    # -- sizes -----------------------------------------------------------------------------
+    def num_parameters(self) -> int:
+        return int(sum(int(np.prod(p.shape)) for p in self.parameters()))
+
+    def regularization_loss(self) -> Any:
+        """Sum of the parameters' regularization penalties (0.0 when none is set).
+
+        A 0-d array on the parameters' device (no host synchronisation per parameter); call
+        ``float()`` on it to print it.
+        """
+        total: Any = 0.0
+        for p in self.parameters():
+            if p.regularizer is not None:
+                total = total + p.regularizer.loss(p.data)
+        return total
+
+    def summary(self, input_shape: tuple[int, ...] | None = None) -> str:
+        """A table of the modules, their parameter counts and (given ``input_shape`` without
+        the batch axis) output shapes; see ``minicnn.models.summary``."""
+        from ..models import summary  # noqa: PLC0415 (models builds on layers)
+
+        return summary(self, input_shape)
+
+    # -- scratch memory --------------------------------------------------------------------
     def workspace(self, xp: Any, name: str, shape: tuple[int, ...], dtype: Any) -> Any:
         """A scratch buffer owned by this layer, reused from step to step.
 
@@ -147,16 +292,14 @@ class Layer:
             buf = buffers[name] = xp.empty(shape, dtype=dtype)
         return buf
 
-    def num_parameters(self) -> int:
-        return int(sum(int(np.prod(p.shape)) for p in self.parameters()))
-
-    def regularization_loss(self) -> float:
-        """Sum of the parameters' regularization penalties (0.0 when none is set)."""
-        total = 0.0
-        for p in self.parameters():
-            if p.regularizer is not None:
-                total += float(p.regularizer.loss(p.data))
-        return total
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle / deep-copy without the per-step cache and workspaces (they may hold device
+        arrays and are rebuilt by the next forward)."""
+        state = dict(self.__dict__)
+        for key in _TRANSIENT:
+            if key in state:
+                state[key] = None if key == "cache" else {}
+        return state
 
     # -- modes -----------------------------------------------------------------------------
     def train(self, mode: bool = True) -> Layer:
@@ -169,49 +312,60 @@ class Layer:
         """Evaluation mode (running statistics, Dropout off). Returns self."""
         return self.train(False)
 
+    @contextlib.contextmanager
+    def mode(self, training: bool = False) -> Iterator[Layer]:
+        """``with model.mode(training=False):`` — set the mode for a block, then give every
+        module back its own previous mode (a frozen BatchNorm stays in eval)."""
+        saved = [(m, m.training) for m in self.modules()]
+        self.train(training)
+        try:
+            yield self
+        finally:
+            for m, was in saved:
+                m.training = was
+
     # -- devices and dtypes ----------------------------------------------------------------
+    def _apply(self, fn: Callable[[Any], Any], grads: Callable[[Any], Any] | None = None) -> Layer:
+        """Replace every parameter's and buffer's array ``a`` by ``fn(a)``; gradients by
+        ``grads(g)`` (dropped when None). The one place behind ``to`` and ``astype``."""
+        for _, m in self.named_modules():
+            for value in vars(m).values():
+                if isinstance(value, Parameter):
+                    value.data = fn(value.data)
+                    value.grad = None if value.grad is None or grads is None else grads(value.grad)
+            for name in m._buffer_names:
+                if getattr(m, name, None) is not None:
+                    setattr(m, name, fn(getattr(m, name)))
+            m.cache = None  # cached arrays live on the old device / in the old dtype
+        return self
+
     def to(self, device: str) -> Layer:
         """Move parameters and buffers to ``"cpu"`` (NumPy) or ``"gpu"`` (CuPy). Returns self."""
         if device not in ("cpu", "gpu"):
             raise ValueError(f"{type(self).__name__}.to: expected 'cpu' or 'gpu', got {device!r}")
-        if device == "gpu":
-            from ..backend import BackendError, _import_cupy
-
-            cp = _import_cupy()
-            if cp is None:
-                raise BackendError("Layer.to('gpu'): CuPy with a working GPU is required.")
-            move = cp.asarray
-        else:
-            move = to_numpy
-        for m in self.modules():
-            for p in vars(m).values():
-                if isinstance(p, Parameter):
-                    p.data = move(p.data)
-                    p.grad = None if p.grad is None else move(p.grad)
-            for name in getattr(m, "_buffer_names", ()):
-                value = getattr(m, name)
-                if value is not None:
-                    setattr(m, name, move(value))
-        return self
+        move = get_cupy().asarray if device == "gpu" else to_numpy
+        return self._apply(move, move)
 
     def astype(self, dtype: Any) -> Layer:
         """Cast parameters and buffers to ``dtype`` in place (float64 for gradient checks)."""
-        for m in self.modules():
-            for p in vars(m).values():
-                if isinstance(p, Parameter):
-                    p.data = p.data.astype(dtype)
-                    p.grad = None
-            for name in getattr(m, "_buffer_names", ()):
-                value = getattr(m, name)
-                if value is not None and hasattr(value, "astype"):
-                    setattr(m, name, value.astype(dtype))
-        return self
+        return self._apply(lambda a: a.astype(dtype))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.extra_repr()})"
 
     def extra_repr(self) -> str:
         return ""
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+@contextlib.contextmanager
+def evaluating(model: Layer) -> Iterator[Layer]:
+    """``with evaluating(model):`` is ``with model.mode(training=False):``."""
+    with model.mode(training=False):
+        yield model
 
 
 # -- input checks shared by the layers ----------------------------------------------------
