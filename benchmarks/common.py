@@ -50,6 +50,31 @@ def blas_name() -> str:
         return "unknown"
 
 
+def blas_threadpools() -> list[dict[str, Any]]:
+    """What BLAS actually runs: library, kernel (``architecture``) and thread count per pool.
+
+    threadpoolctl asks the loaded library itself, so this shows the kernel an
+    ``OPENBLAS_CORETYPE`` override forces (e.g. Haswell on an AVX-512 machine) and the one a
+    user's machine picks without it (SkylakeX). Empty when threadpoolctl is not installed
+    (``pip install threadpoolctl``).
+    """
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return []
+    keys = ("user_api", "internal_api", "version", "architecture", "num_threads")
+    return [{k: pool.get(k) for k in keys} for pool in threadpool_info()]
+
+
+def blas_kernel() -> str:
+    """One line for tables: e.g. ``openblas 0.3.30 SkylakeX, 2 threads`` (``unknown``)."""
+    blas = [p for p in blas_threadpools() if p.get("user_api") == "blas"]
+    if not blas:
+        return "unknown (install threadpoolctl)"
+    return "; ".join(f"{p['internal_api']} {p['version']} {p['architecture']}, "
+                     f"{p['num_threads']} threads" for p in blas)
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -65,6 +90,10 @@ def machine_info(backend: str) -> dict[str, Any]:
         "python": sys.version.split()[0],
         "numpy": np.__version__,
         "blas": blas_name(),
+        "blas_kernel": blas_kernel(),
+        "threadpools": blas_threadpools(),
+        "openblas_env": {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+                         if k in os.environ},
         "platform": platform.platform(),
         "processor": cpu_model(),
         "cpu_count": os.cpu_count(),

@@ -48,9 +48,12 @@ def models_table(d):
 
 def machine(d):
     m = d["machine"]
+    kernel = m.get("blas_kernel", "not recorded")
+    override = m.get("openblas_env") or "none"
     return (f"{m.get('processor')}, {m.get('cpu_count')} cores; Python {m.get('python')}, "
-            f"NumPy {m.get('numpy')} ({m.get('blas')}); PyTorch {m.get('torch', 'not installed')}"
-            f" with {m.get('torch_threads', '–')} threads; backend {m.get('backend')}")
+            f"NumPy {m.get('numpy')} ({m.get('blas')}; kernel {kernel}; override {override}); "
+            f"PyTorch {m.get('torch', 'not installed')} with {m.get('torch_threads', '–')} "
+            f"threads; backend {m.get('backend')}")
 
 
 def main(names):
