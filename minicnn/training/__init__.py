@@ -1,0 +1,46 @@
+"""Training: ``fit``, ``evaluate``, the ``History``, callbacks, checkpoints, transfer learning.
+
+The package, by concern (a lower module never imports a higher one)::
+
+    history.py      History: per-epoch metrics, Keras-shaped, JSON round trip
+    checkpoint.py   save / load / Checkpoint (model, optimizer, scheduler, RNG states)
+    callbacks.py    FitState, Callback, EarlyStopping, ModelCheckpoint,
+                    LearningRateScheduler, TerminateOnNaN
+    loop.py         fit / evaluate / predict: the four lines of the lectures, repeated
+    transfer.py     freeze / unfreeze / replace_head
+
+Everything public is importable from ``minicnn.training`` directly, as before the split.
+"""
+
+from __future__ import annotations
+
+from .callbacks import (
+    Callback,
+    EarlyStopping,
+    FitState,
+    LearningRateScheduler,
+    ModelCheckpoint,
+    NonFiniteLossError,
+    TerminateOnNaN,
+)
+from .checkpoint import (
+    CHECKPOINT_FORMAT,
+    Checkpoint,
+    _atomic_write,  # noqa: F401 (the ladder writes its report through it)
+    load,
+    named_buffers,
+    named_parameters,
+    save,
+)
+from .history import HISTORY_KEYS, History
+from .loop import evaluate, fit, predict
+from .transfer import freeze, replace_head, unfreeze
+
+__all__ = [
+    "History", "fit", "evaluate", "predict",
+    "Callback", "EarlyStopping", "ModelCheckpoint", "LearningRateScheduler", "TerminateOnNaN",
+    "NonFiniteLossError", "FitState",
+    "save", "load", "Checkpoint", "named_parameters", "named_buffers",
+    "freeze", "unfreeze", "replace_head",
+    "HISTORY_KEYS", "CHECKPOINT_FORMAT",
+]

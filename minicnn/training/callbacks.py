@@ -1,0 +1,289 @@
+"""Callbacks: hooks ``fit`` calls around epochs and steps, and the ``FitState`` they see.
+
+``EarlyStopping``, ``ModelCheckpoint``, ``LearningRateScheduler`` and ``TerminateOnNaN`` (which
+``fit`` adds on its own) cover what a run needs; subclass ``Callback`` for more.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..layers.base import Layer
+from .checkpoint import _named, named_buffers, save
+from .history import History
+
+__all__ = ["FitState", "Callback", "NonFiniteLossError", "TerminateOnNaN", "EarlyStopping",
+           "ModelCheckpoint", "LearningRateScheduler"]
+
+
+def _write(message: str) -> None:
+    """Print a line without breaking a tqdm bar that may be on screen."""
+    try:
+        from tqdm import tqdm
+
+        tqdm.write(message, file=sys.stdout)
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        print(message, flush=True)
+
+
+
+@dataclass
+class FitState:
+    """What callbacks can see and change during ``fit`` (as ``self.state``).
+
+    Setting ``stop_training = True`` (with a ``stop_reason``) ends training after the current
+    step or epoch.
+    """
+
+    model: Layer
+    loss: Any
+    optimizer: Any
+    train_loader: Any
+    val_loader: Any = None
+    scheduler: Any = None
+    history: History = field(default_factory=History)
+    epochs: int = 1
+    epoch: int = 0
+    steps_per_epoch: int | None = None
+    stop_training: bool = False
+    stop_reason: str | None = None
+    verbose: int = 1
+
+    def stop(self, reason: str) -> None:
+        """Stop training, and say why (printed, and kept in ``history.stop_reason``)."""
+        self.stop_training = True
+        self.stop_reason = reason
+        self.history.stop_reason = reason
+        if self.verbose:
+            _write(reason)
+
+
+class Callback:
+    """Base class: override the hooks you need. ``self.state`` is the ``FitState``.
+
+    Order of the calls::
+
+        on_train_begin()
+        for each epoch:  on_epoch_begin(epoch)
+            for each batch:  on_step_end(epoch, step)          right after optimizer.step()
+                             on_batch_end(epoch, step, loss)   loss as a float; on the GPU
+                                                               delayed by < sync_every steps
+            on_epoch_end(epoch, logs)                          logs: the History entry
+        on_train_end()
+    """
+
+    state: FitState
+
+    def set_state(self, state: FitState) -> None:
+        self.state = state
+
+    def on_train_begin(self) -> None: ...
+    def on_epoch_begin(self, epoch: int) -> None: ...
+    def on_step_end(self, epoch: int, step: int) -> None: ...
+    def on_batch_end(self, epoch: int, step: int, loss: float) -> None: ...
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None: ...
+    def on_train_end(self) -> None: ...
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised by ``TerminateOnNaN(raise_error=True)`` when the loss becomes NaN or inf."""
+
+
+class TerminateOnNaN(Callback):
+    """Stop as soon as a batch loss is NaN or ±inf, with a message naming the epoch and step.
+
+    ``fit`` adds one automatically unless ``callbacks`` already holds one. With
+    ``raise_error=True`` it raises ``NonFiniteLossError`` instead of stopping quietly.
+    """
+
+    def __init__(self, raise_error: bool = False):
+        self.raise_error = raise_error
+
+    def on_batch_end(self, epoch: int, step: int, loss: float) -> None:
+        if math.isfinite(loss) or self.state.stop_training:
+            return
+        of = f" of {self.state.steps_per_epoch}" if self.state.steps_per_epoch else ""
+        message = (f"TerminateOnNaN: the loss became {loss} at epoch {epoch}, step {step}{of}; "
+                   f"training stopped (the weights are no longer usable). Try a lower learning "
+                   f"rate (it was {float(self.state.optimizer.lr):g}), check that the inputs "
+                   f"are normalised, or add BatchNorm.")
+        if self.raise_error:
+            raise NonFiniteLossError(message)
+        self.state.stop(message)
+
+
+def _resolve_monitor(monitor: str | None, logs: dict[str, Any], owner: str) -> str:
+    """``monitor``, or val_loss/loss when None; a clear error when the key has no value."""
+    if monitor is None:
+        return "val_loss" if logs.get("val_loss") is not None else "loss"
+    if logs.get(monitor) is None:
+        available = [k for k, v in logs.items() if v is not None]
+        raise ValueError(f"{owner}: monitor={monitor!r} has no value this epoch (no validation "
+                         f"data?); available: {available}")
+    return monitor
+
+
+def _mode_for(monitor: str, mode: str) -> str:
+    if mode == "auto":
+        return "max" if "acc" in monitor else "min"
+    if mode not in ("min", "max"):
+        raise ValueError(f"mode must be 'min', 'max' or 'auto', got {mode!r}")
+    return mode
+
+
+class _Monitor(Callback):
+    """Shared bookkeeping: the best value of a metric so far and whether it just improved."""
+
+    def __init__(self, monitor: str | None, mode: str, min_delta: float):
+        self.monitor, self.mode, self.min_delta = monitor, mode, float(min_delta)
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+
+    def _improved(self, epoch: int, logs: dict[str, Any]) -> bool:
+        key = _resolve_monitor(self.monitor, logs, type(self).__name__)
+        self.monitor = key
+        value = float(logs[key])
+        mode = _mode_for(key, self.mode)
+        better = (self.best is None or
+                  (value < self.best - self.min_delta if mode == "min"
+                   else value > self.best + self.min_delta))
+        if better:
+            self.best, self.best_epoch = value, epoch
+        return better
+
+
+class EarlyStopping(_Monitor):
+    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs.
+
+    Parameters
+    ----------
+    monitor : str, optional
+        A History key; default "val_loss" (or "loss" without validation data).
+    mode : "auto", "min" or "max"
+        "auto": max for accuracies, min otherwise.
+    restore_best_weights : bool
+        At the end of training, put back the parameters and buffers of the best epoch.
+    """
+
+    def __init__(self, monitor: str | None = None, patience: int = 5, min_delta: float = 0.0,
+                 mode: str = "auto", restore_best_weights: bool = False):
+        super().__init__(monitor, mode, min_delta)
+        self.patience = int(patience)
+        self.restore_best_weights = restore_best_weights
+        self.wait = 0
+        self.stopped_epoch: int | None = None
+        self._best_weights: list[Any] | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
+        if self._improved(epoch, logs):
+            self.wait = 0
+            if self.restore_best_weights:
+                self._best_weights = _snapshot(self.state.model)
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            self.stopped_epoch = epoch
+            self.state.stop(f"EarlyStopping: {self.monitor} has not improved for {self.wait} "
+                            f"epochs (best {self.best:.4g} at epoch {self.best_epoch}); "
+                            f"stopped after epoch {epoch}.")
+
+    def on_train_end(self) -> None:
+        if self.restore_best_weights and self._best_weights is not None:
+            _restore(self.state.model, self._best_weights)
+
+
+class ModelCheckpoint(_Monitor):
+    """Save a checkpoint (``save``) at the end of an epoch: the best one so far, or every one.
+
+    Parameters
+    ----------
+    path : str
+        May contain ``{epoch}`` and History keys, e.g. ``"ckpt-{epoch:03d}.npz"``.
+    monitor, mode, min_delta : as in ``EarlyStopping`` (default monitor "val_acc" when there
+        is validation data, else "loss").
+    save_best_only : bool
+        Save only when ``monitor`` improved; otherwise after every epoch.
+    **meta
+        Extra JSON-serialisable values stored in every checkpoint.
+
+    The checkpoint holds the optimizer, scheduler and data-loader RNG states too, so training
+    can be resumed from it exactly.
+    """
+
+    def __init__(self, path: str | os.PathLike, monitor: str | None = None, mode: str = "auto",
+                 save_best_only: bool = True, min_delta: float = 0.0, **meta: Any):
+        super().__init__(monitor, mode, min_delta)
+        self.path = str(path)
+        self.save_best_only = save_best_only
+        self.meta = meta
+        self.last_path: str | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
+        if self.monitor is None:
+            self.monitor = "val_acc" if logs.get("val_acc") is not None else "loss"
+        if not self._improved(epoch, logs) and self.save_best_only:
+            return
+        values = {k: v for k, v in logs.items() if v is not None}
+        path = self.path.format(epoch=epoch, **values)
+        s = self.state
+        save(path, s.model, s.optimizer, scheduler=s.scheduler, loader=s.train_loader,
+             epoch=epoch, history=s.history, **self.meta)
+        self.last_path = path
+
+
+class LearningRateScheduler(Callback):
+    """Step a learning-rate schedule from ``minicnn.optim`` at the right time.
+
+    - ``OneCycleLR`` (or ``interval="batch"``): after every optimizer step;
+    - ``ReduceLROnPlateau``: at the end of each epoch, with ``monitor`` (default val_loss,
+      or loss without validation data);
+    - any other schedule (StepLR, CosineAnnealingLR, ...): at the end of each epoch.
+
+    ``fit(..., scheduler=s)`` wraps ``s`` in this callback.
+    """
+
+    def __init__(self, scheduler: Any, interval: str = "auto", monitor: str | None = None):
+        name = type(scheduler).__name__
+        if interval == "auto":
+            if name == "ReduceLROnPlateau":
+                interval = "plateau"
+            elif name == "OneCycleLR" or getattr(scheduler, "per_batch", False):
+                interval = "batch"
+            else:
+                interval = "epoch"
+        if interval not in ("batch", "epoch", "plateau"):
+            raise ValueError(f"LearningRateScheduler: interval must be 'auto', 'batch', 'epoch' "
+                             f"or 'plateau', got {interval!r}")
+        self.scheduler, self.interval, self.monitor = scheduler, interval, monitor
+
+    def on_step_end(self, epoch: int, step: int) -> None:
+        if self.interval == "batch":
+            self.scheduler.step()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
+        if self.interval == "epoch":
+            self.scheduler.step()
+        elif self.interval == "plateau":
+            key = _resolve_monitor(self.monitor, logs, "LearningRateScheduler")
+            self.scheduler.step(logs[key])
+
+
+
+def _snapshot(model: Layer) -> list[Any]:
+    return [p.data.copy() for p in model.parameters()] + \
+           [None if v is None else v.copy() for _, v in named_buffers(model)]
+
+
+def _restore(model: Layer, snapshot: list[Any]) -> None:
+    params = model.parameters()
+    for p, value in zip(params, snapshot[:len(params)], strict=True):
+        p.data = value
+    owners = {n: (owner, attr) for n, _, attr, owner in _named(model)}
+    for (name, _), value in zip(named_buffers(model), snapshot[len(params):], strict=True):
+        owner, attr = owners[name]
+        setattr(owner, attr, value)
+

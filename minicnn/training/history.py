@@ -1,0 +1,77 @@
+"""``History``: the per-epoch metrics of a ``fit`` run, shaped like Keras' ``History``."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from typing import Any
+
+__all__ = ["History", "HISTORY_KEYS"]
+
+HISTORY_KEYS = ("loss", "acc", "val_loss", "val_acc", "lr", "time")
+
+
+class History:
+    """Per-epoch metrics, shaped like Keras' ``History``.
+
+    Attributes
+    ----------
+    history : dict[str, list]
+        ``loss``, ``acc`` (training, averaged over the epoch's batches as they were trained),
+        ``val_loss``, ``val_acc`` (None when there is no validation data), ``lr`` (the learning
+        rate at the start of the epoch) and ``time`` (seconds) -> one entry per epoch.
+    epoch : list[int]
+        The epoch numbers (1-based; a resumed run continues the count).
+    stop_reason : str or None
+        Why training stopped early (early stopping, a NaN loss), None if it ran to the end.
+    """
+
+    def __init__(self) -> None:
+        self.history: dict[str, list[Any]] = {key: [] for key in HISTORY_KEYS}
+        self.epoch: list[int] = []
+        self.stop_reason: str | None = None
+
+    def append(self, epoch: int, logs: dict[str, Any]) -> None:
+        self.epoch.append(int(epoch))
+        for key in HISTORY_KEYS:
+            value = logs.get(key)
+            self.history[key].append(None if value is None else float(value))
+
+    def __len__(self) -> int:
+        return len(self.epoch)
+
+    def __getitem__(self, key: str) -> list[Any]:
+        return self.history[key]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"epoch": list(self.epoch), "history": copy.deepcopy(self.history),
+                "stop_reason": self.stop_reason}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> History:
+        h = cls()
+        h.epoch = [int(e) for e in d.get("epoch", [])]
+        for key, values in d.get("history", {}).items():
+            h.history[key] = list(values)
+        h.stop_reason = d.get("stop_reason")
+        return h
+
+    def save_json(self, path: str | os.PathLike) -> None:
+        """Write ``to_dict()`` as JSON (None for a missing value, never NaN)."""
+        from .checkpoint import _atomic_write  # noqa: PLC0415 (checkpoint imports History)
+
+        _atomic_write(path, lambda f: f.write(json.dumps(self.to_dict(), indent=1).encode()))
+
+    @classmethod
+    def load_json(cls, path: str | os.PathLike) -> History:
+        with open(path, encoding="utf-8") as f:
+            return cls.from_dict(json.load(f))
+
+    def __repr__(self) -> str:
+        if not self.epoch:
+            return "History(no epochs)"
+        last = {k: v[-1] for k, v in self.history.items() if v and v[-1] is not None}
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in last.items())
+        return f"History({len(self)} epochs; last: {shown})"
+

@@ -1,0 +1,290 @@
+"""The training loop: ``fit``, ``evaluate``, ``predict`` (and the ``History`` they fill).
+
+The whole training loop is the four lines of the lectures, repeated::
+
+    logits = model.forward(x)                  # forward pass
+    loss = loss_fn.forward(logits, y)          # mean cross-entropy of the batch
+    model.backward(loss_fn.backward())         # every layer fills its .grad
+    optimizer.step()                           # θ ← θ - γ · update(∇θ)
+
+``fit`` adds what a real run needs around it: a progress bar, per-epoch metrics in a
+Keras-shaped ``History``, validation, callbacks (early stopping, best checkpoints, learning
+rate schedules, a NaN guard) and exact resumption from a checkpoint.
+
+On the GPU, reading a number back (``float(loss)``) waits for the device. So the loop keeps
+the batch losses and correct counts on the device and reads them every ``sync_every``
+steps (every step on the CPU, where reading is free).
+
+Epochs are counted from 1 in messages, callbacks and ``History.epoch``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..backend import get_array_module, get_xp, to_numpy
+from ..layers.base import Layer
+from ..layers.container import Sequential
+from .callbacks import Callback, FitState, LearningRateScheduler, TerminateOnNaN, _write
+from .history import History
+
+__all__ = ["History", "fit", "evaluate", "predict"]
+
+
+def _accuracy_count(logits: Any, y: Any) -> Any:
+    """Number of correct predictions, as a 0-d array on the device (no sync)."""
+    labels = y if y.ndim == 1 else y.argmax(axis=1)  # soft targets: their top class
+    return (logits.argmax(axis=1) == labels).sum()
+
+
+class _Meter:
+    """Device-side running sums of one epoch, read back every ``sync_every`` steps."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Any, Any, int]] = []  # (loss, correct, batch size) per step
+        self.first_pending_step = 1
+        self.loss_sum = 0.0
+        self.correct = 0
+        self.seen = 0
+
+    def add(self, loss: Any, correct: Any, n: int) -> None:
+        self.pending.append((loss, correct, n))
+
+    def flush(self) -> list[tuple[int, float]]:
+        """Read the pending values from the device; returns [(step, loss), ...]."""
+        if not self.pending:
+            return []
+        xp = get_array_module(self.pending[0][0])
+        losses = to_numpy(xp.stack([p[0] for p in self.pending])).astype(np.float64)
+        correct = to_numpy(xp.stack([p[1] for p in self.pending]))
+        sizes = np.array([p[2] for p in self.pending])
+        # Averaged per sample, so a smaller last batch weighs less.
+        self.loss_sum += float((losses * sizes).sum())
+        self.correct += int(correct.sum())
+        self.seen += int(sizes.sum())
+        steps = range(self.first_pending_step, self.first_pending_step + len(self.pending))
+        self.first_pending_step += len(self.pending)
+        self.pending = []
+        return list(zip(steps, losses.tolist(), strict=True))
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.seen, 1)
+
+    @property
+    def acc(self) -> float:
+        return self.correct / max(self.seen, 1)
+
+
+def _format_logs(epoch: int, epochs: int, logs: dict[str, Any], images_per_s: float) -> str:
+    parts = [f"epoch {epoch}/{epochs}", f"loss {logs['loss']:.4f}", f"acc {logs['acc']:.2%}"]
+    if logs.get("val_loss") is not None:
+        parts += [f"val_loss {logs['val_loss']:.4f}", f"val_acc {logs['val_acc']:.2%}"]
+    parts += [f"lr {logs['lr']:.3g}", f"{logs['time']:.1f}s ({images_per_s:,.0f} img/s)"]
+    return " - ".join(parts)
+
+
+def fit(model: Layer, loss: Any, optimizer: Any, train_loader: Iterable, val_loader:
+        Iterable | None = None, epochs: int = 1, scheduler: Any = None,
+        callbacks: Sequence[Callback] = (), verbose: int = 1, initial_epoch: int = 0,
+        history: History | None = None, sync_every: int | None = None) -> History:
+    """Train ``model`` for epochs ``initial_epoch + 1 .. epochs``; return the ``History``.
+
+    Parameters
+    ----------
+    model : Layer
+    loss : loss object
+        E.g. ``CrossEntropyLoss()``: ``forward(logits, y)`` returns the mean batch loss,
+        ``backward()`` returns dL/dlogits.
+    optimizer : optimizer from ``minicnn.optim``
+    train_loader, val_loader : iterables of (x, y) batches (``minicnn.data.DataLoader``)
+    epochs : int
+        The epoch to stop after (the total, as in Keras: resuming with ``initial_epoch=3``,
+        ``epochs=10`` trains 7 more).
+    scheduler : a schedule from ``minicnn.optim``, optional
+        Stepped at the right time (see ``LearningRateScheduler``).
+    callbacks : sequence of Callback
+        A ``TerminateOnNaN`` is added unless one is given.
+    verbose : 0, 1 or 2
+        0 quiet; 1 a progress bar per epoch (running loss, accuracy, images/s) and a summary
+        line; 2 the summary line only (for log files).
+    initial_epoch, history
+        To resume: the epoch already done and its History (from ``load``).
+    sync_every : int, optional
+        Read losses back from the device every this many steps (default: 1 on the CPU, 20 on
+        the GPU).
+    """
+    history = history if history is not None else History()
+    try:
+        steps_per_epoch: int | None = len(train_loader)  # type: ignore[arg-type]
+    except TypeError:
+        steps_per_epoch = None
+    state = FitState(model, loss, optimizer, train_loader, val_loader, scheduler, history,
+                     int(epochs), int(initial_epoch), steps_per_epoch, verbose=verbose)
+    all_callbacks: list[Callback] = []
+    if scheduler is not None:  # first, so a checkpoint taken at epoch end sees the new lr
+        all_callbacks.append(LearningRateScheduler(scheduler))
+    if not any(isinstance(c, TerminateOnNaN) for c in callbacks):
+        all_callbacks.append(TerminateOnNaN())
+    all_callbacks += list(callbacks)
+    for c in all_callbacks:
+        c.set_state(state)
+        c.on_train_begin()
+
+    with _no_input_grad(model):
+        for epoch in range(int(initial_epoch) + 1, int(epochs) + 1):
+            state.epoch = epoch
+            lr = float(optimizer.lr)
+            _train_mode(model)
+            for c in all_callbacks:
+                c.on_epoch_begin(epoch)
+            meter = _Meter()
+            bar = _progress_bar(verbose == 1, steps_per_epoch, f"epoch {epoch}/{epochs}")
+            every = sync_every
+            start = time.perf_counter()
+            for step, (x, y) in enumerate(train_loader, start=1):
+                logits = model.forward(x)
+                batch_loss = loss.forward(logits, y)
+                model.backward(loss.backward())
+                optimizer.step()
+                meter.add(batch_loss, _accuracy_count(logits, y), int(x.shape[0]))
+                for c in all_callbacks:
+                    c.on_step_end(epoch, step)
+                if every is None:
+                    every = 1 if get_array_module(x) is np else 20
+                if step % every == 0 or step == steps_per_epoch:
+                    _flush(meter, all_callbacks, epoch, bar, start, state)
+                if state.stop_training:
+                    break
+            _flush(meter, all_callbacks, epoch, bar, start, state)
+            if bar is not None:
+                bar.close()
+            if state.stop_training and state.stop_reason and state.stop_reason.startswith(
+                    "TerminateOnNaN"):
+                break  # the epoch is not finished and its weights are broken: record nothing
+            logs: dict[str, Any] = {"loss": meter.loss, "acc": meter.acc, "val_loss": None,
+                                    "val_acc": None, "lr": lr}
+            train_time = time.perf_counter() - start
+            if val_loader is not None:
+                val = evaluate(model, val_loader, loss)
+                logs["val_loss"], logs["val_acc"] = val["loss"], val["acc"]
+            logs["time"] = time.perf_counter() - start
+            history.append(epoch, logs)
+            if verbose:
+                _write(_format_logs(epoch, epochs, logs, meter.seen / max(train_time, 1e-9)))
+            for c in all_callbacks:
+                c.on_epoch_end(epoch, logs)
+            if state.stop_training:
+                break
+    for c in all_callbacks:
+        c.on_train_end()
+    return history
+
+
+@contextlib.contextmanager
+def _no_input_grad(model: Layer) -> Iterator[None]:
+    """Switch off dL/dx of the layer that sees the images (no one needs it) while fitting."""
+    first = model
+    while isinstance(first, Sequential) and first.layers:
+        first = first.layers[0]
+    switch = getattr(first, "input_grad", False) is True
+    if switch:
+        first.input_grad = False
+    try:
+        yield
+    finally:
+        if switch:
+            first.input_grad = True
+
+
+def _train_mode(model: Layer) -> None:
+    """Training mode, except for frozen normalisation layers: a BatchNorm whose parameters
+    are all frozen keeps using (and keeping) its running statistics, as in Keras."""
+    model.train()
+    for m in model.modules():
+        params = m.parameters()
+        if getattr(m, "_buffer_names", ()) and params and \
+                not any(p.requires_grad for p in params):
+            m.eval()
+
+
+def _progress_bar(enabled: bool, total: int | None, desc: str) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True,
+                file=sys.stdout)
+
+
+def _flush(meter: _Meter, callbacks: list[Callback], epoch: int, bar: Any, start: float,
+           state: FitState) -> None:
+    """Read the device-side values; run the per-batch callbacks; update the bar."""
+    done = meter.flush()
+    for step, value in done:
+        if state.stop_training:
+            break  # e.g. the NaN guard fired on an earlier step of this read-back
+        for c in callbacks:
+            c.on_batch_end(epoch, step, value)
+    if bar is not None and done:
+        elapsed = max(time.perf_counter() - start, 1e-9)
+        bar.set_postfix_str(f"loss {meter.loss:.4f}, acc {meter.acc:.2%}, "
+                            f"{meter.seen / elapsed:,.0f} img/s", refresh=False)
+        bar.update(len(done))
+
+
+def evaluate(model: Layer, loader: Iterable, loss: Any = None) -> dict[str, float]:
+    """Mean loss and accuracy of ``model`` over ``loader``, in eval mode.
+
+    The model's modes are restored afterwards. ``loss`` defaults to ``CrossEntropyLoss()``.
+    Returns ``{"loss": ..., "acc": ...}``.
+    """
+    if loss is None:
+        from ..losses import CrossEntropyLoss
+
+        loss = CrossEntropyLoss()
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    meter = _Meter()
+    try:
+        for x, y in loader:
+            logits = model.forward(x)
+            meter.add(loss.forward(logits, y), _accuracy_count(logits, y), int(x.shape[0]))
+        meter.flush()  # one read-back at the end
+    finally:
+        for m, mode in modes:
+            m.training = mode
+    if meter.seen == 0:
+        raise ValueError("evaluate: the loader yielded no batches")
+    return {"loss": meter.loss, "acc": meter.acc}
+
+
+def predict(model: Layer, data: Any, batch_size: int = 256) -> Any:
+    """The model's logits, as NumPy, in eval mode.
+
+    ``data`` is an array (N, C, H, W) (float32 NumPy, fed in batches) -> logits (N, K); or a
+    loader of (x, y) batches -> (logits (N, K), labels (N,)).
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        if hasattr(data, "shape"):
+            xp = get_xp()
+            out = [to_numpy(model.forward(xp.asarray(data[i:i + batch_size], dtype=np.float32)))
+                   for i in range(0, len(data), batch_size)]
+            return np.concatenate(out)
+        logits, labels = [], []
+        for x, y in data:
+            logits.append(to_numpy(model.forward(x)))
+            labels.append(to_numpy(y))
+        return np.concatenate(logits), np.concatenate(labels)
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
