@@ -36,19 +36,21 @@ class ReLU(Layer):
 
     def forward(self, x: Any) -> Any:
         xp = check_float_input("ReLU", x)
-        self.y = xp.maximum(x, 0.0)
-        return self.y
+        y = xp.maximum(x, 0.0)
+        self.cache = y
+        return y
 
     @property
     def mask(self) -> Any:
         """[x > 0] of the last forward, taken from its output: [y > 0]."""
-        return self.y > 0
+        return self.cached() > 0
 
     def backward(self, dout: Any) -> Any:
         # dout * mask, but the comparison writes 0.0/1.0 straight into a float array and the
         # product is taken in place: no bool array, no mixed-type multiply.
+        y = self.cached()
         xp = get_array_module(dout)
-        d = xp.greater(self.y, 0, out=xp.empty_like(dout))
+        d = xp.greater(y, 0, out=xp.empty_like(dout))
         d *= dout
         return d
 
@@ -74,7 +76,7 @@ class LeakyReLU(Layer):
 
     def forward(self, x: Any) -> Any:
         xp = check_float_input("LeakyReLU", x)
-        self.x = x
+        self.cache = x
         alpha = self.negative_slope
         # max(x, αx) is x for x > 0 and αx for x < 0 when α <= 1 (min(x, αx) when α > 1).
         y = xp.multiply(x, alpha, out=xp.empty_like(x))  # (out=: an array even if x is 0-d)
@@ -82,9 +84,9 @@ class LeakyReLU(Layer):
         return y
 
     def backward(self, dout: Any) -> Any:
-        alpha = self.negative_slope
+        x, alpha = self.cached(), self.negative_slope
         xp = get_array_module(dout)
-        d = xp.greater(self.x, 0, out=xp.empty_like(dout))   # f'(x) = α + (1 - α) [x > 0]
+        d = xp.greater(x, 0, out=xp.empty_like(dout))   # f'(x) = α + (1 - α) [x > 0]
         d *= 1.0 - alpha
         d += alpha
         d *= dout
@@ -127,12 +129,14 @@ class Sigmoid(Layer):
 
     def forward(self, x: Any) -> Any:
         check_float_input("Sigmoid", x)
-        self.y = _sigmoid(x)
-        return self.y
+        y = _sigmoid(x)
+        self.cache = y
+        return y
 
     def backward(self, dout: Any) -> Any:
-        d = 1.0 - self.y                 # σ' = σ (1 - σ)
-        d *= self.y
+        y = self.cached()
+        d = 1.0 - y                      # σ' = σ (1 - σ)
+        d *= y
         d *= dout
         return d
 
@@ -148,11 +152,13 @@ class Tanh(Layer):
 
     def forward(self, x: Any) -> Any:
         xp = check_float_input("Tanh", x)
-        self.y = xp.tanh(x)
-        return self.y
+        y = xp.tanh(x)
+        self.cache = y
+        return y
 
     def backward(self, dout: Any) -> Any:
-        d = self.y * self.y
+        y = self.cached()
+        d = y * y
         d *= -1.0
         d += 1.0                         # 1 - y², in place
         d *= dout
@@ -171,14 +177,14 @@ class SiLU(Layer):
 
     def forward(self, x: Any) -> Any:
         check_float_input("SiLU", x)
-        self.x = x
-        self.s = _sigmoid(x)
-        return x * self.s
+        s = _sigmoid(x)
+        self.cache = (x, s)
+        return x * s
 
     def backward(self, dout: Any) -> Any:
-        s = self.s
+        x, s = self.cached()
         d = 1.0 - s                      # then 1 + x (1 - σ), σ (...), dout σ (...)
-        d *= self.x
+        d *= x
         d += 1.0
         d *= s
         d *= dout
@@ -328,24 +334,25 @@ class GELU(Layer):
 
     def forward(self, x: Any) -> Any:
         check_float_input("GELU", x)
-        self.x = x
         if self.approximate == "tanh":
             u = _SQRT_2_OVER_PI * (x + _GELU_TANH_A * (x * x * x))
-            self.s = _sigmoid(2.0 * u)                     # = ½ (1 + tanh u)
-            return x * self.s
-        self.Phi = 0.5 * erfc(x * -_SQRT_HALF)
-        return x * self.Phi
+            s = _sigmoid(2.0 * u)                          # = ½ (1 + tanh u)
+            self.cache = (x, s)
+            return x * s
+        Phi = 0.5 * erfc(x * -_SQRT_HALF)
+        self.cache = (x, Phi)
+        return x * Phi
 
     def backward(self, dout: Any) -> Any:
         xp = get_array_module(dout)
-        x = self.x
         if self.approximate == "tanh":
-            s = self.s
+            x, s = self.cached()
             du_dx = _SQRT_2_OVER_PI * (1.0 + (3.0 * _GELU_TANH_A) * (x * x))
             return dout * (s + 2.0 * x * s * (1.0 - s) * du_dx)
+        x, Phi = self.cached()
         xc = xp.clip(x, -40.0, 40.0)  # φ(±40) = 0 in float64; clipping keeps x² finite
         phi = _INV_SQRT_2PI * xp.exp(-0.5 * (xc * xc))
-        return dout * (self.Phi + x * phi)
+        return dout * (Phi + x * phi)
 
     def extra_repr(self) -> str:
         return f"approximate={self.approximate!r}"

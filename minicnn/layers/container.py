@@ -14,9 +14,13 @@ class Identity(Layer):
     """y = x, dx = dout. A placeholder (e.g. the shortcut of a residual block)."""
 
     def forward(self, x: Any) -> Any:
+        # Nothing to remember but that forward ran: backward-before-forward is an error in
+        # every layer, so a misordered call fails here too rather than two layers later.
+        self.cache = True
         return x
 
     def backward(self, dout: Any) -> Any:
+        self.cached()
         return dout
 
 

@@ -6,6 +6,7 @@ import functools
 from typing import Any
 
 from .. import init as initializers
+from ..backend import get_array_module
 from ..functional.im2col import im2col, normalize_padding, pair
 from .base import Layer, Parameter, check_channels, check_float_input, check_ndim, new_array
 
@@ -137,14 +138,13 @@ class Conv2d(Layer):
         out = cols @ W_mat.T                                  # (N·Ho·Wo, C_out)
         if self.b is not None:
             out += self.b.data.astype(x.dtype, copy=False)
-        self.cache = (cols, W_mat, x.shape, (Ho, Wo), xp)
+        self.cache = (cols, W_mat, x.shape, (Ho, Wo))  # arrays and shapes only (no module)
         # Logically (N, C_out, Ho, Wo), physically NHWC: a view, no transpose copy.
         return out.reshape(N, Ho, Wo, self.out_channels).transpose(0, 3, 1, 2)
 
     def backward(self, dout: Any) -> Any:
-        if getattr(self, "cache", None) is None:
-            raise RuntimeError("Conv2d.backward called before forward")
-        cols, W_mat, (N, C, H, W), (Ho, Wo), xp = self.cache
+        cols, W_mat, (N, C, H, W), (Ho, Wo) = self.cached()
+        xp = get_array_module(cols)
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
         (top, bottom), (left, right) = self.pads
         # (N, C_out, Ho, Wo) -> rows (n, ho, wo) like cols; free when dout is channels-last.

@@ -10,6 +10,10 @@ from .base import Layer, check_float_input
 
 __all__ = ["Dropout"]
 
+# The cache of a forward that was the identity (evaluation mode or p = 0): backward passes
+# dout through unchanged.
+_IDENTITY = "identity"
+
 
 class Dropout(Layer):
     """Inverted dropout.
@@ -48,7 +52,6 @@ class Dropout(Layer):
         self.seed = seed
         self.rng = np.random.default_rng(seed)
         self._gpu_rng: Any = None
-        self.mask: Any = None
 
     def _uniform(self, xp: Any, shape: tuple[int, ...]) -> Any:
         """U[0, 1) float32 draws of ``shape`` on x's device."""
@@ -61,17 +64,25 @@ class Dropout(Layer):
     def forward(self, x: Any) -> Any:
         xp = check_float_input("Dropout", x)
         if not self.training or self.p == 0.0:
-            self.mask = None
+            self.cache = _IDENTITY
             return x
         keep = self._uniform(xp, tuple(x.shape)) >= self.p  # P(keep) = 1 - p
         # The scaled mask m / (1 - p), in x's dtype (a Python-float scale keeps float32).
-        self.mask = keep.astype(x.dtype) * (1.0 / (1.0 - self.p))
-        return x * self.mask
+        mask = keep.astype(x.dtype) * (1.0 / (1.0 - self.p))
+        self.cache = mask
+        return x * mask
 
     def backward(self, dout: Any) -> Any:
-        if self.mask is None:  # eval mode or p = 0: the identity
+        mask = self.cached()
+        if mask is _IDENTITY:  # the forward was the identity (eval mode or p = 0)
             return dout
-        return dout * self.mask
+        return dout * mask
+
+    @property
+    def mask(self) -> Any:
+        """The scaled mask m / (1 - p) of the last forward; None when it was the identity."""
+        mask = self.cached()
+        return None if mask is _IDENTITY else mask
 
     def extra_repr(self) -> str:
         return f"p={self.p:g}"

@@ -62,7 +62,7 @@ class Linear(Layer):
                 f"Linear: expected input of shape (N, {self.in_features}) (in_features="
                 f"{self.in_features} on the last axis), got shape {tuple(x.shape)}; "
                 f"put a Flatten() before Linear for image batches")
-        self.x = x
+        self.cache = x
         W = self.W.data.astype(x.dtype, copy=False)
         y = x @ W
         if self.b is not None:
@@ -70,7 +70,7 @@ class Linear(Layer):
         return y
 
     def backward(self, dout: Any) -> Any:
-        x = self.x
+        x = self.cached()
         W = self.W.data.astype(dout.dtype, copy=False)
         # Treat any leading axes (..., in) as one batch axis for the parameter gradients.
         x2 = x.reshape(-1, self.in_features)

@@ -31,7 +31,7 @@ first, and the outputs keep the input's layout (NumPy's element-wise default ord
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -224,6 +224,16 @@ def _check_eps(layer: str, eps: Any) -> float:
 
 # -- BatchNorm ----------------------------------------------------------------------------
 
+class _BatchNormCache(NamedTuple):
+    """What ``_BatchNorm.forward`` leaves for backward."""
+
+    batch_stats: bool  # True: normalised by this batch's own mu, var (training mode)
+    inv_std: Any       # 1 / sqrt(var + eps), (1, C, 1, ...)
+    x_hat: Any         # batch statistics: the normalised input; else None
+    x: Any             # running statistics: the input and the running mean, from which
+    mu: Any            # backward recomputes x_hat for dgamma (evaluation forward skips it)
+
+
 class _BatchNorm(Layer):
     """Batch normalization over all axes except the channel axis 1 (shared by 1d and 2d).
 
@@ -298,9 +308,15 @@ class _BatchNorm(Layer):
             y += beta
             x_hat = None
         # Backward needs x_hat (or x and mu), inv_std, and whether the statistics depended on x.
-        self.x_hat, self.inv_std, self._batch_stats = x_hat, inv_std, self.training
-        self._x, self._mu = (None, None) if self.training else (x, mu)
+        self.cache = _BatchNormCache(self.training, inv_std, x_hat,
+                                     None if self.training else x, None if self.training else mu)
         return y
+
+    @property
+    def inv_std(self) -> Any:
+        """1 / sqrt(var + eps) of the last forward, shape (1, C, 1, ...) (batch statistics in
+        training mode, running ones in evaluation mode)."""
+        return self.cached().inv_std
 
     def _update_running_stats(self, mu: Any, var: Any, m: int) -> None:
         """PyTorch's rule, with the unbiased variance var * m / (m - 1)."""
@@ -314,18 +330,19 @@ class _BatchNorm(Layer):
                             + mom * unbiased_var.astype(self.running_var.dtype, copy=False))
 
     def backward(self, dout: Any) -> Any:
-        inv_std = self.inv_std                      # in the dtype of the forward input
+        cache = self.cached()
+        inv_std = cache.inv_std                     # in the dtype of the forward input
         axes = (0,) + tuple(range(2, dout.ndim))
         gamma = _per_channel(self.gamma.data.astype(inv_std.dtype, copy=False), dout.ndim)
-        if self._batch_stats:
+        if cache.batch_stats:
             # gamma is constant over the reduced axes: pass dout and fold gamma into the scale;
             # the two sums come back as dbeta and dgamma.
             dx, sum_dout, sum_dout_x_hat = _normalization_backward(
-                dout, self.x_hat, gamma * inv_std, axes)
+                dout, cache.x_hat, gamma * inv_std, axes)
             dbeta, dgamma = sum_dout, sum_dout_x_hat
         else:
             # Fixed statistics: y is an affine map of x.
-            x_hat = self._x - self._mu
+            x_hat = cache.x - cache.mu
             x_hat *= inv_std
             dx = dout * (gamma * inv_std)
             dbeta = _sum(dout, axes)
@@ -423,11 +440,11 @@ class LayerNorm(Layer):
         x_hat, inv_std, _, _ = _normalize(xp, x, axes, self.eps)
         y = x_hat * self.gamma.data.astype(x.dtype, copy=False)
         y += self.beta.data.astype(x.dtype, copy=False)
-        self.x_hat, self.inv_std = x_hat, inv_std
+        self.cache = (x_hat, inv_std)
         return y
 
     def backward(self, dout: Any) -> Any:
-        x_hat, inv_std = self.x_hat, self.inv_std
+        x_hat, inv_std = self.cached()
         k = len(self.normalized_shape)
         axes = tuple(range(x_hat.ndim - k, x_hat.ndim))
         batch_axes = tuple(range(x_hat.ndim - k))
@@ -497,11 +514,11 @@ class GroupNorm(Layer):
         x_hat = x_hat.reshape(x.shape)            # merges the axes it split: a view
         y = x_hat * _per_channel(self.gamma.data.astype(x.dtype, copy=False), x.ndim)
         y += _per_channel(self.beta.data.astype(x.dtype, copy=False), x.ndim)
-        self.x_hat, self.inv_std = x_hat, inv_std
+        self.cache = (x_hat, inv_std)
         return y
 
     def backward(self, dout: Any) -> Any:
-        x_hat, inv_std = self.x_hat, self.inv_std
+        x_hat, inv_std = self.cached()
         grouped = self._grouped_shape(x_hat.shape)
         axes = tuple(range(2, len(grouped)))
         gamma = _per_channel(self.gamma.data.astype(x_hat.dtype, copy=False), x_hat.ndim)
@@ -562,7 +579,7 @@ class InstanceNorm2d(Layer):
                 f"InstanceNorm2d: expected more than 1 spatial element when training, got "
                 f"input of shape {tuple(x.shape)}")
         x_hat, inv_std, _, _ = _normalize(xp, x, (2, 3), self.eps)
-        self.x_hat, self.inv_std = x_hat, inv_std
+        self.cache = (x_hat, inv_std)
         if not self.affine:
             return x_hat  # no copy: layers never modify their input in place
         y = x_hat * _per_channel(self.gamma.data.astype(x.dtype, copy=False), 4)
@@ -570,7 +587,7 @@ class InstanceNorm2d(Layer):
         return y
 
     def backward(self, dout: Any) -> Any:
-        x_hat, inv_std = self.x_hat, self.inv_std
+        x_hat, inv_std = self.cached()
         if not self.affine:
             dx, _, _ = _normalization_backward(dout, x_hat, inv_std, (2, 3))
             return dx

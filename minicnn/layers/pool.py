@@ -99,9 +99,7 @@ class MaxPool2d(_Pool2d):
         return out.transpose(0, 3, 1, 2)  # (N, C, Ho, Wo), stored channels-last
 
     def backward(self, dout: Any) -> Any:
-        if getattr(self, "cache", None) is None:
-            raise RuntimeError("MaxPool2d.backward called before forward")
-        windows, out, x_shape = self.cache
+        windows, out, x_shape = self.cached()
         xp = get_array_module(out)
         N, Ho, Wo, C = out.shape
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
@@ -153,19 +151,18 @@ class AvgPool2d(_Pool2d):
         self._check(x)
         x_p = pad_channels_last(x, self.pads, value=0.0)
         windows = window_view(x_p, self.kernel_size, self.stride)  # (N, Ho, Wo, KH, KW, C)
-        self.x_shape = x.shape
+        self.cache = tuple(x.shape)  # all backward needs: the shares are dout / (KH·KW)
         return windows.mean(axis=(3, 4)).transpose(0, 3, 1, 2)   # (N, C, Ho, Wo)
 
     def backward(self, dout: Any) -> Any:
-        if getattr(self, "x_shape", None) is None:
-            raise RuntimeError("AvgPool2d.backward called before forward")
+        x_shape = self.cached()
         xp = check_float_input("AvgPool2d", dout)
         kh, kw = self.kernel_size
         N, C, Ho, Wo = dout.shape
         share = dout.transpose(0, 2, 3, 1) / float(kh * kw)        # (N, Ho, Wo, C)
         # The same share for every (a, b) of a window: a broadcast view, not a copy.
         dcols = xp.broadcast_to(share[:, :, :, None, None, :], (N, Ho, Wo, kh, kw, C))
-        return col2im(dcols, self.x_shape, self.kernel_size, self.stride, self.pads)
+        return col2im(dcols, x_shape, self.kernel_size, self.stride, self.pads)
 
 
 class GlobalAvgPool2d(Layer):
@@ -180,14 +177,13 @@ class GlobalAvgPool2d(Layer):
     def forward(self, x: Any) -> Any:
         check_float_input("GlobalAvgPool2d", x)
         check_ndim("GlobalAvgPool2d", x, 4, "(N, C, H, W)")
-        self.x = x  # only its shape and memory layout are used, for dx
+        self.cache = x  # only its shape and memory layout are used, for dx
         return x.mean(axis=(2, 3))
 
     def backward(self, dout: Any) -> Any:
-        if getattr(self, "x", None) is None:
-            raise RuntimeError("GlobalAvgPool2d.backward called before forward")
+        x = self.cached()
         xp = check_float_input("GlobalAvgPool2d", dout)
-        H, W = self.x.shape[2:]
-        dx = xp.empty_like(self.x, dtype=dout.dtype)  # keeps x's memory layout
+        H, W = x.shape[2:]
+        dx = xp.empty_like(x, dtype=dout.dtype)  # keeps x's memory layout
         dx[...] = (dout / float(H * W))[:, :, None, None]
         return dx

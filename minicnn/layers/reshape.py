@@ -28,9 +28,9 @@ class Flatten(Layer):
         if x.ndim < 2:
             raise ValueError(f"Flatten: expected input of shape (N, d1, ...) with at least 2 "
                              f"dimensions, got shape {tuple(x.shape)}")
-        self.input_shape = tuple(x.shape)
+        self.cache = tuple(x.shape)  # the input shape, all backward needs
         # An explicit size rather than -1: -1 cannot be inferred when N = 0.
         return x.reshape(x.shape[0], math.prod(x.shape[1:]))
 
     def backward(self, dout: Any) -> Any:
-        return dout.reshape(self.input_shape)
+        return dout.reshape(self.cached())
