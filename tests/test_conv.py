@@ -11,7 +11,13 @@ from hypothesis import strategies as st
 
 from minicnn import layers as L
 from minicnn.backend import to_numpy
-from minicnn.functional.im2col import col2im, im2col, normalize_padding
+from minicnn.functional.im2col import (
+    col2im,
+    col2im_matmul,
+    im2col,
+    normalize_padding,
+    output_size,
+)
 from minicnn.gradcheck import assert_gradients
 from minicnn.regularizers import L2
 
@@ -198,6 +204,53 @@ def test_im2col_layout_and_col2im_is_its_adjoint():
     G = rng.standard_normal(cols.shape)
     dx = col2im(G, x.shape, (2, 3), (2, 1), pads)
     np.testing.assert_allclose((cols * G).sum(), (x * dx).sum(), rtol=1e-12)
+
+
+@settings(max_examples=60)
+@given(case=conv_cases(), seed=st.integers(0, 2**31 - 1))
+def test_col2im_matmul_is_col2im_of_the_product(case, seed):
+    """The docstring's claim, checked: col2im_matmul(dout_mat, W_mat) = col2im(dout_mat @ W_mat),
+    with and without a workspace (a reused, dirty one included)."""
+    (C_in, C_out, kwargs), shape = case
+    k = kwargs["kernel_size"]
+    stride = kwargs["stride"] if isinstance(kwargs["stride"], tuple) else (1, 1)
+    pads = normalize_padding(kwargs["padding"], k, stride)
+    rng = np.random.default_rng(seed)
+    Ho, Wo = output_size(shape, k, stride, pads)
+    dout_mat = rng.standard_normal((shape[0] * Ho * Wo, C_out))
+    W_mat = rng.standard_normal((C_out, k[0] * k[1] * C_in))
+    expected = col2im(dout_mat @ W_mat, shape, k, stride, pads)
+    np.testing.assert_allclose(col2im_matmul(dout_mat, W_mat, shape, k, stride, pads),
+                               expected, rtol=1e-12, atol=1e-12)
+    buffers = {}
+
+    def workspace(name, shape_, dtype):
+        buf = buffers.setdefault(name, np.full(shape_, np.nan, dtype))
+        return buf
+
+    for _ in range(2):  # the second call finds the first one's block in the buffer
+        got = col2im_matmul(dout_mat, W_mat, shape, k, stride, pads, workspace=workspace)
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    assert list(buffers) == ["dcols_block"]
+
+
+@settings(max_examples=60)
+@given(H=st.integers(1, 9), W=st.integers(1, 9), kh=st.integers(1, 5), kw=st.integers(1, 5),
+       sh=st.integers(1, 3), sw=st.integers(1, 3), pads=st.tuples(*[st.integers(0, 2)] * 4))
+def test_output_size_is_the_window_count_or_a_clear_error(H, W, kh, kw, sh, sw, pads):
+    top, bottom, left, right = pads
+    padding = ((top, bottom), (left, right))
+    Hp, Wp = H + top + bottom, W + left + right
+    if Hp < kh or Wp < kw:
+        with pytest.raises(ValueError, match=rf"MyLayer: input of shape \(1, 1, {H}, {W}\) "
+                                             rf"\(padded to H×W = {Hp}×{Wp}\) is smaller than "
+                                             rf"the kernel {kh}×{kw}"):
+            output_size((1, 1, H, W), (kh, kw), (sh, sw), padding, "MyLayer")
+        return
+    Ho, Wo = output_size((1, 1, H, W), (kh, kw), (sh, sw), padding, "MyLayer")
+    # Count the window positions directly: top-left corners i·s with i·s + K <= padded size.
+    assert Ho == len([i for i in range(Hp) if i * sh + kh <= Hp])
+    assert Wo == len([j for j in range(Wp) if j * sw + kw <= Wp])
 
 
 def test_weight_gradient_includes_regularizer():

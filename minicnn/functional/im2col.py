@@ -9,7 +9,13 @@ single GEMM, the operation a BLAS (or cuBLAS) runs at close to the machine's pea
 
 ``col2im`` is its adjoint (the backward pass): every entry of a row is added back to the input
 pixel it was copied from. Windows overlap when stride < kernel, so a pixel receives the sum of
-all its copies' gradients.
+all its copies' gradients. A convolution's input gradient is
+
+    dx    = col2im(dout_mat @ W_mat) = col2im_matmul(dout_mat, W_mat, ...)
+
+where ``col2im_matmul`` computes the same one kernel position at a time, without ever
+holding the KH·KW-times larger ``dout_mat @ W_mat``. ``output_size`` is the one "does the
+window fit" check of the convolution and pooling layers.
 
 Memory layout (why the columns are ordered (kh, kw, c), channels innermost)
 ---------------------------------------------------------------------------
@@ -25,13 +31,14 @@ Padding is given as ``((top, bottom), (left, right))`` (see ``normalize_padding`
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from ..backend import get_array_module
 
 __all__ = [
-    "pair", "normalize_padding", "conv_output_size", "pad_channels_last", "window_view",
-    "im2col", "col2im",
+    "pair", "normalize_padding", "output_size", "window_slices", "pad_channels_last",
+    "window_view", "im2col", "col2im", "col2im_matmul",
 ]
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
@@ -86,13 +93,43 @@ def normalize_padding(padding: Any, kernel_size: tuple[int, int], stride: tuple[
     return (ph, ph), (pw, pw)
 
 
-def conv_output_size(size: int, kernel: int, stride: int, pad_before: int,
-                     pad_after: int) -> int:
-    """Number of window positions along one axis.
+def output_size(x_shape: tuple[int, ...], kernel_size: tuple[int, int],
+                stride: tuple[int, int], padding: Pads, layer: str = "") -> tuple[int, int]:
+    """(Ho, Wo), the number of window positions, after checking that the window fits.
 
-    ``floor((size + pad_before + pad_after - kernel) / stride) + 1``
+    ``Ho = floor((H + top + bottom - KH) / sh) + 1`` (the same for Wo). The one check shared
+    by the convolution and the pooling layers.
+
+    Raises
+    ------
+    ValueError
+        When the kernel is larger than the padded input (no window position at all), naming
+        ``layer`` and the shapes.
     """
-    return (size + pad_before + pad_after - kernel) // stride + 1
+    H, W = x_shape[2], x_shape[3]
+    (kh, kw), (sh, sw) = kernel_size, stride
+    (top, bottom), (left, right) = padding
+    Hp, Wp = H + top + bottom, W + left + right
+    if Hp < kh or Wp < kw:
+        raise ValueError(f"{layer}: input of shape {tuple(x_shape)} (padded to H×W = "
+                         f"{Hp}×{Wp}) is smaller than the kernel {kh}×{kw}")
+    return (Hp - kh) // sh + 1, (Wp - kw) // sw + 1
+
+
+def window_slices(kernel_size: tuple[int, int], stride: tuple[int, int],
+                  out_size: tuple[int, int]) -> Iterator[tuple[int, int, tuple[slice, ...]]]:
+    """For each kernel position (a, b): the pixels it touches in all windows, as one slice.
+
+    Yields ``(a, b, index)`` in row-major kernel order, where ``x_p_nhwc[index]`` is the
+    (N, Ho, Wo, C) strided view ``x_p[n, c, i·sh + a, j·sw + b]`` of a channels-last padded
+    array (N, Hp, Wp, C). The slices of one position never overlap, so ``dx_p[index] += g``
+    is a single vectorised step with nothing lost: the backward passes (``col2im``,
+    ``col2im_matmul``, max pooling) loop over the KH·KW positions, not over the pixels.
+    """
+    (kh, kw), (sh, sw), (Ho, Wo) = kernel_size, stride, out_size
+    for a in range(kh):
+        for b in range(kw):
+            yield a, b, (slice(None), slice(a, a + sh * Ho, sh), slice(b, b + sw * Wo, sw))
 
 
 def pad_channels_last(x: Any, padding: Pads, value: float = 0.0, out: Any = None) -> Any:
@@ -195,21 +232,72 @@ def col2im(cols: Any, x_shape: tuple[int, int, int, int], kernel_size: tuple[int
     -------
     dx : array (N, C, H, W), same dtype as ``cols``, stored channels-last
 
-    The loop runs over the KH·KW kernel positions, not over pixels: for a fixed (a, b), the
-    pixels hit by all (n, i, j) form one strided slice of the padded input, so each step is a
-    single vectorised ``+=`` (slices of one step never overlap, so nothing is lost; overlap
-    between windows is handled by the successive steps). This beats ``np.add.at`` by 3-11x.
+    The loop runs over the KH·KW kernel positions, not over pixels (``window_slices``): for
+    a fixed (a, b), the pixels hit by all (n, i, j) form one strided slice of the padded
+    input, so each step is a single vectorised ``+=``; overlap between windows is handled by
+    the successive steps. This beats ``np.add.at`` by 3-11x (and CuPy has no ``ufunc.at``
+    for every dtype).
     """
     xp = get_array_module(cols)
     N, C, H, W = x_shape
-    (kh, kw), (sh, sw) = kernel_size, stride
+    (kh, kw) = kernel_size
     (top, bottom), (left, right) = padding
-    Hp, Wp = H + top + bottom, W + left + right
-    Ho, Wo = (Hp - kh) // sh + 1, (Wp - kw) // sw + 1
+    Ho, Wo = output_size(x_shape, kernel_size, stride, padding, "col2im")
     cols = cols.reshape(N, Ho, Wo, kh, kw, C)
-    dx_p = xp.zeros((N, Hp, Wp, C), dtype=cols.dtype)  # channels-last, like the forward
-    for a in range(kh):
-        for b in range(kw):
-            dx_p[:, a:a + sh * Ho:sh, b:b + sw * Wo:sw, :] += cols[:, :, :, a, b, :]
-    # Crop the padding (its gradient is discarded) and view as (N, C, H, W).
+    dx_p = xp.zeros((N, H + top + bottom, W + left + right, C), dtype=cols.dtype)
+    for a, b, index in window_slices(kernel_size, stride, (Ho, Wo)):
+        dx_p[index] += cols[:, :, :, a, b, :]
+    # Crop the padding (its gradient is discarded); logically NCHW, stored channels-last.
+    return dx_p[:, top:top + H, left:left + W, :].transpose(0, 3, 1, 2)
+
+
+def col2im_matmul(dout_mat: Any, W_mat: Any, x_shape: tuple[int, int, int, int],
+                  kernel_size: tuple[int, int], stride: tuple[int, int], padding: Pads,
+                  workspace: Any = None) -> Any:
+    """= col2im(dout_mat @ W_mat), without the KH·KW-times larger matrix.
+
+    The input gradient of a convolution: ``dcols = dout_mat @ W_mat`` has one row per output
+    pixel and one column per kernel entry (kh, kw, c), and ``col2im`` adds each entry back
+    onto the input pixel it was copied from. Split W_mat's columns by kernel position: the
+    block of dcols that belongs to (a, b) is ``dout_mat @ W_ab`` (N·Ho·Wo, C_in), with
+    ``W_ab = W_mat[:, (a, b, :)]``, and col2im adds exactly that block onto the input pixels
+    at offset (a, b) of every window. So
+
+        dx̃[:, i·sh + a, j·sw + b, :] += dout_mat @ W_ab        for each (a, b),
+
+    the same FLOPs as the single GEMM, but only one (N·Ho·Wo, C_in) block is ever in memory,
+    not the (N·Ho·Wo, KH·KW·C_in) dcols (9x larger for 3×3, written once and read once).
+    It is also the "transposed convolution" picture: the gradient of a convolution is a
+    convolution of dout with the flipped kernel.
+
+    Parameters
+    ----------
+    dout_mat : array (N·Ho·Wo, C_out)
+        dL/dout with rows ordered (n, ho, wo), as the rows of ``im2col``'s ``cols``.
+    W_mat : array (C_out, KH·KW·C_in)
+        The weights with columns in ``im2col``'s (kh, kw, c) order.
+    x_shape : (N, C_in, H, W), the input's shape
+    kernel_size, stride, padding : as given to ``im2col``
+    workspace : callable, optional
+        ``workspace(name, shape, dtype)`` for the (N·Ho·Wo, C_in) block, reused from step
+        to step (``Layer.workspace``).
+
+    Returns
+    -------
+    dx : array (N, C_in, H, W), dout_mat's dtype, stored channels-last
+    """
+    xp = get_array_module(dout_mat)
+    N, C, H, W = x_shape
+    (kh, kw) = kernel_size
+    (top, bottom), (left, right) = padding
+    Ho, Wo = output_size(x_shape, kernel_size, stride, padding, "col2im_matmul")
+    W_ab = W_mat.reshape(W_mat.shape[0], kh, kw, C)
+    dx_p = xp.zeros((N, H + top + bottom, W + left + right, C), dtype=dout_mat.dtype)
+    shape = (N * Ho * Wo, C)
+    block = (xp.empty(shape, dtype=dout_mat.dtype) if workspace is None
+             else workspace("dcols_block", shape, dout_mat.dtype))
+    for a, b, index in window_slices(kernel_size, stride, (Ho, Wo)):
+        xp.matmul(dout_mat, W_ab[:, a, b, :], out=block)      # dcols' columns of (a, b)
+        dx_p[index] += block.reshape(N, Ho, Wo, C)
+    # Crop the padding (its gradient is discarded); logically NCHW, stored channels-last.
     return dx_p[:, top:top + H, left:left + W, :].transpose(0, 3, 1, 2)

@@ -7,7 +7,7 @@ from typing import Any
 
 from .. import init as initializers
 from ..backend import get_array_module
-from ..functional.im2col import im2col, normalize_padding, pair
+from ..functional.im2col import col2im_matmul, im2col, normalize_padding, output_size, pair
 from .base import Layer, Parameter, check_channels, check_float_input, check_ndim, new_array
 
 __all__ = ["Conv2d"]
@@ -70,16 +70,9 @@ class Conv2d(Layer):
     uses the same W); col2im adds each window entry's gradient back onto the input pixel it
     was copied from, summing where windows overlap.
 
-    The code computes dx in the equivalent order "one kernel position at a time": the
-    columns of dcols that belong to kernel position (a, b) are ``dout_mat @ W[:, :, a, b]``
-    (N·Ho·Wo, C_in), and col2im adds exactly that block onto the input pixels shifted by
-    (a, b). So
-
-        dx̃[:, i·sh + a, j·sw + b, :] += dout_mat @ W[:, :, a, b]     for each (a, b),
-
-    the same FLOPs as the single GEMM but without the 9×-larger dcols matrix in memory
-    (written once, read once). It is also the "transposed convolution" picture: the
-    gradient of a convolution is a convolution of dout with the flipped kernel.
+    The last two lines are one call, ``col2im_matmul(dout_mat, W_mat, ...)`` (in
+    ``minicnn.functional.im2col``): the same sum, one kernel position at a time, without
+    the KH·KW-times larger dcols matrix in memory.
 
     The output is stored channels-last (a view of the GEMM result, see
     ``minicnn.functional.im2col``); it is logically (N, C_out, Ho, Wo) like any other array.
@@ -122,50 +115,36 @@ class Conv2d(Layer):
         xp = check_float_input("Conv2d", x)
         check_ndim("Conv2d", x, 4, self._expected())
         check_channels("Conv2d", x, self.in_channels, self._expected())
-        N, _, H, W_in = x.shape
-        (kh, kw), ((top, bottom), (left, right)) = self.kernel_size, self.pads
-        if H + top + bottom < kh or W_in + left + right < kw:
-            raise ValueError(
-                f"Conv2d: input of shape {tuple(x.shape)} (padded to H×W = "
-                f"{H + top + bottom}×{W_in + left + right}) is smaller than the kernel "
-                f"{kh}×{kw}")
-
-        cols, (Ho, Wo) = im2col(x, self.kernel_size, self.stride, self.pads,
-                                workspace=functools.partial(self.workspace, xp))
+        N = x.shape[0]
+        Ho, Wo = output_size(x.shape, self.kernel_size, self.stride, self.pads, "Conv2d")
+        cols, _ = im2col(x, self.kernel_size, self.stride, self.pads,
+                         workspace=functools.partial(self.workspace, xp))
         # W in the (kh, kw, c) column order of cols: (C_out, KH·KW·C_in).
         W_mat = self.W.data.astype(x.dtype, copy=False).transpose(0, 2, 3, 1)
         W_mat = W_mat.reshape(self.out_channels, -1)
         out = cols @ W_mat.T                                  # (N·Ho·Wo, C_out)
         if self.b is not None:
             out += self.b.data.astype(x.dtype, copy=False)
-        self.cache = (cols, W_mat, x.shape, (Ho, Wo))  # arrays and shapes only (no module)
+        self.cache = (cols, W_mat, tuple(x.shape))  # arrays and shapes only (no module)
         # Logically (N, C_out, Ho, Wo), physically NHWC: a view, no transpose copy.
         return out.reshape(N, Ho, Wo, self.out_channels).transpose(0, 3, 1, 2)
 
     def backward(self, dout: Any) -> Any:
-        cols, W_mat, (N, C, H, W), (Ho, Wo) = self.cached()
+        cols, W_mat, x_shape = self.cached()
         xp = get_array_module(cols)
-        (kh, kw), (sh, sw) = self.kernel_size, self.stride
-        (top, bottom), (left, right) = self.pads
+        (kh, kw), C_in, C_out = self.kernel_size, self.in_channels, self.out_channels
         # (N, C_out, Ho, Wo) -> rows (n, ho, wo) like cols; free when dout is channels-last.
-        dout_mat = dout.transpose(0, 2, 3, 1).reshape(-1, self.out_channels)
+        dout_mat = dout.transpose(0, 2, 3, 1).reshape(-1, C_out)
         dW_mat = dout_mat.T @ cols                            # (C_out, KH·KW·C_in)
-        dW = dW_mat.reshape(self.out_channels, kh, kw, C).transpose(0, 3, 1, 2)
+        dW = dW_mat.reshape(C_out, kh, kw, C_in).transpose(0, 3, 1, 2)
         self.W.set_grad(xp.ascontiguousarray(dW))
         if self.b is not None:
-            self.b.set_grad(dout_mat.sum(axis=0))
+            self.b.set_grad(dout_mat.sum(axis=0))              # db = Σ_rows dout_mat
         if not self.input_grad:
             return None
-        # dx: col2im(dout_mat @ W_mat), one kernel position (a, b) at a time.
-        W_ab = W_mat.reshape(self.out_channels, kh, kw, C)
-        dx_p = xp.zeros((N, H + top + bottom, W + left + right, C), dtype=dout_mat.dtype)
-        block = self.workspace(xp, "dcols_block", (N * Ho * Wo, C), dout_mat.dtype)
-        for a in range(kh):
-            for b in range(kw):
-                xp.matmul(dout_mat, W_ab[:, a, b, :], out=block)   # (N·Ho·Wo, C_in)
-                dx_p[:, a:a + sh * Ho:sh, b:b + sw * Wo:sw, :] += block.reshape(N, Ho, Wo, C)
-        # Crop the padding (its gradient is discarded); logically NCHW, stored channels-last.
-        return dx_p[:, top:top + H, left:left + W, :].transpose(0, 3, 1, 2)
+        # dx = col2im(dout_mat @ W_mat), without the KH·KW-times larger matrix.
+        return col2im_matmul(dout_mat, W_mat, x_shape, self.kernel_size, self.stride,
+                             self.pads, workspace=functools.partial(self.workspace, xp))
 
     def extra_repr(self) -> str:
         padding = self.padding if isinstance(self.padding, str) else tuple(self.padding)

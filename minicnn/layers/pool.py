@@ -10,7 +10,15 @@ from __future__ import annotations
 from typing import Any
 
 from ..backend import get_array_module
-from ..functional.im2col import col2im, normalize_padding, pad_channels_last, pair, window_view
+from ..functional.im2col import (
+    col2im,
+    normalize_padding,
+    output_size,
+    pad_channels_last,
+    pair,
+    window_slices,
+    window_view,
+)
 from .base import Layer, check_float_input, check_ndim
 
 __all__ = ["MaxPool2d", "AvgPool2d", "GlobalAvgPool2d"]
@@ -43,11 +51,7 @@ class _Pool2d(Layer):
         name = type(self).__name__
         xp = check_float_input(name, x)
         check_ndim(name, x, 4, "(N, C, H, W)")
-        (kh, kw), (ph, pw) = self.kernel_size, self.padding
-        H, W = x.shape[2] + 2 * ph, x.shape[3] + 2 * pw
-        if H < kh or W < kw:
-            raise ValueError(f"{name}: input of shape {tuple(x.shape)} (padded to H×W = "
-                             f"{H}×{W}) is smaller than the kernel {kh}×{kw}")
+        output_size(x.shape, self.kernel_size, self.stride, self.pads, name)  # the window fits
         return xp
 
     def extra_repr(self) -> str:
@@ -112,12 +116,11 @@ class MaxPool2d(_Pool2d):
         tiled = (sh, sw) == (kh, kw) and Ho * kh == Hp and Wo * kw == Wp
         dx_p = (xp.empty if tiled else xp.zeros)((N, Hp, Wp, C), dtype=dout.dtype)
         unclaimed = xp.ones(out.shape, dtype=bool)  # windows whose max is not yet found
-        for k in range(kh * kw):
-            a, b = divmod(k, kw)
+        for a, b, index in window_slices(self.kernel_size, self.stride, (Ho, Wo)):
             is_max = windows[:, :, :, a, b, :] == out
             is_max &= unclaimed
             unclaimed ^= is_max
-            target = dx_p[:, a:a + sh * Ho:sh, b:b + sw * Wo:sw, :]
+            target = dx_p[index]
             if tiled:
                 xp.multiply(dout_nhwc, is_max, out=target)
             else:
