@@ -16,14 +16,15 @@ of a tensor is
 
     ||analytic - numeric|| / max(||analytic|| + ||numeric||, atol).
 
-``check_gradients`` works on any layer or model: it casts the parameters to float64 for the
-check and restores them (and buffers such as BatchNorm's running statistics) afterwards.
-Random layers (Dropout) get the same random numbers at every forward: the state of each
-NumPy ``Generator`` stored as a layer's ``rng`` is replayed.
+``check_gradients`` works on any layer or model: it checks a float64 deep copy, so the layer
+given keeps its arrays, dtypes, buffers (BatchNorm's running statistics) and generators.
+Random layers (Dropout) get the same random numbers at every forward: the copy's
+``rng_states()`` are replayed before each one.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -95,15 +96,6 @@ class GradcheckResult:
         return f"GradcheckResult(max={self.max_error:.2e}; {rows})"
 
 
-def _rng_states(layer: Layer) -> list[tuple[Any, Any]]:
-    states = []
-    for m in layer.modules():
-        rng = getattr(m, "rng", None)
-        if isinstance(rng, np.random.Generator):
-            states.append((rng, rng.bit_generator.state))
-    return states
-
-
 def check_gradients(layer: Layer, x: Any, *, seed: int = 0, h: float = 1e-6,
                     max_entries: int | None = None, check_input: bool = True,
                     dtype: Any = np.float64) -> GradcheckResult:
@@ -131,61 +123,48 @@ def check_gradients(layer: Layer, x: Any, *, seed: int = 0, h: float = 1e-6,
     """
     xp = get_array_module(x)
     rng = np.random.default_rng(seed)
-    params = [p for p in layer.parameters()]
-    saved = [(p, p.data, p.grad) for p in params]
-    saved_buffers = [(m, name, getattr(m, name)) for m in layer.modules()
-                     for name in getattr(m, "_buffer_names", ())]
-    try:
-        for p in params:
-            p.data = xp.array(p.data, dtype=dtype, copy=True, order="C")
-        for m, name, value in saved_buffers:
-            if value is not None:
-                setattr(m, name, xp.array(value, dtype=dtype, copy=True))
-        x64 = xp.array(x, dtype=dtype, copy=True, order="C")
-        rng_states = _rng_states(layer)
+    # The check runs on a float64 copy: the layer given (its arrays, their dtypes, its
+    # running statistics, its generators) is never touched, so there is nothing to restore.
+    work = copy.deepcopy(layer).astype(dtype)
+    params = work.parameters()
+    for p in params:  # numerical_gradient perturbs entries through a flat view
+        p.data = xp.ascontiguousarray(p.data)
+    x64 = xp.array(x, dtype=dtype, copy=True, order="C")
+    rng_states = work.rng_states()  # every forward draws the same Dropout masks
 
-        def restore_rngs() -> None:
-            for g, state in rng_states:
-                g.bit_generator.state = state
+    work.set_rng_states(rng_states)
+    y = work.forward(x64)
+    G = xp.asarray(rng.standard_normal(y.shape), dtype=dtype)
+    G_before = G.copy()
+    dx = work.backward(G)
+    if not bool(xp.all(G == G_before)):
+        raise AssertionError(f"{type(layer).__name__}.backward modified its input dout")
+    analytic = {"x": dx} if check_input else {}
+    for i, p in enumerate(params):
+        if p.grad is None:
+            raise AssertionError(f"{type(layer).__name__}: backward left {p!r}.grad as None")
+        analytic[f"{i}:{p.name}"] = p.grad.copy()
 
-        restore_rngs()
-        y = layer.forward(x64)
-        G = xp.asarray(rng.standard_normal(y.shape), dtype=dtype)
-        G_before = G.copy()
-        dx = layer.backward(G)
-        if not bool(xp.all(G == G_before)):
-            raise AssertionError(f"{type(layer).__name__}.backward modified its input dout")
-        analytic = {"x": dx} if check_input else {}
-        for i, p in enumerate(params):
-            if p.grad is None:
-                raise AssertionError(f"{type(layer).__name__}: backward left {p!r}.grad as None")
-            analytic[f"{i}:{p.name}"] = p.grad.copy()
+    def loss() -> float:
+        work.set_rng_states(rng_states)
+        return float((work.forward(x64) * G).sum())
 
-        def loss() -> float:
-            restore_rngs()
-            return float((layer.forward(x64) * G).sum())
+    def pick(arr: Any) -> Any:
+        if max_entries is None or arr.size <= max_entries:
+            return None
+        return rng.choice(arr.size, size=max_entries, replace=False)
 
-        def pick(arr: Any) -> Any:
-            if max_entries is None or arr.size <= max_entries:
-                return None
-            return rng.choice(arr.size, size=max_entries, replace=False)
-
-        result = GradcheckResult()
-        targets = ([("x", x64)] if check_input else []) + \
-                  [(f"{i}:{p.name}", p.data) for i, p in enumerate(params)]
-        for key, arr in targets:
-            idx = pick(arr)
-            num = numerical_gradient(loss, arr, h=h, indices=idx)
-            ana = analytic[key]
-            if idx is not None:
-                num, ana = num.reshape(-1)[idx], ana.reshape(-1)[idx]
-            result.errors[key] = relative_error(ana, num)
-        return result
-    finally:
-        for p, data, grad in saved:
-            p.data, p.grad = data, grad
-        for m, name, value in saved_buffers:
-            setattr(m, name, value)
+    result = GradcheckResult()
+    targets = ([("x", x64)] if check_input else []) + \
+              [(f"{i}:{p.name}", p.data) for i, p in enumerate(params)]
+    for key, arr in targets:
+        idx = pick(arr)
+        num = numerical_gradient(loss, arr, h=h, indices=idx)
+        ana = analytic[key]
+        if idx is not None:
+            num, ana = num.reshape(-1)[idx], ana.reshape(-1)[idx]
+        result.errors[key] = relative_error(ana, num)
+    return result
 
 
 def assert_gradients(layer: Layer, x: Any, tol: float = 1e-6, **kwargs: Any) -> GradcheckResult:

@@ -341,28 +341,31 @@ def resnet(in_channels: int = 3, num_classes: int = 10, widths: Sequence[int] = 
 
 # -- summary -----------------------------------------------------------------------------------
 
-def summary(model: L.Layer, input_shape: Sequence[int], print_fn: Callable[[str], Any] | None
-            = print) -> str:
+def summary(model: L.Layer, input_shape: Sequence[int] | None = None,
+            print_fn: Callable[[str], Any] | None = print) -> str:
     """Print (and return) a Keras-style table: layer, output shape, parameter count.
 
-    Runs one forward pass on a batch of zeros of shape (1, *input_shape) in eval mode (so
-    BatchNorm's running statistics are untouched); the model's modes are restored after.
-    The top-level layers of a ``Sequential`` get one row each.
+    With an ``input_shape`` (no batch axis; default: the ``model.input_shape`` a builder
+    recorded) one forward pass runs on a batch of zeros of shape (1, *input_shape) in eval
+    mode, so BatchNorm's running statistics are untouched and the model's modes are restored
+    after. Without one (a hand-built model) the table lists the parameter counts only. The
+    top-level layers of a ``Sequential`` get one row each.
     """
     children = list(model) if isinstance(model, L.Sequential) else [model]
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
+    if input_shape is None:
+        input_shape = getattr(model, "input_shape", None)
     rows: list[tuple[str, str, int]] = []
-    try:
-        x = get_xp().zeros((1, *input_shape), dtype=np.float32)
-        rows.append(("Input", str((None, *input_shape)), 0))
-        for i, layer in enumerate(children):
-            x = layer.forward(x)
-            rows.append((f"{i}: {type(layer).__name__}", str((None, *x.shape[1:])),
-                         layer.num_parameters()))
-    finally:
-        for m, mode in modes:
-            m.training = mode
+    if input_shape is None:
+        rows += [(f"{i}: {type(layer).__name__}", "?", layer.num_parameters())
+                 for i, layer in enumerate(children)]
+    else:
+        with model.mode(training=False):
+            x = get_xp().zeros((1, *input_shape), dtype=np.float32)
+            rows.append(("Input", str((None, *input_shape)), 0))
+            for i, layer in enumerate(children):
+                x = layer.forward(x)
+                rows.append((f"{i}: {type(layer).__name__}", str((None, *x.shape[1:])),
+                             layer.num_parameters()))
     params = model.parameters()
     total = sum(math.prod(p.shape) for p in params)
     trainable = sum(math.prod(p.shape) for p in params if p.requires_grad)

@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from .backend import get_array_module, to_numpy
+from .backend import get_array_module, to_device, to_numpy
 from .layers.base import Parameter
 from .regularizers import L1, L1L2, L2
 
@@ -60,10 +60,8 @@ __all__ = [
 
 
 def _like(a: Any, ref: Any) -> Any:
-    """``a`` as an array of ``ref``'s module (NumPy or CuPy) and dtype, copying only if needed."""
-    xp = get_array_module(ref)
-    a = to_numpy(a) if xp is np else xp.asarray(a)
-    return a.astype(ref.dtype, copy=False)
+    """``a`` on ``ref``'s device (NumPy or CuPy) and in its dtype, copying only if needed."""
+    return to_device(a, ref.dtype, like=ref)
 
 
 def _number(value: Any) -> Any:
@@ -488,10 +486,13 @@ class LRScheduler:
 
     ``base_lr`` is the optimizer's ``lr`` at construction. The constructor sets ``opt.lr``
     to the value at epoch 0; each ``step()`` advances ``last_epoch`` by one and sets
-    ``opt.lr = get_lr()``. (``OneCycleLR`` is stepped per batch instead of per epoch.)
-    Subclasses implement ``get_lr()``, the value at ``last_epoch``.
+    ``opt.lr = get_lr()``. Subclasses implement ``get_lr()``, the value at ``last_epoch``.
+
+    ``interval`` says when ``fit`` steps the schedule: ``"epoch"`` (at the end of each epoch,
+    the default here) or ``"step"`` (after every optimizer step, ``OneCycleLR``).
     """
 
+    interval = "epoch"
     _state_keys: tuple[str, ...] = ("last_epoch", "base_lr")
 
     def __init__(self, optimizer: Optimizer):
@@ -632,6 +633,7 @@ class OneCycleLR(LRScheduler):
     on by default; here it is off by default so an optimizer keeps the momentum it was given.
     """
 
+    interval = "step"
     _state_keys = ("last_epoch", "max_lr", "total_steps", "pct_start", "div_factor",
                    "final_div_factor", "base_momentum", "max_momentum")
 
@@ -732,6 +734,8 @@ class ReduceLROnPlateau:
     bad epochs are not counted.
     """
 
+    interval = "epoch"
+    needs_metric = True  # step(metric): fit passes the monitored History value
     _state_keys = ("best", "num_bad_epochs", "cooldown_counter", "last_epoch")
 
     def __init__(self, optimizer: Optimizer, mode: str = "min", factor: float = 0.1,

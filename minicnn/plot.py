@@ -197,15 +197,10 @@ def plot_feature_maps(model: Any, image: Any, layer_index: int = 0,
     mode; its modes are restored afterwards.
     """
     plt = _pyplot()
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
+    with model.mode(training=False):
         x = get_xp().asarray(np.asarray(to_numpy(image), dtype=np.float32)[None])
         for layer in list(model)[:layer_index + 1]:
             x = layer.forward(x)
-    finally:
-        for m, mode in modes:
-            m.training = mode
     maps = to_numpy(x)[0]
     if maps.ndim != 3:
         raise ValueError(f"plot_feature_maps: layer {layer_index} outputs shape "

@@ -67,6 +67,28 @@ def test_layer_is_restored_after_check():
     assert layer.w.data is before and layer.w.data.dtype == np.float32
 
 
+def test_model_given_is_untouched_and_dropout_masks_are_replayed():
+    """Linear -> BatchNorm (training mode) -> Dropout: the check passes (same masks at every
+    forward), and afterwards the model has the running statistics, Dropout generator and
+    gradients it had before (the check works on a copy)."""
+    import minicnn as mc
+    from minicnn import layers as L
+
+    mc.init.set_seed(0)
+    # No bias before BatchNorm: its gradient is exactly 0 there, all rounding noise.
+    model = L.Sequential(L.Linear(6, 5, bias=False), L.BatchNorm1d(5), L.Dropout(0.5, seed=3))
+    x = np.random.default_rng(3).standard_normal((8, 6)).astype(np.float32)
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+    rngs = model.rng_states()
+    assert rngs, "Dropout should hold a seeded NumPy generator"
+    assert_gradients(model, x, tol=1e-6)
+    assert model.rng_states() == rngs
+    for key, value in model.state_dict().items():
+        assert value.dtype == np.float32
+        np.testing.assert_array_equal(value, before[key])
+    assert all(p.grad is None for p in model.parameters())
+
+
 def test_numerical_gradient_of_a_known_function():
     a = np.array([1.0, -2.0, 3.0])
     g = numerical_gradient(lambda: float((a**3).sum()), a)

@@ -172,3 +172,17 @@ def test_vgg_pool_first_pools_before_the_norm_of_each_stages_last_block():
     np.testing.assert_allclose(first.forward(x), last.forward(x), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="pool_first"):
         models.vgg(residual=True, pool_first=True)
+
+
+def test_summary_of_a_hand_built_model_without_an_input_shape():
+    """``Layer.summary()`` works on any model: without an input shape it lists the layers
+    and parameter counts (no forward pass, so no shapes)."""
+    from minicnn import layers as L
+
+    model = L.Sequential(L.Conv2d(3, 4, 3), L.ReLU(), L.Flatten(), L.Linear(4 * 6 * 6, 2))
+    text = model.summary()
+    assert "0: Conv2d" in text and "3: Linear" in text
+    assert f"Total params: {model.num_parameters():,}" in text
+    assert "Input" not in text  # no forward ran
+    shaped = models.summary(model, (3, 8, 8), print_fn=None)
+    assert "(None, 2)" in shaped

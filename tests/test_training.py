@@ -205,6 +205,25 @@ def test_early_stopping_stops_after_patience_and_restores_best():
     assert h.epoch == [1, 2, 3]
     assert stopper.stopped_epoch == 3 and stopper.best_epoch == 1
     assert "EarlyStopping" in h.stop_reason and "val_loss" in h.stop_reason
+    assert h.stopped_by == "EarlyStopping" and not h.diverged
+    again = History.from_dict(json.loads(json.dumps(h.to_dict())))
+    assert (again.stopped_by, again.diverged) == ("EarlyStopping", False)
+
+
+def test_a_callback_that_says_its_epoch_diverged_drops_the_epoch():
+    """fit branches on ``FitState.diverged``, not on the wording of the message."""
+
+    class Abort(Callback):
+        def on_batch_end(self, epoch, step, loss):
+            if (epoch, step) == (2, 2):
+                self.state.stop("weights look broken", by=self, diverged=True)
+
+    train, val = loaders()
+    model = tiny_model()
+    h = training.fit(model, losses.CrossEntropyLoss(), optim.SGD(model.parameters(), 0.05),
+                     train, val, epochs=4, callbacks=[Abort()], verbose=0)
+    assert h.epoch == [1]
+    assert (h.stop_reason, h.stopped_by, h.diverged) == ("weights look broken", "Abort", True)
 
 
 def test_early_stopping_restore_best_weights():
@@ -250,6 +269,37 @@ def test_schedules_step_at_the_right_time():
     assert cycle.last_epoch == 8  # stepped once per batch
 
 
+class PerStepHalving:
+    """A user's schedule that declares its own interval (no class name to recognise)."""
+
+    interval = "step"
+
+    def __init__(self, opt):
+        self.opt, self.steps = opt, 0
+
+    def step(self):
+        self.steps += 1
+        self.opt.lr *= 0.5
+
+
+def test_schedules_declare_their_own_interval():
+    assert optim.OneCycleLR.interval == "step"
+    assert optim.StepLR.interval == optim.CosineAnnealingLR.interval == "epoch"
+    assert optim.ReduceLROnPlateau.interval == "epoch" and optim.ReduceLROnPlateau.needs_metric
+    train, _ = loaders(batch_size=16)  # 4 steps per epoch
+    model = tiny_model()
+    opt = optim.SGD(model.parameters(), 0.1)
+    schedule = PerStepHalving(opt)
+    training.fit(model, losses.CrossEntropyLoss(), opt, train, epochs=2, scheduler=schedule,
+                 verbose=0)
+    assert schedule.steps == 8
+    # The older spelling of the override still works; a metric schedule cannot go per step.
+    assert training.LearningRateScheduler(schedule, interval="batch").interval == "step"
+    plateau = optim.ReduceLROnPlateau(optim.SGD(model.parameters(), 0.1))
+    with pytest.raises(ValueError, match="ReduceLROnPlateau steps on a metric"):
+        training.LearningRateScheduler(plateau, interval="step")
+
+
 def test_reduce_on_plateau_gets_the_monitored_metric():
     train, val = loaders()
     model = tiny_model(batchnorm=False)
@@ -290,6 +340,7 @@ def test_nan_loss_stops_training_with_a_clear_message(capsys, sync_every):
                      sync_every=sync_every)
     assert h.epoch == [1]  # the broken epoch is not recorded
     assert "epoch 2, step 3 of 8" in h.stop_reason and "nan" in h.stop_reason
+    assert h.stopped_by == "TerminateOnNaN" and h.diverged
     assert "TerminateOnNaN" in capsys.readouterr().out
     # Stopped at the first read-back that saw the NaN: step 3, or step 4 with sync_every=4.
     last_step = max(c[2] for c in rec.calls if c[0] == "step_end" and c[1] == 2)

@@ -15,7 +15,6 @@ Per batch, in this order::
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -54,6 +53,19 @@ class DataLoader:
         Applied after ``transform``. None or ``"unit"`` leaves [0, 1]; ``"symmetric"`` maps to
         [-1, 1]; ``(mean, std)`` standardises each channel (use ``channel_stats(x_train)`` and
         the same values for the test loader); a callable is applied as it is.
+    rank, world_size : int
+        Data-parallel training (``minicnn.distributed``): this loader yields rank ``rank``'s
+        share of every *global* batch of ``world_size * batch_size`` samples. Every rank
+        builds its loader with the same ``seed``, so all draw the same permutation; global
+        batch k is ``order[k*G : (k+1)*G]`` (G = world_size * batch_size), exactly the k-th
+        batch of a single loader with batch size G and that seed, and rank r takes its r-th
+        slice of b samples. Shards are always of equal size: a last partial global batch of
+        R samples gives every rank ``R // world_size`` of them (the ``R % world_size`` left
+        over, and a batch where that is 0, are skipped; with shuffling they are different
+        samples every epoch). With world_size > 1 augmentation draws come from a generator
+        of this rank, seeded each epoch from the shared one, so ranks augment independently
+        while the permutation stream stays shared (and rank 0's checkpoint of it resumes
+        every rank). Defaults (0, 1): the plain loader.
 
     Yields
     ------
@@ -63,7 +75,8 @@ class DataLoader:
 
     def __init__(self, x: Any, y: Any, batch_size: int, shuffle: bool = True,
                  drop_last: bool = False, transform: Callable | None = None,
-                 seed: int | None = None, normalize: Any = None):
+                 seed: int | None = None, normalize: Any = None, rank: int = 0,
+                 world_size: int = 1):
         if getattr(x, "ndim", None) != 4:
             raise ValueError(f"DataLoader: expected images x of shape (N, C, H, W), got shape "
                              f"{tuple(getattr(x, 'shape', ()))}")
@@ -74,6 +87,9 @@ class DataLoader:
             raise TypeError(f"DataLoader: labels must be integers, got dtype {y.dtype}")
         if int(batch_size) < 1:
             raise ValueError(f"DataLoader: batch_size must be >= 1, got {batch_size}")
+        if int(world_size) < 1 or not 0 <= int(rank) < int(world_size):
+            raise ValueError(f"DataLoader: expected 0 <= rank < world_size, got rank={rank}, "
+                             f"world_size={world_size}")
         self.x = to_device(x)  # stays uint8: converted per batch
         self.y = to_device(y, dtype=np.int64)
         self.xp = get_xp()
@@ -83,6 +99,7 @@ class DataLoader:
         self.transform = transform
         self.normalize = self._make_normalize(normalize)
         self.rng = np.random.default_rng(seed)
+        self.rank, self.world_size = int(rank), int(world_size)
 
     @staticmethod
     def _make_normalize(normalize: Any) -> Callable | None:
@@ -98,41 +115,63 @@ class DataLoader:
         mean, std = normalize
         return Normalize(mean, std)
 
+    def _shards(self) -> list[tuple[int, int]]:
+        """(start, size) in the epoch's order of this rank's batches.
+
+        Global batch k covers ``order[k*G : k*G + G_k]``; this rank's part of it starts at
+        ``k*G + rank * b_k`` with ``b_k = G_k // world_size`` (``batch_size`` for full ones).
+        """
+        n, b, w = len(self.x), self.batch_size, self.world_size
+        g = b * w
+        full, rest = divmod(n, g)
+        shards = [(k * g + self.rank * b, b) for k in range(full)]
+        if rest and not self.drop_last and rest // w > 0:
+            last = rest // w
+            shards.append((full * g + self.rank * last, last))
+        return shards
+
     def __len__(self) -> int:
-        """The number of batches per epoch."""
-        n = len(self.x)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        """The number of batches per epoch (the same on every rank)."""
+        return len(self._shards())
+
+    @property
+    def samples_per_epoch(self) -> int:
+        """How many samples this rank's loader yields per epoch."""
+        return sum(size for _, size in self._shards())
 
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
-        n, b = len(self.x), self.batch_size
+        n = len(self.x)
         order = self.xp.asarray(self.rng.permutation(n)) if self.shuffle else None
-        for k in range(len(self)):
+        rng = self.rng
+        if self.world_size > 1:
+            # Augment with this rank's own stream, seeded from the shared one: every rank
+            # draws the same seed (so the shared stream stays in step) and mixes in its rank.
+            rng = np.random.default_rng([int(self.rng.integers(2**63)), self.rank])
+        for start, size in self._shards():
             if order is None:
-                x_b, y_b = self.x[k * b:(k + 1) * b], self.y[k * b:(k + 1) * b]
+                x_b, y_b = self.x[start:start + size], self.y[start:start + size]
             else:
-                idx = order[k * b:(k + 1) * b]
+                idx = order[start:start + size]
                 x_b, y_b = self.x[idx], self.y[idx]
-            yield self._prepare(x_b), y_b
+            yield self._prepare(x_b, rng), y_b
 
-    def _prepare(self, x_b: Any) -> Any:
+    def _prepare(self, x_b: Any, rng: np.random.Generator) -> Any:
         if x_b.dtype == np.uint8:
             x_b = x_b.astype(np.float32) * (1.0 / 255.0)
         else:
             x_b = x_b.astype(np.float32)  # always a copy: transforms never touch self.x
         if self.transform is not None:
-            x_b = self.transform(x_b, self.rng)
+            x_b = self.transform(x_b, rng)
         if self.normalize is not None:
             x_b = self.normalize(x_b)
         return x_b
 
-    @property
-    def num_samples(self) -> int:
-        return len(self.x)
-
     def __repr__(self) -> str:
         return (f"DataLoader({len(self.x)} samples of {tuple(self.x.shape[1:])}, "
                 f"batch_size={self.batch_size}, shuffle={self.shuffle}, "
-                f"drop_last={self.drop_last}, transform={self.transform!r})")
+                f"drop_last={self.drop_last}, transform={self.transform!r}"
+                + (f", rank={self.rank}, world_size={self.world_size})"
+                   if self.world_size > 1 else ")"))
 
 
 def synthetic(n: int, shape: tuple[int, ...], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..layers.base import Layer
-from .checkpoint import _named, named_buffers, save
+from .checkpoint import save
 from .history import History
 
 __all__ = ["FitState", "Callback", "NonFiniteLossError", "TerminateOnNaN", "EarlyStopping",
@@ -30,13 +30,13 @@ def _write(message: str) -> None:
         print(message, flush=True)
 
 
-
 @dataclass
 class FitState:
     """What callbacks can see and change during ``fit`` (as ``self.state``).
 
-    Setting ``stop_training = True`` (with a ``stop_reason``) ends training after the current
-    step or epoch.
+    ``stop(reason, by=self)`` ends training after the current step or epoch; ``stopped_by``
+    (the stopping callback's class name) and ``diverged`` (the weights are broken: the epoch
+    is not recorded) are what code branches on, ``stop_reason`` is the message for people.
     """
 
     model: Layer
@@ -51,13 +51,28 @@ class FitState:
     steps_per_epoch: int | None = None
     stop_training: bool = False
     stop_reason: str | None = None
+    stopped_by: str | None = None
+    diverged: bool = False
     verbose: int = 1
 
-    def stop(self, reason: str) -> None:
-        """Stop training, and say why (printed, and kept in ``history.stop_reason``)."""
+    def stop(self, reason: str, by: Any = None, diverged: bool = False) -> None:
+        """Stop training, and say why.
+
+        Parameters
+        ----------
+        reason : str
+            The message: printed, and kept in ``history.stop_reason``.
+        by : Callback, class or str, optional
+            Who stopped: kept as a class name in ``stopped_by`` (and ``history.stopped_by``).
+        diverged : bool
+            The loss became non-finite: the current epoch is dropped, not recorded.
+        """
+        if by is not None and not isinstance(by, str):
+            by = (by if isinstance(by, type) else type(by)).__name__
         self.stop_training = True
-        self.stop_reason = reason
-        self.history.stop_reason = reason
+        self.stop_reason, self.stopped_by, self.diverged = reason, by, bool(diverged)
+        self.history.stop_reason, self.history.stopped_by = reason, by
+        self.history.diverged = bool(diverged)
         if self.verbose:
             _write(reason)
 
@@ -113,7 +128,7 @@ class TerminateOnNaN(Callback):
                    f"are normalised, or add BatchNorm.")
         if self.raise_error:
             raise NonFiniteLossError(message)
-        self.state.stop(message)
+        self.state.stop(message, by=self, diverged=True)
 
 
 def _resolve_monitor(monitor: str | None, logs: dict[str, Any], owner: str) -> str:
@@ -176,24 +191,25 @@ class EarlyStopping(_Monitor):
         self.restore_best_weights = restore_best_weights
         self.wait = 0
         self.stopped_epoch: int | None = None
-        self._best_weights: list[Any] | None = None
+        self._best_weights: dict[str, Any] | None = None
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
         if self._improved(epoch, logs):
             self.wait = 0
-            if self.restore_best_weights:
-                self._best_weights = _snapshot(self.state.model)
+            if self.restore_best_weights:  # copies: training goes on updating in place
+                self._best_weights = {k: v.copy()
+                                      for k, v in self.state.model.state_dict().items()}
             return
         self.wait += 1
         if self.wait >= self.patience:
             self.stopped_epoch = epoch
             self.state.stop(f"EarlyStopping: {self.monitor} has not improved for {self.wait} "
                             f"epochs (best {self.best:.4g} at epoch {self.best_epoch}); "
-                            f"stopped after epoch {epoch}.")
+                            f"stopped after epoch {epoch}.", by=self)
 
     def on_train_end(self) -> None:
         if self.restore_best_weights and self._best_weights is not None:
-            _restore(self.state.model, self._best_weights)
+            self.state.model.load_state_dict(self._best_weights)
 
 
 class ModelCheckpoint(_Monitor):
@@ -236,54 +252,42 @@ class ModelCheckpoint(_Monitor):
 
 
 class LearningRateScheduler(Callback):
-    """Step a learning-rate schedule from ``minicnn.optim`` at the right time.
+    """Step a learning-rate schedule from ``minicnn.optim`` when the schedule says.
 
-    - ``OneCycleLR`` (or ``interval="batch"``): after every optimizer step;
-    - ``ReduceLROnPlateau``: at the end of each epoch, with ``monitor`` (default val_loss,
-      or loss without validation data);
-    - any other schedule (StepLR, CosineAnnealingLR, ...): at the end of each epoch.
+    Each schedule declares its own ``interval``: ``"step"`` (``OneCycleLR``: after every
+    optimizer step) or ``"epoch"`` (StepLR, CosineAnnealingLR, ...: at the end of each epoch).
+    A schedule that reacts to a metric (``needs_metric = True``: ``ReduceLROnPlateau``) gets
+    ``logs[monitor]`` at the end of each epoch (default val_loss, or loss without validation
+    data). ``interval=`` overrides the schedule's own: "step" (or "batch") or "epoch" (or
+    "plateau", kept as an older name).
 
     ``fit(..., scheduler=s)`` wraps ``s`` in this callback.
     """
 
+    _ALIASES = {"batch": "step", "plateau": "epoch"}
+
     def __init__(self, scheduler: Any, interval: str = "auto", monitor: str | None = None):
-        name = type(scheduler).__name__
         if interval == "auto":
-            if name == "ReduceLROnPlateau":
-                interval = "plateau"
-            elif name == "OneCycleLR" or getattr(scheduler, "per_batch", False):
-                interval = "batch"
-            else:
-                interval = "epoch"
-        if interval not in ("batch", "epoch", "plateau"):
-            raise ValueError(f"LearningRateScheduler: interval must be 'auto', 'batch', 'epoch' "
-                             f"or 'plateau', got {interval!r}")
+            interval = getattr(scheduler, "interval", "epoch")
+        interval = self._ALIASES.get(interval, interval)
+        if interval not in ("step", "epoch"):
+            raise ValueError(f"LearningRateScheduler: interval must be 'auto', 'step' ('batch') "
+                             f"or 'epoch', got {interval!r}")
         self.scheduler, self.interval, self.monitor = scheduler, interval, monitor
+        self.needs_metric = bool(getattr(scheduler, "needs_metric", False))
+        if self.needs_metric and interval == "step":
+            raise ValueError(f"LearningRateScheduler: {type(scheduler).__name__} steps on a "
+                             f"metric, which exists once per epoch: use interval='epoch'")
 
     def on_step_end(self, epoch: int, step: int) -> None:
-        if self.interval == "batch":
+        if self.interval == "step":
             self.scheduler.step()
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
-        if self.interval == "epoch":
-            self.scheduler.step()
-        elif self.interval == "plateau":
+        if self.interval != "epoch":
+            return
+        if self.needs_metric:
             key = _resolve_monitor(self.monitor, logs, "LearningRateScheduler")
             self.scheduler.step(logs[key])
-
-
-
-def _snapshot(model: Layer) -> list[Any]:
-    return [p.data.copy() for p in model.parameters()] + \
-           [None if v is None else v.copy() for _, v in named_buffers(model)]
-
-
-def _restore(model: Layer, snapshot: list[Any]) -> None:
-    params = model.parameters()
-    for p, value in zip(params, snapshot[:len(params)], strict=True):
-        p.data = value
-    owners = {n: (owner, attr) for n, _, attr, owner in _named(model)}
-    for (name, _), value in zip(named_buffers(model), snapshot[len(params):], strict=True):
-        owner, attr = owners[name]
-        setattr(owner, attr, value)
-
+        else:
+            self.scheduler.step()

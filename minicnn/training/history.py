@@ -24,13 +24,21 @@ class History:
     epoch : list[int]
         The epoch numbers (1-based; a resumed run continues the count).
     stop_reason : str or None
-        Why training stopped early (early stopping, a NaN loss), None if it ran to the end.
+        Why training stopped early (early stopping, a NaN loss), None if it ran to the end:
+        a message for people.
+    stopped_by : str or None
+        The class name of the callback that stopped training ("EarlyStopping",
+        "TerminateOnNaN", ...), None if it ran to the end: what code compares.
+    diverged : bool
+        The loss became NaN or inf (``TerminateOnNaN``): the weights are not usable.
     """
 
     def __init__(self) -> None:
         self.history: dict[str, list[Any]] = {key: [] for key in HISTORY_KEYS}
         self.epoch: list[int] = []
         self.stop_reason: str | None = None
+        self.stopped_by: str | None = None
+        self.diverged = False
 
     def append(self, epoch: int, logs: dict[str, Any]) -> None:
         self.epoch.append(int(epoch))
@@ -46,7 +54,8 @@ class History:
 
     def to_dict(self) -> dict[str, Any]:
         return {"epoch": list(self.epoch), "history": copy.deepcopy(self.history),
-                "stop_reason": self.stop_reason}
+                "stop_reason": self.stop_reason, "stopped_by": self.stopped_by,
+                "diverged": self.diverged}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> History:
@@ -55,6 +64,8 @@ class History:
         for key, values in d.get("history", {}).items():
             h.history[key] = list(values)
         h.stop_reason = d.get("stop_reason")
+        h.stopped_by = d.get("stopped_by")  # absent from histories saved before these keys
+        h.diverged = bool(d.get("diverged", False))
         return h
 
     def save_json(self, path: str | os.PathLike) -> None:

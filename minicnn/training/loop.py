@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import get_array_module, get_xp, to_numpy
+from ..backend import get_array_module, get_xp, to_device, to_numpy
 from ..layers.base import Layer
 from ..layers.container import Sequential
 from .callbacks import Callback, FitState, LearningRateScheduler, TerminateOnNaN, _write
@@ -38,8 +38,16 @@ __all__ = ["History", "fit", "evaluate", "predict"]
 
 
 def _accuracy_count(logits: Any, y: Any) -> Any:
-    """Number of correct predictions, as a 0-d array on the device (no sync)."""
-    labels = y if y.ndim == 1 else y.argmax(axis=1)  # soft targets: their top class
+    """Number of correct predictions, Σ_n [argmax_k logits_nk = y_n], as a 0-d array on the
+    logits' device (no sync).
+
+    ``y`` holds class indices (N,) or soft targets (N, K) (their top class counts). A loader
+    may yield NumPy labels while the logits live on the GPU (CrossEntropyLoss accepts that):
+    the labels are brought to the logits' device first, since CuPy refuses mixed operands.
+    """
+    labels = to_device(y, like=logits)
+    if labels.ndim != 1:
+        labels = labels.argmax(axis=1)
     return (logits.argmax(axis=1) == labels).sum()
 
 
@@ -57,12 +65,15 @@ class _Meter:
         self.pending.append((loss, correct, n))
 
     def flush(self) -> list[tuple[int, float]]:
-        """Read the pending values from the device; returns [(step, loss), ...]."""
+        """Read the pending values from the device in one copy; returns [(step, loss), ...]."""
         if not self.pending:
             return []
-        xp = get_array_module(self.pending[0][0])
-        losses = to_numpy(xp.stack([p[0] for p in self.pending])).astype(np.float64)
-        correct = to_numpy(xp.stack([p[1] for p in self.pending]))
+        xp = get_array_module(self.pending[0][1])
+        # One (2, steps) float64 array: losses, then counts (exact below 2**53).
+        both = to_numpy(xp.stack([xp.stack([xp.asarray(p[0], dtype=xp.float64),
+                                             xp.asarray(p[1], dtype=xp.float64)])
+                                   for p in self.pending], axis=1))
+        losses, correct = both[0], both[1]
         sizes = np.array([p[2] for p in self.pending])
         # Averaged per sample, so a smaller last batch weighs less.
         self.loss_sum += float((losses * sizes).sum())
@@ -165,8 +176,7 @@ def fit(model: Layer, loss: Any, optimizer: Any, train_loader: Iterable, val_loa
             _flush(meter, all_callbacks, epoch, bar, start, state)
             if bar is not None:
                 bar.close()
-            if state.stop_training and state.stop_reason and state.stop_reason.startswith(
-                    "TerminateOnNaN"):
+            if state.diverged:
                 break  # the epoch is not finished and its weights are broken: record nothing
             logs: dict[str, Any] = {"loss": meter.loss, "acc": meter.acc, "val_loss": None,
                                     "val_acc": None, "lr": lr}
@@ -208,9 +218,9 @@ def _train_mode(model: Layer) -> None:
     are all frozen keeps using (and keeping) its running statistics, as in Keras."""
     model.train()
     for m in model.modules():
+        own_buffers = [name for name, _ in m.named_buffers() if "." not in name]
         params = m.parameters()
-        if getattr(m, "_buffer_names", ()) and params and \
-                not any(p.requires_grad for p in params):
+        if own_buffers and params and not any(p.requires_grad for p in params):
             m.eval()
 
 
@@ -249,17 +259,12 @@ def evaluate(model: Layer, loader: Iterable, loss: Any = None) -> dict[str, floa
         from ..losses import CrossEntropyLoss
 
         loss = CrossEntropyLoss()
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
     meter = _Meter()
-    try:
+    with model.mode(training=False):
         for x, y in loader:
             logits = model.forward(x)
             meter.add(loss.forward(logits, y), _accuracy_count(logits, y), int(x.shape[0]))
         meter.flush()  # one read-back at the end
-    finally:
-        for m, mode in modes:
-            m.training = mode
     if meter.seen == 0:
         raise ValueError("evaluate: the loader yielded no batches")
     return {"loss": meter.loss, "acc": meter.acc}
@@ -271,9 +276,7 @@ def predict(model: Layer, data: Any, batch_size: int = 256) -> Any:
     ``data`` is an array (N, C, H, W) (float32 NumPy, fed in batches) -> logits (N, K); or a
     loader of (x, y) batches -> (logits (N, K), labels (N,)).
     """
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
+    with model.mode(training=False):
         if hasattr(data, "shape"):
             xp = get_xp()
             out = [to_numpy(model.forward(xp.asarray(data[i:i + batch_size], dtype=np.float32)))
@@ -284,7 +287,4 @@ def predict(model: Layer, data: Any, batch_size: int = 256) -> Any:
             logits.append(to_numpy(model.forward(x)))
             labels.append(to_numpy(y))
         return np.concatenate(logits), np.concatenate(labels)
-    finally:
-        for m, mode in modes:
-            m.training = mode
 
