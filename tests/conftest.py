@@ -2,6 +2,11 @@
 
 Tests that take the ``xp`` fixture run once on NumPy and once on CuPy; the CuPy run skips
 cleanly when CuPy or a GPU is missing.
+
+``pytest --strict-device`` (or ``MINICNN_STRICT_DEVICE=1``) installs the strict CPU stand-in
+for CuPy (``tests/strict_device.py``) before any test runs: then every ``cupy`` test runs on
+the CPU, under CuPy's rules, with host syncs and copies counted. CI runs the ``cupy``-marked
+tests a second time that way: ``python -m pytest -q -m cupy --strict-device``.
 """
 
 from __future__ import annotations
@@ -22,6 +27,33 @@ settings.register_profile(
 settings.register_profile(
     "ci", deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("ci" if os.environ.get("CI") else "default")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--strict-device", action="store_true", default=False,
+                     help="run the cupy tests on the strict CPU stand-in for CuPy "
+                          "(tests/strict_device.py); also MINICNN_STRICT_DEVICE=1")
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "strict_device: needs the strict CPU stand-in for CuPy (--strict-device), "
+                   "whose sync and copy counters it reads (skipped otherwise)")
+    if config.getoption("--strict-device") or os.environ.get("MINICNN_STRICT_DEVICE") == "1":
+        from tests import strict_device
+
+        strict_device.install()
+
+
+def pytest_collection_modifyitems(config, items):
+    from tests import strict_device
+
+    if strict_device.installed():
+        return
+    skip = pytest.mark.skip(reason="needs the strict CPU stand-in: pytest --strict-device")
+    for item in items:
+        if "strict_device" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(params=["numpy", pytest.param("cupy", marks=pytest.mark.cupy)])
