@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import sys
+import types
 import warnings
 
 import numpy as np
@@ -18,6 +21,7 @@ from hypothesis import strategies as st
 import minicnn as mc
 from minicnn import layers as L
 from minicnn import tuning as T
+from minicnn.backend import to_numpy
 from minicnn.data.loader import DataLoader
 from minicnn.plot import matplotlib_available
 
@@ -59,9 +63,15 @@ def failing_objective(params: dict, budget: int, seed: int) -> float:
     return params["lr"]
 
 
+def pid_objective(params: dict, budget: int, seed: int) -> dict:
+    """Says which process ran the trial."""
+    return {"score": params["lr"], "pid": os.getpid()}
+
+
 def snapshot(model: mc.Layer) -> list[np.ndarray]:
-    return [p.data.copy() for p in model.parameters()] + \
-           [getattr(m, n).copy() for m in model.modules() for n in getattr(m, "_buffer_names", ())]
+    """Host copies of every parameter and buffer (device arrays go through to_numpy: CuPy
+    refuses the implicit conversion np.testing would make)."""
+    return [to_numpy(v).copy() for v in model.state_dict().values()]
 
 
 def assert_same(a: list[np.ndarray], b: list[np.ndarray]) -> None:
@@ -168,6 +178,16 @@ def test_overfit_reports_failure_with_a_frozen_zero_output_layer(data):
     assert not result.reached
     assert result.steps == 30
     assert result.acc == pytest.approx(float(np.mean(y[:12] == 0)))
+
+
+def test_overfit_with_device_images_and_host_labels(xp):
+    """A loader may yield NumPy labels with device images (CrossEntropyLoss takes them): the
+    accuracy count must bring the labels to the logits' device."""
+    mc.init.set_seed(0)
+    model = mlp()
+    x, y = blobs(24)
+    result = T.overfit_small_batch(model, xp.asarray(x), y, steps=200)
+    assert result.reached and result.acc == 1.0
 
 
 def test_overfit_errors(data):
@@ -358,6 +378,24 @@ def test_random_search_fit_objective_parallel_matches_serial():
     assert all(t["error"] is None for t in serial)
     assert {"val_loss", "val_acc", "loss", "acc"} <= set(serial.best)
     assert serial.best["val_acc"] > 0.5  # 2 epochs on separable blobs: clearly learning
+
+
+def test_random_search_spawns_workers_once_cupy_is_imported(monkeypatch):
+    """CUDA does not survive fork: once CuPy is in sys.modules, workers are spawned (fresh
+    interpreters, on this process's backend), and give the same table as a serial run."""
+    serial = T.random_search(quadratic_objective, SPACE, trials=3, budget=2, seed=5, workers=1)
+    assert T.search._worker_context().get_start_method() != "spawn"
+    monkeypatch.setitem(sys.modules, "cupy", types.ModuleType("cupy"))  # as after `import cupy`
+    assert T.search._worker_context().get_start_method() == "spawn"
+    spawned = T.random_search(quadratic_objective, SPACE, trials=3, budget=2, seed=5, workers=2)
+    assert spawned.table() == serial.table()
+
+
+def test_random_search_runs_serially_by_default_on_cupy(xp):
+    """One GPU: parallel trials would only compete for it, so the default is one process."""
+    result = T.random_search(pid_objective, {"lr": T.LogUniform(1e-3, 1e-1)}, trials=2)
+    in_this_process = all(t["pid"] == os.getpid() for t in result)
+    assert in_this_process == (xp is not np or (os.cpu_count() or 1) == 1)
 
 
 def test_fit_objective_builder_name_and_bad_optimizer():
