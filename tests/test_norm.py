@@ -1,4 +1,5 @@
-"""Normalization layers: the lecture's BatchNorm example, gradient checks in train and eval
+"""Normalization layers (layers/batchnorm.py, layers/norm.py, functional/normalization.py):
+the lecture's BatchNorm example, gradient checks in train and eval
 mode over random shapes, running statistics, values against direct NumPy formulas, the
 GroupNorm/LayerNorm/InstanceNorm equivalences, dtypes, memory layout and errors."""
 
@@ -10,8 +11,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from minicnn import layers as L
+from minicnn.functional.normalization import batchnorm_backward_stepwise, reduce_sum
 from minicnn.gradcheck import assert_gradients
-from minicnn.layers.norm import batchnorm_backward_stepwise
 
 seeds = st.integers(0, 2**31 - 1)
 sizes = st.integers(1, 4)
@@ -408,14 +409,13 @@ def test_channels_last_stays_channels_last(name, factory, shape, training):
     ((4, 3, 5, 6), (0, 2, 3)), ((4, 3, 5, 6), (2, 3)), ((4, 3, 5, 6), (1, 2, 3)),
     ((4, 3, 5, 6), (3,)), ((6, 5), (0,)), ((6, 5), (1,)), ((2, 2, 3, 5, 4), (2, 3, 4))])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_sum_helper_matches_numpy(shape, axes, channels_last):
-    from minicnn.layers.norm import _sum
+def test_reduce_sum_matches_numpy(shape, axes, channels_last):
     rng = np.random.default_rng(14)
     a, b = rng.standard_normal(shape), rng.standard_normal(shape)
     if channels_last and len(shape) == 4:
         a = np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
-    np.testing.assert_allclose(_sum(a, axes), a.sum(axis=axes, keepdims=True), rtol=1e-12)
-    np.testing.assert_allclose(_sum(a, axes, b), (a * b).sum(axis=axes, keepdims=True),
+    np.testing.assert_allclose(reduce_sum(a, axes), a.sum(axis=axes, keepdims=True), rtol=1e-12)
+    np.testing.assert_allclose(reduce_sum(a, axes, b), (a * b).sum(axis=axes, keepdims=True),
                                rtol=1e-12, atol=1e-12)
 
 
@@ -437,6 +437,15 @@ def test_batchnorm_float32_statistics_accurate(channels_last):
     var = xd.var(axis=(0, 2, 3)) * m / (m - 1)
     np.testing.assert_allclose(bn.running_mean, mu, rtol=2e-6)
     np.testing.assert_allclose(bn.running_var, var, rtol=4e-6)
+
+
+def test_batchnorm_old_import_paths_still_work():
+    """BatchNorm moved to layers/batchnorm.py; its old names stay importable."""
+    from minicnn.layers import batchnorm, norm
+
+    assert norm.BatchNorm2d is batchnorm.BatchNorm2d is L.BatchNorm2d
+    assert norm.BatchNorm1d is batchnorm.BatchNorm1d is L.BatchNorm1d
+    assert norm.batchnorm_backward_stepwise is batchnorm_backward_stepwise
 
 
 def test_parameters_in_order():

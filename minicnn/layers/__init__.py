@@ -2,12 +2,15 @@
 
 One file per family: ``conv`` (Conv2d), ``pool`` (MaxPool2d, AvgPool2d, GlobalAvgPool2d),
 ``linear`` (Linear), ``activation`` (ReLU, LeakyReLU, Sigmoid, Tanh, SiLU, GELU),
-``norm`` (BatchNorm1d/2d, LayerNorm, GroupNorm, InstanceNorm2d), ``dropout`` (Dropout),
-``reshape`` (Flatten), ``container`` (Sequential, Residual); ``base`` holds Layer and Parameter.
+``batchnorm`` (BatchNorm1d/2d), ``norm`` (LayerNorm, GroupNorm, InstanceNorm2d),
+``dropout`` (Dropout), ``reshape`` (Flatten), ``container`` (Identity, Sequential, Residual);
+``base`` holds Layer and Parameter and the layer contract. docs/architecture.md shows where
+a new layer goes.
 """
 
 from .activation import *
 from .base import Layer, Parameter
+from .batchnorm import *
 from .container import *
 from .conv import *
 from .dropout import *

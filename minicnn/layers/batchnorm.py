@@ -1,0 +1,196 @@
+"""Batch normalization: BatchNorm2d (images) and BatchNorm1d (features, sequences).
+
+Each channel is normalised over all other axes (N, H, W for images: m values per channel)::
+
+    mu    = (1/m) Σ x                     var = (1/m) Σ (x - mu)²       (biased)
+    x_hat = (x - mu) / sqrt(var + eps)
+    y     = gamma * x_hat + beta          gamma, beta (C,)
+
+with the batch's own statistics in training mode and the running averages of them in
+evaluation mode. The shared math (``normalize``, ``normalize_backward``, the step-by-step
+reference ``batchnorm_backward_stepwise``) is in ``minicnn.functional.normalization``;
+LayerNorm, GroupNorm and InstanceNorm2d, which normalise per sample, are in ``norm.py``.
+Derivation and the lecture's worked example: docs/derivations/batchnorm.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ..functional.normalization import (
+    normalize,
+    normalize_backward,
+    per_channel,
+    reduce_sum,
+)
+from ._checks import check_eps, check_positive_int
+from .base import Layer, Parameter, check_channels, check_float_input, check_ndim, new_array
+
+__all__ = ["BatchNorm1d", "BatchNorm2d"]
+
+
+class _Cache(NamedTuple):
+    """What ``_BatchNorm.forward`` leaves for backward."""
+
+    batch_stats: bool  # True: normalised by this batch's own mu, var (training mode)
+    inv_std: Any       # 1 / sqrt(var + eps), (1, C, 1, ...)
+    x_hat: Any         # batch statistics: the normalised input; else None
+    x: Any             # running statistics: the input and the running mean, from which
+    mu: Any            # backward recomputes x_hat for dgamma (evaluation forward skips it)
+
+
+class _BatchNorm(Layer):
+    """Batch normalization over all axes except the channel axis 1 (shared by 1d and 2d).
+
+    Training mode normalises with the batch statistics (biased variance) and updates
+
+        running_mean = (1 - momentum) * running_mean + momentum * mu
+        running_var  = (1 - momentum) * running_var  + momentum * var * m / (m - 1)
+
+    (the *unbiased* batch variance, PyTorch's rule). Evaluation mode normalises with the
+    running statistics instead, so y = gamma * (x - running_mean) / sqrt(running_var + eps)
+    + beta is a fixed per-channel affine map, and its backward is
+    dx = dout * gamma / sqrt(running_var + eps).
+
+    Backward in training mode (derivation: ``batchnorm_backward_stepwise``), Σ over the m
+    elements of a channel::
+
+        dbeta  = Σ dout
+        dgamma = Σ dout * x_hat
+        dx     = (gamma / (m sqrt(var + eps))) * (m dout - Σ dout - x_hat Σ dout * x_hat)
+
+    Backward uses the mode of its forward (a mode switch in between changes nothing).
+
+    Parameters: ``gamma`` (C,) ones, ``beta`` (C,) zeros. Buffers: ``running_mean`` (C,)
+    zeros, ``running_var`` (C,) ones.
+    """
+
+    _buffer_names = ("running_mean", "running_var")
+    _ndims: tuple[int, ...] = ()
+    _expected = ""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1):
+        super().__init__()
+        name = type(self).__name__
+        self.num_features = check_positive_int(name, "num_features", num_features)
+        self.eps = check_eps(name, eps)
+        if not 0.0 <= float(momentum) <= 1.0:
+            raise ValueError(f"{name}: momentum must be in [0, 1], got {momentum!r}")
+        self.momentum = float(momentum)
+        C = self.num_features
+        self.gamma = Parameter(new_array(np.ones(C)), name="gamma")
+        self.beta = Parameter(new_array(np.zeros(C)), name="beta")
+        self.running_mean = new_array(np.zeros(C))
+        self.running_var = new_array(np.ones(C))
+
+    def _check(self, x: Any) -> Any:
+        name, C = type(self).__name__, self.num_features
+        expected = self._expected.format(C=C)
+        xp = check_float_input(name, x)
+        check_ndim(name, x, self._ndims, expected)
+        check_channels(name, x, C, expected)
+        if self.training and x.size // C <= 1:
+            raise ValueError(
+                f"{name}: expected more than 1 value per channel when training, got input "
+                f"of shape {tuple(x.shape)}; use a batch of 2 or more, or call .eval()")
+        return xp
+
+    def forward(self, x: Any) -> Any:
+        xp = self._check(x)
+        axes = (0,) + tuple(range(2, x.ndim))      # all but the channel axis
+        gamma = per_channel(self.gamma.data.astype(x.dtype, copy=False), x.ndim)
+        beta = per_channel(self.beta.data.astype(x.dtype, copy=False), x.ndim)
+        if self.training:
+            x_hat, inv_std, mu, var = normalize(x, axes, self.eps)
+            self._update_running_stats(mu, var, m=x.size // self.num_features)
+            y = x_hat * gamma
+            y += beta
+            self.cache = _Cache(True, inv_std, x_hat, None, None)
+            return y
+        # Fixed statistics: y = (x - mu) * (gamma * inv_std) + beta, one affine map per
+        # channel, in three passes over the data instead of the four through x_hat. Only
+        # backward needs x_hat (for dgamma), so it keeps x and mu to recompute it.
+        mu = per_channel(self.running_mean.astype(x.dtype, copy=False), x.ndim)
+        var = per_channel(self.running_var.astype(x.dtype, copy=False), x.ndim)
+        inv_std = 1.0 / xp.sqrt(var + self.eps)
+        y = x - mu
+        y *= gamma * inv_std
+        y += beta
+        self.cache = _Cache(False, inv_std, None, x, mu)
+        return y
+
+    def _update_running_stats(self, mu: Any, var: Any, m: int) -> None:
+        """PyTorch's rule, with the unbiased variance var * m / (m - 1); mu, var (1, C, 1, ...)."""
+        mom, C = self.momentum, self.num_features
+        mu = mu.reshape(C).astype(self.running_mean.dtype, copy=False)
+        unbiased_var = (var.reshape(C) * (m / (m - 1))).astype(self.running_var.dtype,
+                                                                copy=False)
+        # New arrays (not in place), so a caller holding the old buffers keeps them intact.
+        self.running_mean = (1.0 - mom) * self.running_mean + mom * mu
+        self.running_var = (1.0 - mom) * self.running_var + mom * unbiased_var
+
+    def backward(self, dout: Any) -> Any:
+        cache = self.cached()
+        inv_std = cache.inv_std                     # in the dtype of the forward input
+        axes = (0,) + tuple(range(2, dout.ndim))
+        gamma = per_channel(self.gamma.data.astype(inv_std.dtype, copy=False), dout.ndim)
+        if cache.batch_stats:
+            # gamma is constant over the reduced axes: pass dout and fold gamma into the scale;
+            # the two sums come back as dbeta = Σ dout and dgamma = Σ dout * x_hat.
+            dx, dbeta, dgamma = normalize_backward(dout, cache.x_hat, gamma * inv_std, axes)
+        else:
+            # Fixed statistics: y is an affine map of x.
+            x_hat = cache.x - cache.mu
+            x_hat *= inv_std
+            dx = dout * (gamma * inv_std)
+            dbeta = reduce_sum(dout, axes)
+            dgamma = reduce_sum(dout, axes, x_hat)
+        self.gamma.set_grad(dgamma.reshape(self.num_features))
+        self.beta.set_grad(dbeta.reshape(self.num_features))
+        return dx
+
+    @property
+    def inv_std(self) -> Any:
+        """1 / sqrt(var + eps) of the last forward, shape (1, C, 1, ...) (batch statistics in
+        training mode, running ones in evaluation mode)."""
+        return self.cached().inv_std
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps:g}, momentum={self.momentum:g}"
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch normalization of images: one (mean, variance) per channel over N, H, W.
+
+    y = gamma * (x - mu) / sqrt(var + eps) + beta, with mu, var over the batch and the
+    spatial axes in training mode, and the running statistics in evaluation mode.
+
+    Parameters
+    ----------
+    num_features : int
+        C, the number of channels.
+    eps : float
+        Added to the variance for numerical stability.
+    momentum : float
+        Weight of the batch statistic in the running average (PyTorch's convention).
+
+    Shapes: input (N, C, H, W), output the same.
+    """
+
+    _ndims = (4,)
+    _expected = "(N, {C}, H, W)"
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch normalization of features: one (mean, variance) per channel over N (and L).
+
+    The same as ``BatchNorm2d`` (see there), for the output of a ``Linear`` layer (N, C) or a
+    sequence (N, C, L).
+
+    Shapes: input (N, C) or (N, C, L), output the same.
+    """
+
+    _ndims = (2, 3)
+    _expected = "(N, {C}) or (N, {C}, L)"
