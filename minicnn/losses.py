@@ -96,6 +96,11 @@ class CrossEntropyLoss(Loss):
 
     At initialisation, with logits ≈ 0, p = 1/C and L ≈ ln C (2.303 for 10 classes): a
     useful sanity check of a new model.
+
+    Labels outside [0, C) are refused with a ``ValueError`` naming the label: at once when
+    they are NumPy arrays (on either backend: the check runs on the host), and for labels
+    already on the GPU without a per-step sync: the batch loss becomes NaN and
+    ``check_labels()`` names the label (see there).
     """
 
     def __init__(self, label_smoothing: float = 0.0):
@@ -105,19 +110,31 @@ class CrossEntropyLoss(Loss):
         self.label_smoothing = float(label_smoothing)
         self.probs: Any = None
         self.target: Any = None
+        # Deferred check of device labels (0-d device arrays, or None): see check_labels.
+        self._bad_seen: Any = None
+        self._bad_label: Any = None
 
     def forward(self, logits: Any, y: Any) -> Any:
         xp = _check_predictions("CrossEntropyLoss", "logits", logits, "(N, C)", ndim=2)
         N, C = logits.shape
         if N == 0:
             raise ValueError("CrossEntropyLoss: empty batch (logits of shape (0, C))")
+        on_host = xp is not np and get_array_module(y) is np  # labels not yet on the device
+        if on_host:
+            y = np.asarray(y)
+            if y.ndim == 1:  # checked here, on the host, where it costs no device sync
+                self._check_labels(y, N, C)
         y = _as_array(y, xp)
         eps = self.label_smoothing
         log_p = log_softmax(logits, axis=1)
         self.probs = xp.exp(log_p)
 
         if y.ndim == 1:
-            y = self._check_labels(y, N, C, xp)
+            bad_batch = None
+            if xp is np:
+                self._check_labels(y, N, C)
+            elif not on_host:
+                y, bad_batch = self._defer_label_check(y, N, C, xp)
             # t = (1 - ε) onehot + ε/C, built once: backward needs it as a whole.
             target = xp.zeros_like(logits)
             target[xp.arange(N), y] = 1.0
@@ -126,6 +143,8 @@ class CrossEntropyLoss(Loss):
             if eps > 0.0:
                 target = (1.0 - eps) * target + eps / C
                 loss = (1.0 - eps) * loss - (eps / C) * log_p.sum(axis=1).mean()
+            if bad_batch is not None:  # a bad label makes the loss NaN, never a wrong number
+                loss = xp.where(bad_batch, np.nan, loss)  # a Python scalar: no copy
         elif y.ndim == 2:
             if y.shape != logits.shape:
                 raise ValueError(f"CrossEntropyLoss: class-probability targets must have the "
@@ -145,19 +164,63 @@ class CrossEntropyLoss(Loss):
         return xp.asarray(loss, dtype=logits.dtype)
 
     @staticmethod
-    def _check_labels(y: Any, N: int, C: int, xp: Any) -> Any:
+    def _check_labels(y: Any, N: int, C: int) -> None:
+        """Refuse non-integer, misshapen or out-of-range labels at once (host labels only)."""
+        CrossEntropyLoss._check_label_meta(y, N, C)
+        bad = (y < 0) | (y >= C)
+        if bad.any():  # a NumPy bool: no device involved
+            raise ValueError(CrossEntropyLoss._range_message(int(y[bad.argmax()]), C))
+
+    @staticmethod
+    def _check_label_meta(y: Any, N: int, C: int) -> None:
         if y.dtype.kind not in "iu":
             raise TypeError(f"CrossEntropyLoss: labels must be integers (class indices in "
                             f"[0, {C})), got dtype {y.dtype}; use y.astype('int64')")
         if y.shape[0] != N:
             raise ValueError(f"CrossEntropyLoss: {y.shape[0]} labels for {N} rows of logits; "
                              f"expected labels of shape ({N},)")
+
+    @staticmethod
+    def _range_message(label: int, C: int) -> str:
+        return (f"CrossEntropyLoss: labels must be in the range [0, {C}) for {C} classes, "
+                f"got {label}")
+
+    def _defer_label_check(self, y: Any, N: int, C: int, xp: Any) -> tuple[Any, Any]:
+        """Device labels: range-check them without a host sync.
+
+        Reading ``bad.any()`` back every step would stall the GPU's queue. Instead the check
+        stays on the device: the batch's first bad label (if any) is kept in ``_bad_label``
+        until ``check_labels()`` reads it (the training loop does when a loss comes back
+        NaN), the labels used for the gather are clipped into [0, C) so nothing is read or
+        written out of range (CuPy would wrap the index silently), and the caller makes the
+        batch loss NaN. Returns (the clipped labels, the 0-d "this batch had a bad label").
+        """
+        self._check_label_meta(y, N, C)
         bad = (y < 0) | (y >= C)
-        if bool(bad.any()):  # one small device sync; out-of-range indices would be silent
-            value = int(y[xp.argmax(bad)])
-            raise ValueError(f"CrossEntropyLoss: labels must be in the range [0, {C}) for "
-                             f"{C} classes, got {value}")
-        return y
+        bad_batch = bad.any()
+        first = y[bad.argmax()]  # the first bad label when there is one
+        if self._bad_seen is None:
+            self._bad_seen, self._bad_label = bad_batch, first
+        else:  # keep the earliest batch's label
+            self._bad_label = xp.where(self._bad_seen, self._bad_label, first)
+            self._bad_seen = self._bad_seen | bad_batch
+        return xp.clip(y, 0, C - 1), bad_batch
+
+    def check_labels(self) -> None:
+        """Raise ``ValueError`` naming the first out-of-range label given since the last call.
+
+        On NumPy, and for labels that arrive as NumPy arrays, ``forward`` refuses a bad label
+        at once (a host check is free). Labels already on the GPU are checked on the device
+        instead (a per-step check would force a sync every step): the batch loss becomes NaN
+        and this method, one device read, says which label it was. ``fit``/``evaluate`` call
+        it when a loss comes back NaN; call it yourself after a hand-written loop.
+        """
+        if self._bad_seen is None:
+            return
+        seen, label = self._bad_seen, self._bad_label
+        self._bad_seen = self._bad_label = None
+        if bool(seen):
+            raise ValueError(self._range_message(int(label), self.probs.shape[1]))
 
     def backward(self) -> Any:
         """dL/dz = (softmax(z) - t) / N, shape (N, C), in the logits' dtype."""

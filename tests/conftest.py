@@ -69,6 +69,22 @@ def xp(request):
         mc.set_backend(previous)
 
 
+@pytest.fixture
+def strict_cupy():
+    """The strict CPU stand-in as the current backend; yields the ``tests.strict_device``
+    module (its ``record()`` counts syncs and copies). Skips without ``--strict-device``;
+    mark such tests ``cupy`` so CI's stand-in leg (``-m cupy``) selects them."""
+    from tests import strict_device
+
+    if not strict_device.installed():
+        pytest.skip("needs the strict CPU stand-in: pytest --strict-device")
+    mc.set_backend("cupy")
+    try:
+        yield strict_device
+    finally:
+        mc.set_backend("numpy")
+
+
 @pytest.fixture(autouse=True)
 def _numpy_backend_by_default():
     """Every test starts on the NumPy backend, whatever the previous one left."""

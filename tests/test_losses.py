@@ -171,3 +171,51 @@ def test_functional_softmax_helpers():
                                    rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(logsumexp(z, axis), sp.logsumexp(z, axis=axis), rtol=1e-13)
     assert softmax(z.astype(np.float32)).dtype == np.float32
+
+
+@pytest.mark.cupy
+def test_cross_entropy_label_check_makes_no_device_sync(strict_cupy):
+    """Device labels are range-checked without reading anything back per step."""
+    cp = strict_cupy.cupy
+    logits = cp.asarray(np.random.default_rng(0).standard_normal((6, 4)), dtype=cp.float32)
+    y = cp.asarray(np.array([0, 1, 2, 3, 1, 0]))
+    loss_fn = CE(label_smoothing=0.1)
+    with strict_cupy.record() as rec:
+        for _ in range(3):
+            loss = loss_fn.forward(logits, y)
+            loss_fn.backward()
+        loss_fn.check_labels()  # the deferred check: one sync for all three steps
+    assert rec.syncs == 1 and rec.h2d_bytes == 0, rec.report()
+    expected = CE(label_smoothing=0.1).forward(logits.get(), y.get())
+    np.testing.assert_allclose(float(loss), float(expected), rtol=1e-6)
+
+
+@pytest.mark.cupy
+def test_cross_entropy_refuses_bad_device_labels_naming_the_first(strict_cupy):
+    """A bad device label poisons the loss (NaN: never a silently wrapped class) and the
+    deferred check names it; host labels are still refused at once, on the host."""
+    cp = strict_cupy.cupy
+    logits = cp.zeros((3, 4), dtype=cp.float32)
+    loss_fn = CE()
+    loss_fn.forward(logits, cp.asarray(np.array([0, 1, 2])))
+    with strict_cupy.record() as rec:
+        loss = loss_fn.forward(logits, cp.asarray(np.array([0, 9, -1])))
+        later = loss_fn.forward(logits, cp.asarray(np.array([1, 1, 5])))
+    assert rec.syncs == 0, rec.report()
+    assert math.isnan(float(loss)) and math.isnan(float(later))
+    assert np.isfinite(loss_fn.backward().get()).all()  # no out-of-range write or gather
+    with pytest.raises(ValueError, match=r"range \[0, 4\).*got 9"):
+        loss_fn.check_labels()
+    loss_fn.check_labels()  # reported once: the pending state is cleared
+    with strict_cupy.record() as rec, pytest.raises(ValueError, match=r"range \[0, 4\).*got -3"):
+        loss_fn.forward(logits, np.array([0, -3, 1]))  # host labels: checked on the host
+    assert rec.syncs == 0, rec.report()
+
+
+def test_cross_entropy_check_labels_on_numpy_is_immediate():
+    """On NumPy the check costs nothing, so it stays in forward; check_labels is a no-op."""
+    loss_fn = CE()
+    loss_fn.forward(np.zeros((2, 3), dtype=np.float32), np.array([0, 2]))
+    loss_fn.check_labels()
+    with pytest.raises(ValueError, match=r"range \[0, 3\).*got 3"):
+        loss_fn.forward(np.zeros((2, 3), dtype=np.float32), np.array([3, 0]))
