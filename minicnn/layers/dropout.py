@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from ..functional.random_bits import random_bits, random_seed
 from .base import Layer, check_float_input
 
 __all__ = ["Dropout"]
@@ -24,7 +25,7 @@ class Dropout(Layer):
         m_i ~ Bernoulli(1 - p),   y = x * m / (1 - p)
         dx = dout * m / (1 - p)           (the same mask)
 
-    Evaluation (``eval()``): y = x, dx = dout.
+    Evaluation (``eval()``): y = x, dx = dout. Backward uses the mode of its forward.
 
     Parameters
     ----------
@@ -36,10 +37,19 @@ class Dropout(Layer):
     Attributes
     ----------
     rng : numpy.random.Generator
-        Draws the masks of NumPy inputs. (``minicnn.gradcheck`` replays its state, so the
-        gradient check sees the same mask at every forward.) CuPy inputs get their masks from
-        a CuPy generator on the GPU, created on first use from the same seed: masks are never
-        copied from the host.
+        The layer's only random state, on the host: saved in checkpoints
+        (``Layer.rng_states``), copied by ``copy.deepcopy`` and pickle, and replayed by
+        ``minicnn.gradcheck``, so a restored state gives the same masks again. NumPy inputs
+        take their mask's uniforms from it directly. CuPy inputs take one 64-bit seed per
+        forward from it (a host draw: no device synchronisation) and build the mask on the
+        GPU from that seed with ``functional.random_bits``, a counter-based hash: a pure
+        function of (seed, element index), so no generator lives on the device (nothing
+        there to save, copy or replay) and no mask is copied from the host. (A fresh CuPy
+        generator per forward would do too, but each one allocates and initialises its
+        state with a kernel, every step.) The two backends draw different masks from the
+        same seed.
+    mask : array or None
+        The scaled mask m / (1 - p) of the last forward (None after an identity forward).
 
     Shapes: any, output same as input.
     """
@@ -49,24 +59,22 @@ class Dropout(Layer):
         if not 0.0 <= p < 1.0:
             raise ValueError(f"Dropout: p (the probability of zeroing) must be in [0, 1), got {p}")
         self.p = float(p)
-        self.seed = seed
         self.rng = np.random.default_rng(seed)
-        self._gpu_rng: Any = None
 
-    def _uniform(self, xp: Any, shape: tuple[int, ...]) -> Any:
-        """U[0, 1) float32 draws of ``shape`` on x's device."""
+    def _keep(self, xp: Any, shape: tuple[int, ...]) -> Any:
+        """The boolean keep mask, P(keep) = 1 - p, on x's device."""
         if xp is np:
-            return self.rng.random(shape, dtype=np.float32)
-        if self._gpu_rng is None:
-            self._gpu_rng = xp.random.default_rng(self.seed)
-        return self._gpu_rng.random(shape, dtype=xp.float32)
+            return self.rng.random(shape, dtype=np.float32) >= self.p
+        # u = bits / 2**32 is uniform on [0, 1), and u >= p  <=>  bits >= p * 2**32.
+        threshold = np.uint32(min(round(self.p * 2**32), 2**32 - 1))
+        return random_bits(xp, shape, random_seed(self.rng)) >= threshold
 
     def forward(self, x: Any) -> Any:
         xp = check_float_input("Dropout", x)
         if not self.training or self.p == 0.0:
             self.cache = _IDENTITY
             return x
-        keep = self._uniform(xp, tuple(x.shape)) >= self.p  # P(keep) = 1 - p
+        keep = self._keep(xp, tuple(x.shape))
         # The scaled mask m / (1 - p), in x's dtype (a Python-float scale keeps float32).
         mask = keep.astype(x.dtype) * (1.0 / (1.0 - self.p))
         self.cache = mask
