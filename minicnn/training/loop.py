@@ -52,9 +52,14 @@ def _accuracy_count(logits: Any, y: Any) -> Any:
 
 
 class _Meter:
-    """Device-side running sums of one epoch, read back every ``sync_every`` steps."""
+    """Device-side running sums of one epoch, read back every ``sync_every`` steps.
 
-    def __init__(self) -> None:
+    With a communicator (data-parallel ``fit``) every read-back is summed over the ranks, so
+    all ranks see the same losses and take the same decisions (NaN guard, early stopping).
+    """
+
+    def __init__(self, comm: Any = None) -> None:
+        self.comm = comm
         self.pending: list[tuple[Any, Any, int]] = []  # (loss, correct, batch size) per step
         self.first_pending_step = 1
         self.loss_sum = 0.0
@@ -75,6 +80,12 @@ class _Meter:
                                    for p in self.pending], axis=1))
         losses, correct = both[0], both[1]
         sizes = np.array([p[2] for p in self.pending])
+        # -- distributed (minicnn.distributed): per step, Σ_r loss·n / Σ_r n over the ranks --
+        if self.comm is not None:
+            k = len(sizes)
+            total = self.comm.allreduce_numbers(np.concatenate([losses * sizes, correct, sizes]))
+            losses, correct, sizes = total[:k] / total[2 * k:], total[k:2 * k], total[2 * k:]
+        # -- end distributed --
         # Averaged per sample, so a smaller last batch weighs less.
         self.loss_sum += float((losses * sizes).sum())
         self.correct += int(correct.sum())
@@ -104,7 +115,8 @@ def _format_logs(epoch: int, epochs: int, logs: dict[str, Any], images_per_s: fl
 def fit(model: Layer, loss: Any, optimizer: Any, train_loader: Iterable, val_loader:
         Iterable | None = None, epochs: int = 1, scheduler: Any = None,
         callbacks: Sequence[Callback] = (), verbose: int = 1, initial_epoch: int = 0,
-        history: History | None = None, sync_every: int | None = None) -> History:
+        history: History | None = None, sync_every: int | None = None,
+        comm: Any = None) -> History:
     """Train ``model`` for epochs ``initial_epoch + 1 .. epochs``; return the ``History``.
 
     Parameters
@@ -130,7 +142,27 @@ def fit(model: Layer, loss: Any, optimizer: Any, train_loader: Iterable, val_loa
     sync_every : int, optional
         Read losses back from the device every this many steps (default: 1 on the CPU, 20 on
         the GPU).
+    comm : Communicator, optional
+        Data-parallel training (``minicnn.distributed``, docs/distributed.md): rank 0's
+        weights are broadcast first, the optimizer averages the gradients over the ranks
+        before each step (``DistributedOptimizer``, in place), metrics and validation are
+        summed over the ranks, per-rank BatchNorm statistics are averaged at each epoch's
+        end, and only rank 0 prints and runs the ``ModelCheckpoint`` callbacks (and any
+        callback with ``rank_zero_only = True``). Give each rank its shard of the data
+        (``DataLoader(..., rank=, world_size=)``, the same seed everywhere).
     """
+    # -- distributed (minicnn.distributed) ----------------------------------------------------
+    if comm is not None:
+        from ..distributed import DistributedOptimizer, broadcast_parameters
+        from .callbacks import ModelCheckpoint
+
+        broadcast_parameters(model, comm)
+        optimizer = DistributedOptimizer(optimizer, comm)
+        if comm.rank != 0:
+            verbose = 0
+            callbacks = [c for c in callbacks
+                         if not getattr(c, "rank_zero_only", isinstance(c, ModelCheckpoint))]
+    # -- end distributed --
     history = history if history is not None else History()
     try:
         steps_per_epoch: int | None = len(train_loader)  # type: ignore[arg-type]
@@ -155,7 +187,7 @@ def fit(model: Layer, loss: Any, optimizer: Any, train_loader: Iterable, val_loa
             _train_mode(model)
             for c in all_callbacks:
                 c.on_epoch_begin(epoch)
-            meter = _Meter()
+            meter = _Meter(comm)
             bar = _progress_bar(verbose == 1, steps_per_epoch, f"epoch {epoch}/{epochs}")
             every = sync_every
             start = time.perf_counter()
@@ -181,8 +213,12 @@ def fit(model: Layer, loss: Any, optimizer: Any, train_loader: Iterable, val_loa
             logs: dict[str, Any] = {"loss": meter.loss, "acc": meter.acc, "val_loss": None,
                                     "val_acc": None, "lr": lr}
             train_time = time.perf_counter() - start
+            if comm is not None:  # distributed: every rank evaluates and saves the same model
+                from ..distributed import average_buffers
+
+                average_buffers(model, comm)
             if val_loader is not None:
-                val = evaluate(model, val_loader, loss)
+                val = evaluate(model, val_loader, loss, comm=comm)
                 logs["val_loss"], logs["val_acc"] = val["loss"], val["acc"]
             logs["time"] = time.perf_counter() - start
             history.append(epoch, logs)
@@ -249,17 +285,20 @@ def _flush(meter: _Meter, callbacks: list[Callback], epoch: int, bar: Any, start
         bar.update(len(done))
 
 
-def evaluate(model: Layer, loader: Iterable, loss: Any = None) -> dict[str, float]:
+def evaluate(model: Layer, loader: Iterable, loss: Any = None,
+             comm: Any = None) -> dict[str, float]:
     """Mean loss and accuracy of ``model`` over ``loader``, in eval mode.
 
     The model's modes are restored afterwards. ``loss`` defaults to ``CrossEntropyLoss()``.
+    With a communicator (``minicnn.distributed``) the sums run over every rank's loader
+    (sharded or not: a loader every rank reads whole gives the same means).
     Returns ``{"loss": ..., "acc": ...}``.
     """
     if loss is None:
         from ..losses import CrossEntropyLoss
 
         loss = CrossEntropyLoss()
-    meter = _Meter()
+    meter = _Meter(comm)
     with model.mode(training=False):
         for x, y in loader:
             logits = model.forward(x)

@@ -1,0 +1,169 @@
+"""Synchronised BatchNorm: batch statistics over the samples of *all* ranks.
+
+In data-parallel training every rank sees b of the B = W·b samples of a global batch. A plain
+``BatchNorm2d`` normalises with the mean and variance of its own b samples (PyTorch DDP's
+default too): cheap, but it is not the single-process network at batch B, and with small b
+the statistics get noisy. ``SyncBatchNorm2d`` computes them over all B samples by summing
+per-channel partial sums across the ranks — a few (C,)-vectors per layer and step, never the
+activations themselves.
+
+Forward (training), with M = Σ_r m_r the global number of elements per channel (m_r = b·H·W
+on rank r) and Σ_all an allreduce-sum of per-rank sums::
+
+    M     = Σ_all m_r                                   allreduce 1 (with Σ x)
+    mu    = (1/M) Σ_all Σ x
+    var   = (1/M) Σ_all Σ (x - mu)²                     allreduce 2 (two passes, as
+    x_hat = (x - mu) / sqrt(var + eps)                   BatchNorm2d: no E[x²] - mu²
+    y     = gamma * x_hat + beta                         cancellation in float32)
+
+and the running statistics use the global mu and the unbiased var·M/(M-1), so they are the
+same on every rank.
+
+Backward: the global objective is J = Σ_r J_r and rank r holds dout_r = dJ/dy_r. BatchNorm's
+closed form (``minicnn.layers.norm.batchnorm_backward_stepwise``) needs two sums over the
+whole batch, so both are allreduced (allreduce 3, one 2C-vector)::
+
+    S1 = Σ_all Σ dout,   S2 = Σ_all Σ dout * x_hat
+    dx = (gamma / sqrt(var + eps)) * (dout - S1 / M - x_hat * S2 / M)
+
+``gamma.grad`` and ``beta.grad`` are the rank's *own* sums Σ dout * x_hat and Σ dout: the
+gradient allreduce that follows (``minicnn.distributed``) averages them like every other
+parameter's gradient. In data-parallel training rank r's loss is its mean L_r and the
+global one L = (1/W) Σ_r L_r, so dout_r = W dL/dy_r; dx then is W dL/dx_r, exactly the
+scale of every other rank-local gradient, and the averaged gamma/beta gradients equal the
+single-process ones.
+
+With no communicator (or one rank), or in evaluation mode, it is exactly ``BatchNorm2d``.
+It uses only BatchNorm2d's public attributes (gamma, beta, running_mean, running_var, eps,
+momentum, num_features, training), so it follows any change to BatchNorm2d's internals.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from ..backend import get_array_module
+from . import BatchNorm2d
+
+__all__ = ["SyncBatchNorm2d"]
+
+
+class _SyncCache(NamedTuple):
+    x_hat: Any        # (N, C, H, W) normalised input
+    inv_std: Any      # (1, C, 1, 1) 1 / sqrt(var + eps), global statistics
+    count: float      # M, elements per channel over all ranks
+
+
+def _channel_sum(a: Any, b: Any = None) -> Any:
+    """Σ a (or Σ a·b) over N, H, W -> (C,): per-sample partial sums first (pairwise-ish
+    accuracy in float32), then over the batch."""
+    xp = get_array_module(a)
+    s = xp.einsum("nchw->nc", a) if b is None else xp.einsum("nchw,nchw->nc", a, b)
+    return s.sum(axis=0)
+
+
+class SyncBatchNorm2d(BatchNorm2d):
+    """``BatchNorm2d`` whose training statistics span every rank of a communicator.
+
+    Parameters
+    ----------
+    num_features, eps, momentum
+        As ``BatchNorm2d``.
+    comm : Communicator, optional
+        Anything with ``size`` and ``allreduce(array, op="sum")`` (in place), e.g. from
+        ``minicnn.distributed.create_communicator``. None behaves as ``BatchNorm2d``.
+        ``minicnn.distributed.convert_sync_batchnorm(model, comm)`` converts a model's
+        ``BatchNorm2d`` layers and sets it.
+
+    Shapes: input (N, C, H, W), output the same. Every rank must call forward and backward
+    the same number of times (they are collectives); ranks may hold different N.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
+                 comm: Any = None):
+        super().__init__(num_features, eps=eps, momentum=momentum)
+        self.comm = comm
+
+    def _synced(self) -> bool:
+        comm = getattr(self, "comm", None)
+        return self.training and comm is not None and int(comm.size) > 1
+
+    def forward(self, x: Any) -> Any:
+        if not self._synced():
+            return super().forward(x)
+        name = type(self).__name__
+        C = self.num_features
+        xp = get_array_module(x)
+        if getattr(x, "ndim", None) != 4 or x.shape[1] != C:
+            raise ValueError(f"{name}: expected input of shape (N, {C}, H, W), got shape "
+                             f"{tuple(getattr(x, 'shape', ()))}")
+        if x.dtype.kind != "f":
+            raise TypeError(f"{name}: expected a floating-point array, got dtype {x.dtype}")
+        # 1. Σ x and the element count, in one buffer (count last; exact in float32 up to
+        #    2**24 elements per channel per step, and float64 is used for float64 input).
+        m = x.size // C
+        buf = xp.empty(C + 1, dtype=x.dtype)
+        buf[:C] = _channel_sum(x)
+        buf[C] = m
+        self.comm.allreduce(buf, op="sum")
+        count = float(buf[C])
+        if count <= 1:
+            raise ValueError(f"{name}: expected more than 1 value per channel over all ranks "
+                             f"when training, got {count:g}")
+        mu = (buf[:C] * (1.0 / count)).reshape(1, C, 1, 1)
+        # 2. Σ (x - mu)²: the second pass, as BatchNorm2d.
+        x_hat = x - mu
+        sq = _channel_sum(x_hat, x_hat)
+        self.comm.allreduce(sq, op="sum")
+        var = sq * (1.0 / count)
+        inv_std = (1.0 / xp.sqrt(var + self.eps)).reshape(1, C, 1, 1)
+        x_hat *= inv_std
+        self._update_running(mu.reshape(C), var, count)
+        gamma = self.gamma.data.astype(x.dtype, copy=False).reshape(1, C, 1, 1)
+        beta = self.beta.data.astype(x.dtype, copy=False).reshape(1, C, 1, 1)
+        y = x_hat * gamma
+        y += beta
+        self.cache = _SyncCache(x_hat, inv_std, count)
+        return y
+
+    def _update_running(self, mu: Any, var: Any, count: float) -> None:
+        """PyTorch's rule with the global statistics: the unbiased var · M / (M - 1)."""
+        mom = self.momentum
+        dtype = self.running_mean.dtype
+        self.running_mean = (1.0 - mom) * self.running_mean + mom * mu.astype(dtype)
+        self.running_var = ((1.0 - mom) * self.running_var
+                            + mom * (var * (count / (count - 1.0))).astype(dtype))
+
+    def backward(self, dout: Any) -> Any:
+        cache = self.cached()
+        if not isinstance(cache, _SyncCache):
+            return super().backward(dout)
+        C = self.num_features
+        xp = get_array_module(dout)
+        x_hat, inv_std, count = cache
+        sums = xp.empty(2 * C, dtype=x_hat.dtype)
+        sums[:C] = _channel_sum(dout)                 # Σ dout         (this rank)
+        sums[C:] = _channel_sum(dout, x_hat)          # Σ dout * x_hat (this rank)
+        # The parameter gradients are this rank's own sums (averaged later with the others).
+        self.beta.set_grad(sums[:C].copy())
+        self.gamma.set_grad(sums[C:].copy())
+        self.comm.allreduce(sums, op="sum")
+        s1 = (sums[:C] * (1.0 / count)).reshape(1, C, 1, 1)
+        s2 = (sums[C:] * (1.0 / count)).reshape(1, C, 1, 1)
+        gamma = self.gamma.data.astype(x_hat.dtype, copy=False).reshape(1, C, 1, 1)
+        dx = x_hat * (-s2)
+        dx += dout
+        dx -= s1
+        dx *= gamma * inv_std
+        return dx
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles leave the communicator behind (it belongs to this process)."""
+        state = super().__getstate__()
+        state["comm"] = None
+        return state
+
+    def extra_repr(self) -> str:
+        size = getattr(getattr(self, "comm", None), "size", 1)
+        return f"{super().extra_repr()}, ranks={size}"
+
