@@ -62,7 +62,7 @@ class Event:
     kind: str      # "sync" (the host waits for the device), "h2d" or "d2h" (a copy)
     what: str      # e.g. "float()", "boolean-mask index", "asarray(host)"
     nbytes: int    # bytes copied (0 for a sync that copies nothing of note)
-    where: str     # "minicnn/losses.py:142" (first minicnn frame), else the first caller
+    where: str     # "minicnn/losses.py:142": the first minicnn frame (past backend.py)
 
 
 @dataclass
@@ -112,18 +112,24 @@ def _minicnn_dir() -> str:
 
 
 def _caller() -> str:
-    """File:line of the first frame inside minicnn/ (else the first frame outside this file)."""
+    """File:line of the first frame inside minicnn/ that is not the backend's door
+    (``to_numpy``/``to_device`` are called for someone: name that someone); else the
+    backend's line; else the first frame outside this file."""
     root = _minicnn_dir()
+    door = root + "backend.py"
     f = sys._getframe(2)
-    first_outside = None
+    first_door = first_outside = None
     while f is not None:
         name = f.f_code.co_filename
         if name.startswith(root):
-            return f"minicnn/{name[len(root):]}:{f.f_lineno}"
-        if first_outside is None and os.path.abspath(name) != _THIS_FILE:
+            if name != door:
+                return f"minicnn/{name[len(root):]}:{f.f_lineno}"
+            if first_door is None:
+                first_door = f"minicnn/backend.py:{f.f_lineno}"
+        elif first_outside is None and os.path.abspath(name) != _THIS_FILE:
             first_outside = f"{os.path.relpath(name)}:{f.f_lineno}"
         f = f.f_back
-    return f"(outside minicnn) {first_outside}"
+    return first_door or f"(outside minicnn) {first_outside}"
 
 
 def _event(kind: str, what: str, nbytes: int = 0) -> None:
