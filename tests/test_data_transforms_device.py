@@ -87,3 +87,17 @@ def test_noise_uses_one_device_generator_seeded_from_the_host(strict_cupy):
     with strict_cupy.record() as rec:
         Compose([RandomHorizontalFlip(), noise])(x, np.random.default_rng(0))
     assert rec.syncs == 0, rec.report()
+
+
+def test_normalize_copies_its_constants_to_the_device_once(strict_cupy):
+    cp = strict_cupy.cupy
+    norm = Normalize([0.5, 0.4, 0.3], [0.2, 0.25, 0.3])
+    x = cp.asarray(images())
+    norm(x)
+    with strict_cupy.record() as rec:
+        for _ in range(3):
+            norm(x)
+    assert rec.h2d_bytes == 0, rec.report("h2d")
+    clone = pickle.loads(pickle.dumps(norm))  # the cache does not travel
+    np.testing.assert_array_equal(clone(x).get(), norm(x).get())
+    assert repr(clone) == repr(norm)

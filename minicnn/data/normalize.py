@@ -98,16 +98,29 @@ class Normalize:
             raise ValueError("Normalize: mean and std must be scalars or 1-d sequences")
         if np.any(self.std <= 0):
             raise ValueError(f"Normalize: std must be positive, got {self.std.tolist()}")
+        # (module name, dtype) -> (mean, 1/std) as (C, 1, 1) arrays there: on the GPU they
+        # are copied over once, not at every batch.
+        self._constants: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     def __call__(self, x: Any, rng: np.random.Generator | None = None) -> Any:
         xp = get_array_module(x)
         if x.ndim != 4 or self.mean.size not in (1, x.shape[1]):
             raise ValueError(f"Normalize: expected a batch (N, {self.mean.size}, H, W), got "
                              f"shape {tuple(x.shape)}")
-        # Broadcast (C,) over (N, C, H, W), as x's dtype so float32 stays float32.
-        mean = xp.asarray(self.mean.reshape(-1, 1, 1), dtype=x.dtype)
-        inv_std = xp.asarray(1.0 / self.std.reshape(-1, 1, 1), dtype=x.dtype)
+        key = (xp.__name__, x.dtype.str)
+        if key not in self._constants:
+            # Broadcast (C,) over (N, C, H, W), as x's dtype so float32 stays float32.
+            self._constants[key] = (
+                xp.asarray(self.mean.reshape(-1, 1, 1), dtype=x.dtype),
+                xp.asarray(1.0 / self.std.reshape(-1, 1, 1), dtype=x.dtype))
+        mean, inv_std = self._constants[key]
         return (x - mean) * inv_std
+
+    def __getstate__(self) -> dict:
+        return {"mean": self.mean, "std": self.std}  # the device copies are a cache
+
+    def __setstate__(self, state: dict) -> None:
+        self.mean, self.std, self._constants = state["mean"], state["std"], {}
 
     def __repr__(self) -> str:
         return f"Normalize(mean={self.mean.round(4).tolist()}, std={self.std.round(4).tolist()})"
