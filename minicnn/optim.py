@@ -69,6 +69,8 @@ def _number(value: Any) -> Any:
     value = np.asarray(value)
     if value.ndim != 0:
         raise ValueError(f"expected a number, got an array of shape {value.shape}")
+    if value.dtype.kind not in "iuf":  # a complex, bool or string entry is a damaged state
+        raise ValueError(f"expected a real number, got {value.item()!r} of dtype {value.dtype}")
     return value.item()
 
 
@@ -190,15 +192,17 @@ class Optimizer:
             p = self.params[int(index)]
             if buf_name in self._array_state:
                 value = np.asarray(d[key])
+                if value.dtype.kind not in "iuf":
+                    raise ValueError(f"{name}.load_state_dict: {key!r} has dtype {value.dtype}, "
+                                     f"expected real numbers")
                 if tuple(value.shape) != p.shape:
                     raise ValueError(f"{name}.load_state_dict: {key!r} has shape "
                                      f"{tuple(value.shape)}, but {p!r} has shape {p.shape}")
                 new_state[int(index)][buf_name] = _like(value, p.data)
             else:
                 new_state[int(index)][buf_name] = int(_number(d[key]))
-        self.state = new_state
-        self.lr = float(_number(d["lr"]))
-        self.num_steps = int(_number(d["step"]))
+        lr, num_steps = float(_number(d["lr"])), int(_number(d["step"]))
+        self.state, self.lr, self.num_steps = new_state, lr, num_steps  # all checked: commit
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(lr={self.lr:g}, {len(self.params)} parameters)"
@@ -469,9 +473,8 @@ class EMA:
                 raise ValueError(f"EMA.load_state_dict: 'shadow.{i}' has shape "
                                  f"{tuple(value.shape)}, but {p!r} has shape {p.shape}")
             shadow.append(_like(value, p.data))
-        self.shadow = shadow
-        self.decay = float(_number(d["decay"]))
-        self.num_updates = int(_number(d["num_updates"]))
+        decay, num_updates = float(_number(d["decay"])), int(_number(d["num_updates"]))
+        self.shadow, self.decay, self.num_updates = shadow, decay, num_updates
 
     def __repr__(self) -> str:
         return f"EMA(decay={self.decay:g}, {len(self.params)} parameters)"
@@ -521,10 +524,11 @@ class LRScheduler:
         return {key: getattr(self, key) for key in self._state_keys}
 
     def load_state_dict(self, d: Mapping[str, Any]) -> None:
-        """Restore ``state_dict()``'s numbers and set the optimizer's lr to match."""
-        for key in self._state_keys:
-            value = _number(d[key])
-            setattr(self, key, type(getattr(self, key))(value))
+        """Restore ``state_dict()``'s numbers and set the optimizer's lr to match (all are
+        read and checked before any is set)."""
+        values = {key: type(getattr(self, key))(_number(d[key])) for key in self._state_keys}
+        for key, value in values.items():
+            setattr(self, key, value)
         self._set_lr()
 
     def __repr__(self) -> str:
@@ -800,10 +804,10 @@ class ReduceLROnPlateau:
         return {key: getattr(self, key) for key in self._state_keys}
 
     def load_state_dict(self, d: Mapping[str, Any]) -> None:
-        self.best = float(_number(d["best"]))
-        self.num_bad_epochs = int(_number(d["num_bad_epochs"]))
-        self.cooldown_counter = int(_number(d["cooldown_counter"]))
-        self.last_epoch = int(_number(d["last_epoch"]))
+        best, bad = float(_number(d["best"])), int(_number(d["num_bad_epochs"]))
+        cooldown, last = int(_number(d["cooldown_counter"])), int(_number(d["last_epoch"]))
+        self.best, self.num_bad_epochs, self.cooldown_counter, self.last_epoch = \
+            best, bad, cooldown, last
 
     def __repr__(self) -> str:
         return (f"ReduceLROnPlateau(mode={self.mode!r}, factor={self.factor:g}, "

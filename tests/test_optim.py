@@ -357,6 +357,28 @@ def test_load_state_dict_rejects_mismatches():
         optim.SGD([Parameter(np.zeros(2))], lr=0.1, momentum=0.9).load_state_dict(sd)
 
 
+def test_load_state_dict_refuses_damaged_entries_and_changes_nothing():
+    """A complex, boolean or text entry (a damaged checkpoint) is a ValueError naming it, and
+    nothing is loaded: the checks all run before the first assignment."""
+    p = Parameter(np.zeros(2, np.float32))
+    p.grad = np.ones(2, np.float32)
+    adam = optim.Adam([p], lr=0.01)
+    adam.step()
+    sd = adam.state_dict()
+    fresh = optim.Adam([Parameter(np.zeros(2, np.float32))], lr=0.5)
+    damaged = [("m.0", np.zeros(2, np.complex64), "'m.0' has dtype complex64"),
+               ("lr", np.array("abc"), "real number"),
+               ("step", np.array(True), "real number")]
+    for key, value, message in damaged:
+        with pytest.raises(ValueError, match=message):
+            fresh.load_state_dict({**sd, key: value})
+        assert fresh.lr == 0.5 and fresh.num_steps == 0 and fresh.state == [{}]
+    sched = optim.StepLR(fresh, step_size=2)
+    with pytest.raises(ValueError, match="real number"):
+        sched.load_state_dict({**sched.state_dict(), "last_epoch": np.array(3 + 1j)})
+    assert sched.last_epoch == 0
+
+
 # -- argument checks --------------------------------------------------------------------------
 
 def test_bad_arguments_raise():

@@ -539,3 +539,47 @@ def test_fit_skips_the_input_gradient_of_the_first_layer_only_while_fitting():
     assert len(seen) == 2 and all(dx is None for dx in seen)
     convs = [m for m in model.modules() if isinstance(m, L.Conv2d)]
     assert len(convs) == 2 and all(c.input_grad is True for c in convs)
+
+
+# -- the device path (the strict CPU stand-in for CuPy: pytest --strict-device) -----------------
+
+@pytest.mark.strict_device
+def test_fit_reads_the_device_once_per_20_steps_with_host_labels():
+    """40 steps on "device" images with NumPy labels (CrossEntropyLoss takes them): the
+    accuracy counts bring the labels over, and the loop reads its metrics back twice
+    (steps 20 and 40), never per step."""
+    from tests import strict_device
+
+    mc.set_backend("cupy")
+    xp = mc.backend.get_xp()
+    model = tiny_model(batchnorm=False)
+    x, y = tiny_data(n=160)
+    x = (x.astype(np.float32) - 128.0) / 64.0
+    batches = [(xp.asarray(x[i:i + 4]), y[i:i + 4]) for i in range(0, 160, 4)]
+    with strict_device.record() as rec:
+        h = training.fit(model, losses.CrossEntropyLoss(), optim.SGD(model.parameters(), 0.05),
+                         batches, epochs=1, verbose=0)
+    in_loop = [e for e in rec.of("sync") if e.where.startswith("minicnn/training/")]
+    assert len(in_loop) <= math.ceil(40 / 20) + 1, rec.report("sync")
+    assert 0.0 <= h["acc"][0] <= 1.0 and math.isfinite(h["loss"][0])
+    result = training.evaluate(model, batches[:5])
+    assert 0.0 <= result["acc"] <= 1.0
+
+
+@pytest.mark.strict_device
+def test_an_out_of_range_device_label_is_named_by_fit_and_evaluate():
+    """Device labels are range-checked on the device (no per-step sync); the NaN batch loss
+    that a bad one causes makes fit and evaluate ask the loss which label it was."""
+    mc.set_backend("cupy")
+    xp = mc.backend.get_xp()
+    model = tiny_model(batchnorm=False)
+    x, y = tiny_data(n=16)
+    x = (x.astype(np.float32) - 128.0) / 64.0
+    y = y.copy()
+    y[11] = 7  # 2 classes
+    batches = [(xp.asarray(x[i:i + 4]), xp.asarray(y[i:i + 4])) for i in range(0, 16, 4)]
+    with pytest.raises(ValueError, match=r"range \[0, 2\).*got 7"):
+        training.fit(model, losses.CrossEntropyLoss(), optim.SGD(model.parameters(), 0.05),
+                     batches, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match=r"range \[0, 2\).*got 7"):
+        training.evaluate(model, batches)

@@ -384,6 +384,7 @@ def test_random_search_spawns_workers_once_cupy_is_imported(monkeypatch):
     """CUDA does not survive fork: once CuPy is in sys.modules, workers are spawned (fresh
     interpreters, on this process's backend), and give the same table as a serial run."""
     serial = T.random_search(quadratic_objective, SPACE, trials=3, budget=2, seed=5, workers=1)
+    monkeypatch.delitem(sys.modules, "cupy", raising=False)  # (the strict stand-in is one)
     assert T.search._worker_context().get_start_method() != "spawn"
     monkeypatch.setitem(sys.modules, "cupy", types.ModuleType("cupy"))  # as after `import cupy`
     assert T.search._worker_context().get_start_method() == "spawn"

@@ -112,7 +112,9 @@ class TerminateOnNaN(Callback):
     """Stop as soon as a batch loss is NaN or ±inf, with a message naming the epoch and step.
 
     ``fit`` adds one automatically unless ``callbacks`` already holds one. With
-    ``raise_error=True`` it raises ``NonFiniteLossError`` instead of stopping quietly.
+    ``raise_error=True`` it raises ``NonFiniteLossError`` instead of stopping quietly. A loss
+    with ``check_labels()`` (``CrossEntropyLoss``) is asked first: an out-of-range label on
+    the GPU shows up as a NaN loss, and it raises ``ValueError`` naming that label.
     """
 
     def __init__(self, raise_error: bool = False):
@@ -121,6 +123,11 @@ class TerminateOnNaN(Callback):
     def on_batch_end(self, epoch: int, step: int, loss: float) -> None:
         if math.isfinite(loss) or self.state.stop_training:
             return
+        # Labels on the GPU are range-checked on the device (no per-step sync): a bad one
+        # makes its batch loss NaN, and the loss names it here, a clearer error than ours.
+        check_labels = getattr(self.state.loss, "check_labels", None)
+        if check_labels is not None:
+            check_labels()
         of = f" of {self.state.steps_per_epoch}" if self.state.steps_per_epoch else ""
         message = (f"TerminateOnNaN: the loss became {loss} at epoch {epoch}, step {step}{of}; "
                    f"training stopped (the weights are no longer usable). Try a lower learning "

@@ -21,6 +21,7 @@ Epochs are counted from 1 in messages, callbacks and ``History.epoch``.
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -306,6 +307,8 @@ def evaluate(model: Layer, loader: Iterable, loss: Any = None,
         meter.flush()  # one read-back at the end
     if meter.seen == 0:
         raise ValueError("evaluate: the loader yielded no batches")
+    if not math.isfinite(meter.loss) and hasattr(loss, "check_labels"):
+        loss.check_labels()  # a NaN from a device label out of range: say which label
     return {"loss": meter.loss, "acc": meter.acc}
 
 
