@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 import traceback
 from collections.abc import Iterator
 from typing import Any
@@ -118,7 +119,8 @@ class Communicator:
     def barrier(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def abort(self, reason: str, code: int = 1) -> None:  # pragma: no cover - abstract
+    def abort(self, reason: str, code: int = 1,
+              details: str = "") -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
     # -- conveniences built on the collectives ----------------------------------------------
@@ -144,8 +146,7 @@ class Communicator:
             yield
         except BaseException as exc:  # noqa: BLE001 - KeyboardInterrupt must abort too
             if self.size > 1:
-                traceback.print_exc(file=sys.stderr)
-                self.abort(f"{type(exc).__name__}: {exc}")
+                self.abort(f"{type(exc).__name__}: {exc}", details=traceback.format_exc())
             raise
 
     def _check_op(self, op: str) -> str:
@@ -226,12 +227,16 @@ class MPICommunicator(Communicator):
     def barrier(self) -> None:
         self.comm.Barrier()
 
-    def abort(self, reason: str, code: int = 1) -> None:
-        """Print ``reason`` with this rank's number, then end every rank of the job."""
+    def abort(self, reason: str, code: int = 1, details: str = "") -> None:
+        """Print ``reason`` with this rank's number (then ``details``, e.g. the traceback),
+        and end every rank of the job."""
         sys.stdout.flush()
         sys.stderr.write(f"minicnn.distributed: rank {self.rank} of {self.size} failed: "
-                         f"{reason}; aborting all {self.size} ranks (MPI_Abort)\n")
+                         f"{reason}; aborting all {self.size} ranks (MPI_Abort)\n{details}")
         sys.stderr.flush()
+        # The launcher forwards each rank's output asynchronously and stops forwarding once
+        # it kills the job: give it a moment to pass these lines on first.
+        time.sleep(0.5)
         self.comm.Abort(code)
         os._exit(code)  # MPI_Abort may return before the launcher's kill arrives
 
@@ -305,10 +310,10 @@ class NCCLCommunicator(MPICommunicator):
         self.nccl_comm.bcast(buf.data.ptr, buf.size, dtype, root, stream)
         return buf
 
-    def abort(self, reason: str, code: int = 1) -> None:
+    def abort(self, reason: str, code: int = 1, details: str = "") -> None:
         with contextlib.suppress(Exception):  # NCCL's own abort frees the peers' kernels
             self.nccl_comm.abort()
-        super().abort(reason, code)
+        super().abort(reason, code, details)
 
 
 def _check_contiguous(buf: np.ndarray, what: str) -> None:
@@ -322,9 +327,11 @@ def _install_abort_hook(comm: Communicator) -> None:
     previous = sys.excepthook
 
     def hook(exc_type: type, exc: BaseException, tb: Any) -> None:
-        previous(exc_type, exc, tb)          # the usual traceback first
-        if comm.size > 1:
-            comm.abort(f"uncaught {exc_type.__name__}: {exc}")
+        if comm.size == 1:
+            previous(exc_type, exc, tb)
+            return
+        comm.abort(f"uncaught {exc_type.__name__}: {exc}",
+                   details="".join(traceback.format_exception(exc_type, exc, tb)))
 
     hook._minicnn_abort = True  # type: ignore[attr-defined]
     if not getattr(previous, "_minicnn_abort", False):
