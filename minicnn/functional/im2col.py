@@ -235,8 +235,7 @@ def col2im(cols: Any, x_shape: tuple[int, int, int, int], kernel_size: tuple[int
     The loop runs over the KH·KW kernel positions, not over pixels (``window_slices``): for
     a fixed (a, b), the pixels hit by all (n, i, j) form one strided slice of the padded
     input, so each step is a single vectorised ``+=``; overlap between windows is handled by
-    the successive steps. This beats ``np.add.at`` by 3-11x (and CuPy has no ``ufunc.at``
-    for every dtype).
+    the successive steps. This beats ``np.add.at`` by 3-11x.
     """
     xp = get_array_module(cols)
     N, C, H, W = x_shape
