@@ -255,6 +255,7 @@ def _train_mode(model: Layer) -> None:
     are all frozen keeps using (and keeping) its running statistics, as in Keras."""
     model.train()
     for m in model.modules():
+        # Its own buffers (running statistics): dotless names, not a descendant's.
         own_buffers = [name for name, _ in m.named_buffers() if "." not in name]
         params = m.parameters()
         if own_buffers and params and not any(p.requires_grad for p in params):
