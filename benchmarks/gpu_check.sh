@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# The GPU check: everything minicnn promises on CuPy, in one run of under 10 minutes.
+#
+#   benchmarks/gpu_check.sh --stage /work/shared/datasets/cifar10   # once: copy the data in
+#   benchmarks/gpu_check.sh                 # on a machine with a GPU, CuPy (and torch)
+#   benchmarks/gpu_check.sh --cpu           # dry run on a CPU: strict stand-in, tiny data
+#
+# Steps, each time-boxed (`timeout`), logged to $OUT/<step>.log, run even when an earlier one
+# failed; a summary at the end (also $OUT/summary.txt):
+#   env     versions, GPU, `minicnn info`
+#   data    CIFAR-10 built from the JPEG copy in $DATA (build_cifar10.py --folder-only),
+#           once; later runs find $DATA/cifar10/cifar-10-batches-py and skip it
+#   tests   the cupy-marked tests on real CuPy (--cpu: on the strict CPU stand-in)
+#   parity  benchmarks/gpu_parity.py: NumPy and CuPy losses agree over 10 steps of each
+#           zoo model, then ms/step against PyTorch+cuDNN on the same GPU if torch is there
+#   models  benchmarks/models.py --backend cupy --batch 128 (ms per training step)
+#   train   examples/train_cifar.py with its GPU preset on $DATA: accuracy, training time
+#
+# The data travels with the working tree: $DATA (default .gpu_data/, git-ignored) holds
+# cifar10_jpeg.bin, cifar10_jpeg_index.npz and build_cifar10.py (needs numpy + Pillow).
+# Options: --data DIR, --out DIR (default runs/gpu_check/<UTC time>), --epochs N (train
+# step; default: the preset's), --skip STEP[,STEP...].
+# Time boxes (seconds) can be changed by environment: T_DATA T_TESTS T_PARITY T_MODELS T_TRAIN.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+MODE=gpu
+DATA=.gpu_data
+OUT=""
+EPOCHS=""
+SKIP=""
+STAGE=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --cpu) MODE=cpu ;;
+        --data) DATA="$2"; shift ;;
+        --out) OUT="$2"; shift ;;
+        --epochs) EPOCHS="$2"; shift ;;
+        --skip) SKIP="$2"; shift ;;
+        --stage) STAGE="$2"; shift ;;
+        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+        *) echo "gpu_check: unknown argument $1 (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+if [ -n "$STAGE" ]; then  # copy the three data files into $DATA, then stop
+    mkdir -p "$DATA"
+    for f in cifar10_jpeg.bin cifar10_jpeg_index.npz build_cifar10.py; do
+        cp "$STAGE/$f" "$DATA/$f" || { echo "gpu_check: $STAGE/$f missing" >&2; exit 1; }
+    done
+    echo "staged CIFAR-10 (JPEG copy + builder) in $DATA"
+    exit 0
+fi
+
+PY=${PYTHON:-python}
+OUT=${OUT:-runs/gpu_check/$(date -u +%Y%m%dT%H%M%SZ)}
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
+T_DATA=${T_DATA:-150}
+T_TESTS=${T_TESTS:-120}
+T_PARITY=${T_PARITY:-90}
+T_MODELS=${T_MODELS:-90}
+T_TRAIN=${T_TRAIN:-300}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+SUMMARY=()
+
+# run NAME SECONDS CMD...: time-boxed, logged, never stops the script.
+run() {
+    local name="$1" limit="$2"; shift 2
+    if [[ ",$SKIP," == *",$name,"* ]]; then
+        SUMMARY+=("$(printf '%-7s %-8s %s' "$name" skipped "--skip")")
+        return 0
+    fi
+    echo "== $name (at most ${limit}s): $*"
+    local t0=$SECONDS rc
+    timeout --kill-after=15 "$limit" "$@" >"$OUT/$name.log" 2>&1
+    rc=$?
+    local status=ok
+    [ $rc -ne 0 ] && status="FAIL($rc)"
+    [ $rc -eq 124 ] || [ $rc -eq 137 ] && status="TIMEOUT"
+    tail -n 4 "$OUT/$name.log" | sed 's/^/   /'
+    SUMMARY+=("$(printf '%-7s %-8s %4ss  %s' "$name" "$status" $((SECONDS - t0)) \
+        "$(grep -v '^\s*$' "$OUT/$name.log" | tail -n 1 | cut -c1-100)")")
+    return 0
+}
+
+START=$SECONDS
+{
+    echo "mode $MODE, $(date -u), $(git rev-parse --short HEAD 2>/dev/null)"
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | head -3
+    $PY -c "import sys, numpy; print('python', sys.version.split()[0], 'numpy', numpy.__version__)"
+    $PY -c "import cupy; print('cupy', cupy.__version__)" 2>&1 | tail -1
+    $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" \
+        2>&1 | tail -1
+    $PY -m minicnn info 2>&1
+} >"$OUT/env.log" 2>&1
+cat "$OUT/env.log"
+
+if [ "$MODE" = cpu ]; then
+    # The same steps on a CPU: CuPy is the strict stand-in, the data tiny and synthetic.
+    run tests "$T_TESTS" "$PY" -m pytest -q -p no:cacheprovider -m cupy --strict-device
+    run parity "$T_PARITY" "$PY" benchmarks/gpu_parity.py --strict-stand-in \
+        --models simple_cnn resnet
+    run models "$T_MODELS" "$PY" benchmarks/models.py --backend numpy --batch 8 \
+        --models 2conv --repeats 1 --no-torch --out "$OUT/models_cpu"
+    run train "$T_TRAIN" "$PY" -c "import sys; from tests import strict_device; \
+strict_device.install(); from minicnn.cli import run_example; sys.exit(run_example('cifar10', \
+['--smoke', '--backend', 'cupy', '--preset', 'gpu', '--out', '$OUT/train', '--no-plots']))"
+else
+    if [ -d "$DATA/cifar10/cifar-10-batches-py" ]; then
+        SUMMARY+=("$(printf '%-7s %-8s %s' data ok "found $DATA/cifar10/cifar-10-batches-py")")
+    elif [ -f "$DATA/cifar10_jpeg.bin" ] && [ -f "$DATA/build_cifar10.py" ]; then
+        run data "$T_DATA" "$PY" "$DATA/build_cifar10.py" "$DATA/cifar10" --folder-only
+    else
+        SUMMARY+=("$(printf '%-7s %-8s %s' data MISSING \
+            "no $DATA/cifar10_jpeg.bin: run with --stage <folder of the shared copy>")")
+    fi
+    run tests "$T_TESTS" "$PY" -m pytest -q -p no:cacheprovider -m cupy
+    run parity "$T_PARITY" "$PY" benchmarks/gpu_parity.py --torch-speed
+    run models "$T_MODELS" "$PY" benchmarks/models.py --backend cupy --batch 128 \
+        --out "$OUT/models_cupy"
+    run train "$T_TRAIN" "$PY" examples/train_cifar.py --backend cupy --preset gpu \
+        --data "$DATA" --out "$OUT/train" ${EPOCHS:+--epochs "$EPOCHS"}
+fi
+
+{
+    echo
+    echo "== gpu_check summary ($MODE; logs in $OUT; $((SECONDS - START))s in all)"
+    for line in "${SUMMARY[@]}"; do echo "$line"; done
+    if [ -f "$OUT/parity.log" ]; then
+        echo "-- parity and speed"
+        grep -E "^[a-z_0-9]+ +[0-9]+ .*(ok|MISMATCH)$|FAILED|^parity:|ratio|^(2conv|vgg12|resnet) " \
+            "$OUT/parity.log"
+    fi
+    if [ -f "$OUT/models.log" ]; then
+        echo "-- benchmarks/models.py"
+        grep -E "^(model|2conv|vgg12|resnet) " "$OUT/models.log"
+    fi
+    if [ -f "$OUT/train.log" ]; then
+        echo "-- train_cifar"
+        grep -E "^epoch |test accuracy" "$OUT/train.log" | tail -n 3
+    fi
+} | tee "$OUT/summary.txt"

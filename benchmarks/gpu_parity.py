@@ -1,0 +1,198 @@
+"""NumPy <-> CuPy parity of training, and CuPy against PyTorch on the same GPU.
+
+Parity (the default): every model of the zoo (``minicnn.models.MODELS``, small widths so a
+CPU can follow) is built once with a fixed seed, copied to the GPU, and both copies train for
+``--steps`` steps (SGD with momentum, cross-entropy) on the same fixed batch. The two loss
+curves must agree to float32 tolerance at every step: ``|L_gpu - L_cpu| <= tol * max(1, |L_cpu|)``
+with ``tol = 1e-3`` (float32 sums in a different order drift by ~1e-6 per step; a wrong
+kernel, a missed gradient or a stale cache shows at once as 1e-1). Dropout is set to p = 0:
+the two backends draw their masks from different generators by design.
+
+    python benchmarks/gpu_parity.py                       # needs CuPy and a GPU
+    python benchmarks/gpu_parity.py --strict-stand-in     # on the CPU: tests/strict_device.py
+    python benchmarks/gpu_parity.py --torch-speed         # + ms/step against PyTorch on CUDA
+
+``--torch-speed`` times benchmarks/models.py's three models (2conv, vgg12, resnet; forward,
+backward, Adam step) with minicnn on CuPy and with PyTorch on the same GPU in this process,
+float32, TF32 off, cuDNN autotuning on, and prints the ratio. Exit status: 1 when a model's
+losses disagree (or a run fails), else 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import inspect
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# The zoo at CPU-friendly sizes (every layer type each builder uses is still there).
+ZOO = {
+    "simple_cnn": dict(widths=[8, 16], hidden=32),
+    "vgg": dict(widths=[8, 16, 32], depth=2, batchnorm=True, hidden=32),
+    "vgg_pool_first": dict(widths=[8, 16], depth=1, batchnorm=True, hidden=32, pool_first=True),
+    "vgg16": dict(width=1 / 16, batchnorm=True, cifar=True),
+    "lenet5": dict(),
+    "resnet": dict(widths=[8, 16], blocks=1),
+}
+TOL = 1e-3
+
+
+def _model_kwargs(builder, kwargs, shape):
+    from minicnn import models
+
+    params = inspect.signature(models.MODELS[builder]).parameters
+    c, h, _ = shape
+    out = {k: v for k, v in dict(in_channels=c, image_size=h, num_classes=10).items()
+           if k in params}
+    out.update(kwargs)
+    return out
+
+
+def _train(model, x, y, steps, mc):
+    """Loss after each of ``steps`` SGD steps on the fixed batch (x, y), as floats."""
+    loss_fn = mc.losses.CrossEntropyLoss()
+    opt = mc.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
+    xp = mc.get_array_module(x)
+    losses = []
+    for _ in range(steps):
+        losses.append(loss_fn.forward(model.forward(x), y))
+        model.backward(loss_fn.backward())
+        opt.step()
+    return [float(v) for v in mc.to_numpy(xp.stack(losses))]  # one read-back at the end
+
+
+def parity(steps, batch, only=None):
+    import minicnn as mc
+    from minicnn import layers as L
+    from minicnn import models
+
+    rng = np.random.default_rng(0)
+    failures = 0
+    print(f"{'model':16s} {'params':>8s} {'loss[0]':>9s} {'loss[-1]':>9s} {'max rel diff':>13s}"
+          f"  result")
+    for name, kwargs in ZOO.items():
+        if only and name not in only:
+            continue
+        builder = "vgg" if name.startswith("vgg_") else name
+        shape = (1, 28, 28) if builder == "lenet5" else (3, 32, 32)
+        try:
+            mc.set_backend("numpy")
+            mc.init.set_seed(0)
+            host_model = models.build(builder, _model_kwargs(builder, kwargs, shape))
+            for m in host_model.modules():
+                if isinstance(m, L.Dropout):
+                    m.p = 0.0  # different mask generators per backend, by design
+            device_model = copy.deepcopy(host_model).to("gpu")
+            x = rng.standard_normal((batch, *shape)).astype(np.float32)
+            y = rng.integers(0, 10, batch)
+            cpu = _train(host_model, x, y, steps, mc)
+            mc.set_backend("cupy")
+            xp = mc.backend.get_xp()
+            gpu = _train(device_model, xp.asarray(x), xp.asarray(y), steps, mc)
+            diff = max(abs(g - c) / max(1.0, abs(c)) for g, c in zip(gpu, cpu, strict=True))
+            ok = diff <= TOL and all(np.isfinite(gpu))
+            failures += not ok
+            n_params = sum(p.data.size for p in host_model.parameters())
+            print(f"{name:16s} {n_params:8d} {cpu[0]:9.4f} {cpu[-1]:9.4f} {diff:13.2e}  "
+                  f"{'ok' if ok else 'MISMATCH'}", flush=True)
+            if not ok:
+                print(f"  cpu: {np.round(cpu, 5).tolist()}\n  gpu: {np.round(gpu, 5).tolist()}")
+        except Exception:  # noqa: BLE001 - report every model, then fail
+            failures += 1
+            print(f"{name:16s} FAILED:\n{traceback.format_exc()}", flush=True)
+        finally:
+            mc.set_backend("numpy")
+    return failures
+
+
+def torch_speed(batch, repeats):
+    """ms/step of benchmarks/models.py's models: minicnn on CuPy vs PyTorch on CUDA."""
+    import minicnn as mc
+    from benchmarks.common import time_it
+    from benchmarks.models import MODELS, build_torch, time_minicnn
+
+    try:
+        import torch
+    except ImportError:
+        print("torch is not installed: no PyTorch comparison")
+        return 0
+    if not torch.cuda.is_available():
+        print("torch sees no CUDA device: no PyTorch comparison")
+        return 0
+    torch.backends.cuda.matmul.allow_tf32 = False  # the targets are float32 without TF32
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.benchmark = True
+    mc.set_backend("cupy")
+    xp = mc.backend.get_xp()
+    dev = torch.device("cuda")
+    print(f"torch {torch.__version__} on {torch.cuda.get_device_name(0)}; batch {batch}, "
+          f"float32, TF32 off")
+    print(f"{'model':8s} {'minicnn ms':>11s} {'torch ms':>9s} {'ratio':>6s}")
+    for name, make in MODELS.items():
+        specs = make()
+        ours = time_minicnn(specs, batch, xp, repeats)
+        rng = np.random.default_rng(0)
+        model = build_torch(torch, specs).to(dev)
+        x = torch.from_numpy(rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)).to(dev)
+        y = torch.from_numpy(rng.integers(0, 10, batch)).to(dev)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        loss_fn = torch.nn.CrossEntropyLoss()
+
+        def step(model=model, x=x, y=y, opt=opt, loss_fn=loss_fn):
+            opt.zero_grad(set_to_none=True)
+            loss_fn(model(x), y).backward()
+            opt.step()
+
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+        theirs = time_it(lambda: (step(), torch.cuda.synchronize()), repeats, warmup=2)
+        print(f"{name:8s} {ours:11.2f} {theirs:9.2f} {ours / theirs:6.2f}", flush=True)
+    mc.set_backend("numpy")
+    return 0
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--batch", type=int, default=16, help="parity batch size (default 16)")
+    p.add_argument("--models", nargs="+", default=None, choices=list(ZOO))
+    p.add_argument("--strict-stand-in", action="store_true",
+                   help="run 'CuPy' on the strict CPU stand-in (tests/strict_device.py)")
+    p.add_argument("--torch-speed", action="store_true",
+                   help="also time minicnn on CuPy against PyTorch on CUDA")
+    p.add_argument("--speed-batch", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=10)
+    args = p.parse_args(argv)
+    if args.strict_stand_in:
+        from tests import strict_device
+
+        strict_device.install()
+    import minicnn as mc
+
+    try:
+        mc.set_backend("cupy")
+    except mc.backend.BackendError as exc:
+        print(f"gpu_parity: {exc}")
+        return 2
+    mc.set_backend("numpy")
+    start = time.perf_counter()
+    failures = parity(args.steps, args.batch, args.models)
+    print(f"parity: {len([m for m in ZOO if not args.models or m in args.models]) - failures} "
+          f"ok, {failures} failed ({args.steps} steps, batch {args.batch}, tol {TOL:g}; "
+          f"{time.perf_counter() - start:.1f}s)")
+    if args.torch_speed and not args.strict_stand_in:
+        torch_speed(args.speed_batch, args.repeats)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
