@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from minicnn.backend import to_numpy
 from minicnn.gradcheck import assert_gradients, check_gradients, numerical_gradient
 from minicnn.layers.base import Layer, Parameter
 
@@ -67,7 +68,7 @@ def test_layer_is_restored_after_check():
     assert layer.w.data is before and layer.w.data.dtype == np.float32
 
 
-def test_model_given_is_untouched_and_dropout_masks_are_replayed():
+def test_model_given_is_untouched_and_dropout_masks_are_replayed(xp):
     """Linear -> BatchNorm (training mode) -> Dropout: the check passes (same masks at every
     forward), and afterwards the model has the running statistics, Dropout generator and
     gradients it had before (the check works on a copy)."""
@@ -77,15 +78,16 @@ def test_model_given_is_untouched_and_dropout_masks_are_replayed():
     mc.init.set_seed(0)
     # No bias before BatchNorm: its gradient is exactly 0 there, all rounding noise.
     model = L.Sequential(L.Linear(6, 5, bias=False), L.BatchNorm1d(5), L.Dropout(0.5, seed=3))
-    x = np.random.default_rng(3).standard_normal((8, 6)).astype(np.float32)
-    before = {k: v.copy() for k, v in model.state_dict().items()}
+    x = xp.asarray(np.random.default_rng(3).standard_normal((8, 6)).astype(np.float32))
+    model.forward(x)  # a forward first: the copy must not need (or keep) its cache
+    before = {k: to_numpy(v).copy() for k, v in model.state_dict().items()}
     rngs = model.rng_states()
     assert rngs, "Dropout should hold a seeded NumPy generator"
     assert_gradients(model, x, tol=1e-6)
     assert model.rng_states() == rngs
     for key, value in model.state_dict().items():
         assert value.dtype == np.float32
-        np.testing.assert_array_equal(value, before[key])
+        np.testing.assert_array_equal(to_numpy(value), before[key])
     assert all(p.grad is None for p in model.parameters())
 
 
