@@ -19,7 +19,7 @@
 # The data travels with the working tree: $DATA (default .gpu_data/, git-ignored) holds
 # cifar10_jpeg.bin, cifar10_jpeg_index.npz and build_cifar10.py (needs numpy + Pillow).
 # Options: --data DIR, --out DIR (default runs/gpu_check/<UTC time>), --epochs N (train
-# step; default: the preset's), --skip STEP[,STEP...].
+# step; default: the preset's), --skip STEP[,STEP...]. Exit status 1 when a step failed.
 # Time boxes (seconds) can be changed by environment: T_DATA T_TESTS T_PARITY T_MODELS T_TRAIN.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -38,7 +38,7 @@ while [ $# -gt 0 ]; do
         --epochs) EPOCHS="$2"; shift ;;
         --skip) SKIP="$2"; shift ;;
         --stage) STAGE="$2"; shift ;;
-        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
         *) echo "gpu_check: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -50,6 +50,13 @@ if [ -n "$STAGE" ]; then  # copy the three data files into $DATA, then stop
         cp "$STAGE/$f" "$DATA/$f" || { echo "gpu_check: $STAGE/$f missing" >&2; exit 1; }
     done
     echo "staged CIFAR-10 (JPEG copy + builder) in $DATA"
+    # The test suite's pure-Python dependency, for a GPU machine without it (best effort:
+    # needs the network here; the check installs it from $DATA/wheels when it is missing).
+    ${PYTHON:-python} -m pip download --quiet --no-deps --only-binary=:all: --platform any \
+        --implementation py --python-version 3.10 -d "$DATA/wheels" \
+        hypothesis attrs sortedcontainers \
+        && echo "staged wheels in $DATA/wheels: $(ls "$DATA/wheels" | tr '\n' ' ')" \
+        || echo "gpu_check: could not download test wheels (no network?); skipped"
     exit 0
 fi
 
@@ -64,6 +71,7 @@ T_TRAIN=${T_TRAIN:-300}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 SUMMARY=()
+FAILS=0
 
 # run NAME SECONDS CMD...: time-boxed, logged, never stops the script.
 run() {
@@ -77,7 +85,7 @@ run() {
     timeout --kill-after=15 "$limit" "$@" >"$OUT/$name.log" 2>&1
     rc=$?
     local status=ok
-    [ $rc -ne 0 ] && status="FAIL($rc)"
+    [ $rc -ne 0 ] && status="FAIL($rc)" && FAILS=$((FAILS + 1))
     [ $rc -eq 124 ] || [ $rc -eq 137 ] && status="TIMEOUT"
     tail -n 4 "$OUT/$name.log" | sed 's/^/   /'
     SUMMARY+=("$(printf '%-7s %-8s %4ss  %s' "$name" "$status" $((SECONDS - t0)) \
@@ -115,8 +123,14 @@ else
     else
         SUMMARY+=("$(printf '%-7s %-8s %s' data MISSING \
             "no $DATA/cifar10_jpeg.bin: run with --stage <folder of the shared copy>")")
+        FAILS=$((FAILS + 1))
     fi
-    run tests "$T_TESTS" "$PY" -m pytest -q -p no:cacheprovider -m cupy
+    if ! "$PY" -c "import hypothesis" 2>/dev/null && ls "$DATA"/wheels/*.whl >/dev/null 2>&1
+    then
+        run deps 90 "$PY" -m pip install --no-index --find-links "$DATA/wheels" hypothesis
+    fi
+    run tests "$T_TESTS" "$PY" -m pytest -q -p no:cacheprovider -m cupy \
+        --continue-on-collection-errors
     run parity "$T_PARITY" "$PY" benchmarks/gpu_parity.py --torch-speed
     run models "$T_MODELS" "$PY" benchmarks/models.py --backend cupy --batch 128 \
         --out "$OUT/models_cupy"
@@ -141,4 +155,6 @@ fi
         echo "-- train_cifar"
         grep -E "^epoch |test accuracy" "$OUT/train.log" | tail -n 3
     fi
+    echo "$FAILS step(s) failed"
 } | tee "$OUT/summary.txt"
+exit $((FAILS > 0))
