@@ -69,3 +69,35 @@ def test_layers_take_array_module_from_input(xp):
     x = xp.asarray(np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4))
     y = L.ReLU()(x)
     assert mc.get_array_module(y) is xp
+
+
+@pytest.mark.cupy
+def test_cupy_arrays_are_recognised_whenever_cupy_is_loaded(strict_cupy, monkeypatch):
+    """A user's CuPy array, with minicnn's backend left on NumPy and minicnn never having
+    imported CuPy itself, still goes through conv, pooling and augmentation on the device
+    (get_array_module looks in sys.modules, not at minicnn's own import)."""
+    from minicnn import layers as L
+    from minicnn.data import RandomCrop
+
+    cp = strict_cupy.cupy
+    mc.set_backend("numpy")
+    monkeypatch.setattr(backend, "_cupy", None)  # as if set_backend("cupy") never ran
+    x = cp.asarray(np.random.default_rng(0).random((2, 3, 8, 8), dtype=np.float32))
+    assert mc.get_array_module(x) is cp
+    for out in (L.MaxPool2d(2)(x), L.AvgPool2d(2)(x), RandomCrop(8, padding=2)(x),
+                L.Conv2d(3, 4, 3, padding=1).to("gpu")(x)):
+        assert type(out) is cp.ndarray
+    labels = mc.to_device(np.array([1, 2]), like=x)  # to the reference's device
+    assert type(labels) is cp.ndarray
+    assert isinstance(mc.to_numpy(labels), np.ndarray)
+
+
+def test_strict_device_switch_is_off_by_default():
+    """Without --strict-device / MINICNN_STRICT_DEVICE=1 nothing named cupy is faked."""
+    import os
+
+    from tests import strict_device
+
+    if os.environ.get("MINICNN_STRICT_DEVICE") == "1" or strict_device.installed():
+        pytest.skip("the stand-in is switched on for this run")
+    assert not getattr(sys.modules.get("cupy"), "__strict_stand_in__", False)
