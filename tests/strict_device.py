@@ -305,8 +305,16 @@ def _not_here(name: str) -> Any:
     return f
 
 
+def _has_device_array(x: Any) -> bool:
+    t = type(x)
+    return t is ndarray or ((t is list or t is tuple) and any(_has_device_array(e) for e in x))
+
+
 def _from_host(x: Any, dtype: Any, copy: bool | None, order: str, what: str) -> ndarray:
-    """cupy.asarray / cupy.array of host data: one host->device copy, counted."""
+    """cupy.asarray / cupy.array of host data: one host->device copy, counted. A list of
+    device arrays (``cupy.asarray([a, b])``) is assembled on the device: no copy."""
+    if _has_device_array(x):
+        return _wrap(np.array(_in(x, what), dtype=dtype, order=order))
     a = np.array(x, dtype=dtype, order=order, copy=True)
     _event("h2d", what, a.nbytes)
     return _wrap(a)

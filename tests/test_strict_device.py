@@ -154,3 +154,12 @@ def test_install_refuses_to_shadow_a_real_cupy(monkeypatch):
     with pytest.raises(RuntimeError, match="real CuPy"):
         sd.install()
     assert sys.modules["cupy"] is fake_real
+
+
+def test_a_list_of_device_arrays_is_assembled_on_the_device():
+    a, b = cp.ones(2), cp.zeros(2)
+    with sd.record() as rec:
+        both = cp.asarray([a, b])
+    assert both.shape == (2, 2) and rec.events == []
+    with pytest.raises(TypeError, match=r"numpy\.ndarray"):
+        cp.asarray([a, np.ones(2)])
