@@ -210,6 +210,13 @@ def test_early_stopping_stops_after_patience_and_restores_best():
     assert (again.stopped_by, again.diverged) == ("EarlyStopping", False)
 
 
+def test_history_saved_before_stopped_by_existed_still_loads():
+    old = {"epoch": [1, 2], "history": {"loss": [0.9, 0.8]}, "stop_reason": "EarlyStopping: .."}
+    h = History.from_dict(old)
+    assert h.epoch == [1, 2] and h["loss"] == [0.9, 0.8]
+    assert (h.stop_reason, h.stopped_by, h.diverged) == ("EarlyStopping: ..", None, False)
+
+
 def test_a_callback_that_says_its_epoch_diverged_drops_the_epoch():
     """fit branches on ``FitState.diverged``, not on the wording of the message."""
 
