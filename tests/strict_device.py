@@ -646,11 +646,21 @@ def _method(name: str) -> Any:
     return m
 
 
-# Every other ndarray method CuPy has, delegated to NumPy's of the same name.
+def _ptp(self: ndarray, *args: Any, **kwargs: Any) -> Any:
+    args, kwargs = _ins(args, kwargs, "ndarray.ptp")
+    return _out(np.ptp(self._a, *args, **kwargs))  # a method in CuPy, gone from NumPy 2
+
+
+# Every other ndarray method CuPy has, delegated to NumPy's of the same name; CuPy's own
+# internals (data pointers, DLPack, flat iterators) exist but refuse to run.
+ndarray.ptp = _ptp  # type: ignore[attr-defined]
 for _name in NAMES["ndarray"]:
-    if _name in vars(ndarray) or not callable(getattr(np.ndarray, _name, None)):
+    if _name in vars(ndarray):
         continue
-    setattr(ndarray, _name, _method(_name))
+    if callable(getattr(np.ndarray, _name, None)):
+        setattr(ndarray, _name, _method(_name))
+    else:
+        setattr(ndarray, _name, _not_here(f"ndarray.{_name}"))
 
 
 # --------------------------------------------------------------------------------------------

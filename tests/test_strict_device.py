@@ -163,3 +163,15 @@ def test_a_list_of_device_arrays_is_assembled_on_the_device():
     assert both.shape == (2, 2) and rec.events == []
     with pytest.raises(TypeError, match=r"numpy\.ndarray"):
         cp.asarray([a, np.ones(2)])
+
+
+def test_every_name_of_the_wheel_exists_on_the_stand_in():
+    """The stand-in offers what the dumped wheel has (to run, or to refuse clearly)."""
+    names = sd.NAMES
+    for module, key in ((cp, "cupy"), (cp.random, "random"), (cp.linalg, "linalg"),
+                        (cp.fft, "fft"), (sd.special, "cupyx.scipy.special")):
+        assert [n for n in names[key] if not hasattr(module, n)] == [], key
+    assert [n for n in names["ndarray"] if not hasattr(cp.ndarray, n)] == []
+    assert float(cp.arange(5).ptp()) == 4.0
+    with pytest.raises(NotImplementedError, match="strict CPU stand-in"):
+        cp.ones(2).toDlpack()
