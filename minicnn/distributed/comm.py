@@ -33,6 +33,7 @@ for exceptions that are caught further up.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import sys
 import time
@@ -259,9 +260,12 @@ class NCCLCommunicator(MPICommunicator):
 
         cp = get_cupy()
         try:
-            nccl = cp.cuda.nccl
+            # NCCL's binding is a submodule that `import cupy` does not load (and
+            # `cp.cuda.nccl` is no attribute until it is imported): import it from the CuPy
+            # that get_cupy() returned.
+            nccl = importlib.import_module(f"{cp.__name__}.cuda.nccl")
             nccl.get_unique_id  # noqa: B018 - a CuPy built without NCCL lacks it
-        except Exception as exc:  # AttributeError / ImportError from CuPy's lazy module
+        except Exception as exc:  # ImportError / AttributeError: no NCCL in this CuPy
             raise DistributedError(
                 f"the NCCL communicator needs CuPy built with NCCL (cupy.cuda.nccl), which is "
                 f"not available here ({exc}); install the CuPy wheel for your CUDA version "

@@ -1,6 +1,7 @@
 """Correctness checks of minicnn.distributed, run by tests/test_distributed.py as
 
     mpiexec -n 2 python tests/distributed_scripts/checks.py
+    mpiexec -n 2 python tests/distributed_scripts/checks.py --backend cupy   # on a GPU machine
 
 Rank 0 prints one line ``RESULT {json}``; the test asserts on it. Any failure on any rank
 aborts the job (the communicator's excepthook), so the test sees a non-zero exit code.
@@ -32,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import minicnn as mc  # noqa: E402
 from minicnn import distributed as dist  # noqa: E402
 from minicnn import layers as L  # noqa: E402
+from minicnn.backend import to_numpy  # noqa: E402
 
 comm = dist.create_communicator("mpi")
 mpi = comm.comm            # the mpi4py communicator, for gathers in these checks only
@@ -88,14 +90,15 @@ def equivalence() -> dict:
             checks.append(1)
 
         train(model, loader, opt, check)
-        FINAL[kind] = {n: np.array(v) for n, v in model.state_dict().items()}
+        FINAL[kind] = {n: to_numpy(v).copy() for n, v in model.state_dict().items()}
         if comm.rank == 0:
             ref_model = build(kind)
             train(ref_model, mc.data.DataLoader(x, y, LOCAL_BATCH * comm.size, seed=1),
                   mc.optim.SGD(ref_model.parameters(), lr=0.1, momentum=0.9))
             diffs = []
-            for (name, a), (_, b) in zip(model.state_dict().items(),
+            for (name, a), (_, b) in zip(FINAL[kind].items(),
                                          ref_model.state_dict().items(), strict=True):
+                b = to_numpy(b)
                 scale = float(np.abs(b).max()) + 1e-12
                 diffs.append((float(np.abs(a - b).max()) / scale, name))
             worst = max(diffs)
@@ -218,7 +221,11 @@ def device() -> dict:
 
 
 with comm.abort_on_error():
-    results = {"equivalence": equivalence(), "gradcheck": gradcheck(), "shards": shards()}
-    results["device"] = device()
+    if sys.argv[1:] == ["--backend", "cupy"]:       # a GPU machine (not CI): real CuPy arrays
+        mc.set_backend("cupy")                     # over MPI, staged through the host
+        results = {"equivalence": equivalence(), "backend": mc.get_backend()}
+    else:
+        results = {"equivalence": equivalence(), "gradcheck": gradcheck(), "shards": shards()}
+        results["device"] = device()
 if comm.rank == 0:
     print("RESULT " + json.dumps(results), flush=True)
