@@ -11,8 +11,8 @@ and the checkpoint model.npz to runs/cifar10/.
     python examples/train_cifar.py --smoke               # tiny random data: a few seconds
     python examples/train_cifar.py --help                # every flag
 
-The presets and the shared logic live in minicnn/cli.py (``PRESETS``); this is the same
-as ``minicnn train --dataset cifar10``.
+The same as ``minicnn train --dataset cifar10``: the presets live in minicnn/presets.py
+(``PRESETS``), the commands in minicnn/commands.py, the flags in minicnn/cli.py.
 """
 
 import sys

@@ -9,8 +9,8 @@ VGG-style BatchNorm CNN with random crops and flips; outputs in runs/fashion_mni
     python examples/train_fashion_mnist.py --smoke               # tiny random data: a few seconds
     python examples/train_fashion_mnist.py --help                # every flag
 
-The presets and the shared logic live in minicnn/cli.py (``PRESETS``); this is the same
-as ``minicnn train --dataset fashion_mnist``.
+The same as ``minicnn train --dataset fashion_mnist``: the presets live in minicnn/presets.py
+(``PRESETS``), the commands in minicnn/commands.py, the flags in minicnn/cli.py.
 """
 
 import sys

@@ -9,8 +9,8 @@ BatchNorm CNN; history.json, curves.png, confusion.png and model.npz in runs/mni
     python examples/train_mnist.py --smoke               # tiny random data: a few seconds
     python examples/train_mnist.py --help                # every flag
 
-The presets and the shared logic live in minicnn/cli.py (``PRESETS``); this is the same
-as ``minicnn train --dataset mnist``.
+The same as ``minicnn train --dataset mnist``: the presets live in minicnn/presets.py
+(``PRESETS``), the commands in minicnn/commands.py, the flags in minicnn/cli.py.
 """
 
 import sys

@@ -152,9 +152,13 @@ def test_missing_dataset_gives_a_clear_error(tmp_path, capsys, monkeypatch):
         raise data.DatasetNotFoundError("train-images-idx3-ubyte.gz is missing: put it in X")
 
     monkeypatch.setattr(data, "load_mnist", offline)
-    assert cli.main(["train", "--dataset", "mnist", "--backend", "numpy", "-q",
-                     "--out", str(tmp_path)]) == 2
-    assert "train-images-idx3-ubyte.gz is missing" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--dataset", "mnist", "--backend", "numpy", "-q",
+                  "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == ("minicnn train: error: train-images-idx3-ubyte.gz is "
+                                       "missing: put it in X\n")
+    assert not (tmp_path / "out").exists()
 
 
 # -- minicnn.plot ------------------------------------------------------------------------------
