@@ -85,26 +85,27 @@ def test_cifar10_gpu_preset_epoch_passes_on_the_stand_in(strict_cupy, tmp_path, 
     costs in syncs is asserted above; here: the whole job runs under CuPy's rules."""
     from minicnn import cli
 
-    preset = _presets().PRESETS["cifar10"]["gpu"]
-    model_kwargs = dict(preset["model_kwargs"])
-    original_tiny = cli.TINY_MODEL_KWARGS.get(preset["model"])
+    presets = _presets()
+    preset = presets.PRESETS["cifar10"]["gpu"]
+    tiny, sizes = presets.TINY_MODEL_KWARGS, presets.SMOKE_SIZES  # the dicts --smoke reads
+    original_tiny, original_sizes = tiny.get(preset["model"]), dict(sizes)
     # --smoke swaps in a tiny model; keep the preset's own one (widths 64-128-256) instead.
-    cli.TINY_MODEL_KWARGS[preset["model"]] = model_kwargs
-    original_sizes = dict(cli.SMOKE_SIZES)
-    cli.SMOKE_SIZES.update(train=32, test=16, batch_size=16)
+    tiny[preset["model"]] = dict(preset["model_kwargs"])
+    sizes.update(train=32, test=16, batch_size=16)
     try:
         with strict_cupy.record() as rec:
             code = cli.main(["train", "--dataset", "cifar10", "--smoke", "--backend", "cupy",
                              "--preset", "gpu", "--epochs", "1", "--out", str(tmp_path),
                              "--quiet", "--no-plots"])
     finally:
-        cli.TINY_MODEL_KWARGS[preset["model"]] = original_tiny
-        cli.SMOKE_SIZES.clear()
-        cli.SMOKE_SIZES.update(original_sizes)
+        tiny[preset["model"]] = original_tiny
+        sizes.clear()
+        sizes.update(original_sizes)
     out = capsys.readouterr().out
     assert code == 0, out
     assert "test accuracy:" in out
-    assert (tmp_path / "model.npz").exists()
+    trained = training.load(str(tmp_path / "model.npz")).model
+    assert trained.num_parameters() > 1_000_000  # the preset's VGG, not a smoke-test model
     # Reading back is for the loop's metric flushes and the end of the job (predict, the
     # checkpoint): never in the code a step runs (layers, losses, transforms, the loader).
     step_code = ("minicnn/layers/", "minicnn/functional/", "minicnn/kernels/",
