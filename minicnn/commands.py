@@ -172,8 +172,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         try:
             ckpt = training.load(args.resume, model, opt, scheduler=sched, loader=train_loader)
         except CheckpointError as exc:
-            raise BadInput("--resume", f"{exc}; resume with the flags of the run that wrote "
-                                       f"it{_written_with(args.resume)}") from exc
+            raise BadInput("--resume", f"{exc.path}: {exc.reason}; resume with the flags of "
+                                       f"the run that wrote it{_written_with(args.resume)}"
+                           ) from exc
         initial_epoch, history = int(ckpt.epoch or 0), ckpt.history
         if initial_epoch >= cfg["epochs"]:
             raise BadInput("--epochs", f"{args.resume} has trained {initial_epoch} epochs "

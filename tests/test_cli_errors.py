@@ -176,6 +176,9 @@ ROWS = [
     ("train_cifar.py", ["--smoke", "-q", "--resume", "out/model.npz"], 2, "train_cifar.py",
      "argument --resume: out/model.npz: a checkpoint from another model (it does not fit this "
      "one): missing keys"),
+    ("minicnn", [*T, "--model", "lenet5", "--resume", "out/model.npz"], 2, "minicnn train",
+     "; resume with the flags of the run that wrote it (it was trained with --preset cpu "
+     "--model vgg --model-kwargs '{\"in_channels\":1,\"image_size\":28,"),
     ("minicnn", [*T, "--resume", "out/model.npz", "--epochs", "1"], 2, "minicnn train",
      "argument --epochs: out/model.npz has trained 1 epochs already; give --epochs > 1"),
     ("minicnn", [*T, "--backend", "tpu"], 2, "minicnn train",

@@ -55,13 +55,15 @@ _ZIP_MAGIC, _NPY_MAGIC = b"PK\x03\x04", b"\x93NUMPY"
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded; the message names the file and what was expected.
 
-    ``path`` is the file. Subclasses say why: ``NotACheckpointError``,
-    ``CorruptCheckpointError``, ``NewerCheckpointError``, ``CheckpointMismatchError``.
+    ``path`` is the file, ``reason`` what is wrong with it, ``hint`` what to do in Python
+    (``str(error)`` is ``"<path>: <reason>; <hint>"``; the CLI gives its own hint). Subclasses
+    say why: ``NotACheckpointError``, ``CorruptCheckpointError``, ``NewerCheckpointError``,
+    ``CheckpointMismatchError``.
     """
 
-    def __init__(self, path: str, message: str):
-        super().__init__(f"{path}: {message}")
-        self.path = path
+    def __init__(self, path: str, reason: str, hint: str = ""):
+        super().__init__(f"{path}: {reason}" + (f"; {hint}" if hint else ""))
+        self.path, self.reason, self.hint = path, reason, hint
 
 
 class NotACheckpointError(CheckpointError):
@@ -325,8 +327,9 @@ def _model_state(path: str, size: int, data: dict[str, np.ndarray],
     if missing or unexpected:
         raise CheckpointMismatchError(
             path, f"a checkpoint from another model (it does not fit this one): missing keys "
-                  f"{_some(missing)}, unexpected keys {_some(unexpected)}; build the model it "
-                  f"was saved from, or load(path) without a model to rebuild it")
+                  f"{_some(missing)}, unexpected keys {_some(unexpected)}",
+            hint="build the model it was saved from, or load(path) without a model to rebuild "
+                 "it")
     for key, have in own.items():
         saved = state[key]
         kind = "parameter" if f"param/{key}" in data else "buffer"
