@@ -53,10 +53,11 @@ MPI_INSTALL_HINT = (
     "brings its own `mpiexec`), or `pip install mpi4py mpich`; then start the job with "
     "`mpiexec -n 2 python your_script.py`")
 
-# Launchers announce the job's size in the environment: if we see one of these and cannot
-# import mpi4py, every rank would silently train alone. That must be an error.
-_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "PMIX_SIZE",
-                   "SLURM_NTASKS")
+# Launchers announce the job's size to each process they start (MPICH/Hydra and srun's PMI,
+# Open MPI): if we see one of these and cannot import mpi4py, or MPI sees one rank only,
+# every rank would silently train alone. That must be an error. (Not SLURM_NTASKS: it is set
+# in the whole allocation, also for a python started without srun.)
+_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE")
 
 
 class DistributedError(RuntimeError):
@@ -245,7 +246,9 @@ class MPICommunicator(Communicator):
 class NCCLCommunicator(MPICommunicator):
     """NCCL for CuPy buffers (GPU to GPU), MPI for the launch and for host numbers.
 
-    One rank per GPU: rank ``local_rank`` uses GPU ``local_rank`` of its machine. Rank 0 draws
+    One rank per GPU: rank ``local_rank`` uses GPU ``local_rank`` of its machine (made the
+    current CuPy device here: create the communicator *before* the model, so that its
+    parameters are allocated on the rank's own GPU). Rank 0 draws
     NCCL's unique id and MPI broadcasts it; then every rank joins the NCCL communicator
     (``cupy.cuda.nccl.NcclCommunicator(size, uid, rank)``). Collectives run on the current
     CuPy stream, so they are ordered after the backward kernels that produced the gradients

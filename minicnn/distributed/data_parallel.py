@@ -116,7 +116,8 @@ class GradientBuckets:
     ----------
     seconds : float
         Wall time spent in ``allreduce`` so far (packing, communication, unpacking): the
-        communication share the benchmark reports.
+        communication share the benchmark reports. On a GPU the calls are asynchronous, so
+        this is launch time unless the stream is synchronised around them.
     calls : int
     """
 
@@ -295,7 +296,12 @@ def set_blas_threads(comm: Communicator, cores: int | None = None) -> int | None
         from threadpoolctl import threadpool_limits  # noqa: PLC0415 (optional)
     except ImportError:
         return None
-    cores = int(cores or os.cpu_count() or 1)
+    if cores is None:
+        # The cores this process may run on: a container or taskset may allow fewer than
+        # the machine has (os.cpu_count()).
+        affinity = getattr(os, "sched_getaffinity", None)
+        cores = len(affinity(0)) if affinity is not None else os.cpu_count()
+    cores = int(cores or 1)
     threads = max(1, cores // max(1, comm.local_size))
     threadpool_limits(limits=threads, user_api="blas")
     return threads
