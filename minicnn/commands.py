@@ -9,6 +9,7 @@ exits with status 2. A failed run returns 1 after printing its one line.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import inspect
 import json
 import os
@@ -105,9 +106,15 @@ def _choose_backend(name: str) -> str:
         raise BadInput(None, f"MINICNN_BACKEND={name!r} is not a backend; set it to auto, "
                              f"numpy or cupy, or pass --backend")
     try:
-        return set_backend(name)
+        chosen = set_backend(name)
     except BackendError as exc:
         raise BadInput("--backend", str(exc)) from exc
+    if name == "auto" and chosen == "numpy" and importlib.util.find_spec("cupy") is not None:
+        from . import backend  # CuPy is installed but unusable (often: the wrong CUDA wheel)
+
+        warnings.warn(f"--backend auto: {backend._cupy_error} Training on the CPU; `minicnn "
+                      f"info` says more, --backend numpy silences this.", stacklevel=2)
+    return chosen
 
 
 def _resolve(args: argparse.Namespace, backend: str) -> dict[str, Any]:

@@ -334,3 +334,25 @@ def test_the_real_exit_path(tmp_path, argv, status, line):
     assert result.returncode == status
     assert result.stderr == line + "\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["garbage.npz"]
+
+
+def test_auto_backend_says_why_an_installed_cupy_is_not_used(workdir, capsys, monkeypatch):
+    # A CuPy wheel built for another CUDA fails at import: --backend auto then trains on the
+    # CPU, and says so in one line instead of silently.
+    from minicnn import backend
+
+    fake = workdir.parent / (workdir.name + "-site")
+    (fake / "cupy").mkdir(parents=True)
+    (fake / "cupy" / "__init__.py").write_text(
+        'raise ImportError("libcudart.so.12: cannot open shared object file")\n')
+    monkeypatch.syspath_prepend(str(fake))
+    monkeypatch.delitem(sys.modules, "cupy", raising=False)
+    monkeypatch.setattr(backend, "_cupy", None)
+    monkeypatch.setattr(backend, "_cupy_error", None)
+    monkeypatch.setattr(backend, "_backend", None)
+    assert run("minicnn", [*T, "--backend", "auto", "--out", "run"]) == 0
+    out, err = capsys.readouterr()
+    assert "test accuracy:" in out
+    assert err == ("minicnn train: warning: --backend auto: CuPy is not installed or failed to "
+                   "import (libcudart.so.12: cannot open shared object file). Training on the "
+                   "CPU; `minicnn info` says more, --backend numpy silences this.\n")
