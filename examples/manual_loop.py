@@ -9,6 +9,7 @@ of a training step, the running loss and accuracy, and a test pass in eval mode.
 """
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -24,17 +25,33 @@ import minicnn as mc
 from minicnn import layers as L
 
 
+def positive(kind):
+    """An argparse type: a finite number of ``kind`` (int or float) that must be > 0."""
+    def parse(text):
+        value = kind(text)
+        if not (math.isfinite(value) and value > 0):
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    parse.__name__ = kind.__name__  # argparse's message: "invalid int value: 'x'"
+    return parse
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=None, help="data folder (default $MINICNN_DATA)")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--epochs", type=positive(int), default=3)
+    parser.add_argument("--batch-size", type=positive(int), default=128)
+    parser.add_argument("--lr", type=positive(float), default=0.05)
     parser.add_argument("--backend", default="auto", choices=("auto", "numpy", "cupy"))
     parser.add_argument("--smoke", action="store_true", help="tiny random data, 1 epoch")
+    # A mistake is one line, as in the minicnn command (argparse would add its usage block).
+    parser.error = lambda message: parser.exit(2, f"{parser.prog}: error: {message}\n")
     args = parser.parse_args()
 
-    mc.set_backend(args.backend)
+    try:
+        mc.set_backend(args.backend)
+    except mc.backend.BackendError as exc:  # its message says how to install CuPy
+        parser.error(f"argument --backend: {exc}")
     mc.init.set_seed(0)
 
     # 1. Data: uint8 images (N, 1, 28, 28), int64 labels. The loader scales to [0, 1] and
@@ -46,7 +63,10 @@ def main() -> None:
         x_test, y_test = x_train[:32], y_train[:32]
         args.epochs = 1
     else:
-        (x_train, y_train), (x_test, y_test) = mc.data.load_fashion_mnist(root=args.data)
+        try:
+            (x_train, y_train), (x_test, y_test) = mc.data.load_fashion_mnist(root=args.data)
+        except mc.data.DatasetError as exc:  # names the file, where to put it, what to do
+            parser.error(" ".join(str(exc).split()))
     mean, std = mc.data.channel_stats(x_train)
     train_loader = mc.data.DataLoader(x_train, y_train, args.batch_size, shuffle=True, seed=0,
                                       normalize=(mean, std))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import runpy
 import socket
 import subprocess
 import sys
@@ -92,10 +93,21 @@ def tree(folder: Path) -> dict[str, tuple[bytes, int]]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def manual_loop(argv: list[str]) -> int:
+    """``python examples/manual_loop.py ARGV``, in-process (it has its own small parser)."""
+    saved, sys.argv = sys.argv, ["manual_loop.py", *argv]
+    try:
+        runpy.run_path(str(ROOT / "examples" / "manual_loop.py"), run_name="__main__")
+    finally:
+        sys.argv = saved
+    return 0
+
+
 def run(program: str, argv: list[str]) -> int:
     """Run ``program`` ("minicnn", "train_cifar.py", "ladder.py", ...) in-process; return
     its exit status as the shell would see it."""
     entry = {"minicnn": cli.main, "ladder.py": cli.run_ladder_example,
+             "manual_loop.py": manual_loop,
              "train_cifar.py": lambda a: cli.run_example("cifar10", a),
              "train_mnist.py": lambda a: cli.run_example("mnist", a),
              "train_fashion_mnist.py": lambda a: cli.run_example("fashion_mnist", a)}[program]
@@ -186,6 +198,12 @@ ROWS = [
     # a run that fails: the loss diverges; the previous model.npz and history.json stay
     ("minicnn", [*T, "--lr", "1e30", "--optimizer", "sgd", "--out", "out"], 1, "minicnn train",
      "the loss became nan at epoch 1"),
+    ("manual_loop.py", ["--smoke", "--epochs", "0"], 2, "manual_loop.py",
+     "argument --epochs: must be > 0, got 0"),
+    ("manual_loop.py", ["--smoke", "--batch-size", "-5"], 2, "manual_loop.py",
+     "argument --batch-size: must be > 0, got -5"),
+    ("manual_loop.py", ["--smoke", "--lr", "nan"], 2, "manual_loop.py",
+     "argument --lr: must be > 0, got nan"),
     # -- evaluate: the checkpoint file and its flags ---------------------------------------------
     ("minicnn", [*E, "missing.npz"], 2, "minicnn evaluate",
      "argument checkpoint: no such file: 'missing.npz'"),
