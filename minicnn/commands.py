@@ -388,8 +388,13 @@ def cmd_info(args: argparse.Namespace) -> int:
         from . import backend
 
         print(f"cupy         unusable: {backend._cupy_error}")
-    print(f"backend      {get_backend()} (MINICNN_BACKEND={os.environ.get('MINICNN_BACKEND', '')!r}"
-          f"; 'auto' would pick {'cupy' if cupy_available() else 'numpy'})")
+    env = os.environ.get("MINICNN_BACKEND", "")
+    try:
+        current = get_backend()
+    except ValueError:  # info is where one looks when that variable is wrong: no error here
+        current = "none: MINICNN_BACKEND is not auto, numpy or cupy"
+    print(f"backend      {current} (MINICNN_BACKEND={env!r}; 'auto' would pick "
+          f"{'cupy' if cupy_available() else 'numpy'})")
     from .data import data_root
 
     print(f"data folder  {data_root()} (MINICNN_DATA or --data)")
