@@ -298,6 +298,9 @@ def test_environment_variables_are_checked_too(workdir, capsys, monkeypatch):
     assert capsys.readouterr().err == ("minicnn train: error: MINICNN_BACKEND='gpu' is not a "
                                        "backend; set it to auto, numpy or cupy, or pass "
                                        "--backend\n")
+    from minicnn import backend
+
+    monkeypatch.setattr(backend, "_backend", None)  # as in a fresh process: read from the env
     assert run("minicnn", ["info"]) == 0  # info reports it rather than failing on it
     assert "backend      none: MINICNN_BACKEND is not auto, numpy or cupy (MINICNN_BACKEND=" \
         "'gpu';" in capsys.readouterr().out
