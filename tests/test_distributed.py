@@ -160,6 +160,27 @@ def test_writer_killed_mid_checkpoint_leaves_the_previous_one(tmp_path):
     assert ckpt.epoch == 1
 
 
+def _cli_has_distributed() -> bool:
+    from minicnn.cli import build_parser
+
+    return "--distributed" in build_parser("cifar10").format_help()
+
+
+@needs_mpi
+@pytest.mark.skipif(not _cli_has_distributed(), reason="the CLI has no --distributed flag")
+def test_cli_distributed_smoke_run_writes_once(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run(
+        [_mpiexec(), "-n", "2", sys.executable, "-m", "minicnn", "train", "--dataset", "cifar10",
+         "--smoke", "--distributed", "--backend", "numpy", "--epochs", "2", "--no-plots",
+         "--out", str(tmp_path / "run")], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("test accuracy:") == 1          # rank 0 alone reports
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["history.json",
+                                                                    "model.npz"]
+
+
 # -- no MPI needed -------------------------------------------------------------------------
 
 def _ids(loader):
