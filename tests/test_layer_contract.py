@@ -49,6 +49,9 @@ EXAMPLES: dict[str, tuple[Callable[[], Layer], tuple[int, ...]]] = {
     "GELU": (lambda: L.GELU(), (3, 4)),
     "BatchNorm1d": (lambda: L.BatchNorm1d(4), (5, 4)),
     "BatchNorm2d": (lambda: L.BatchNorm2d(3), (2, 3, 4, 4)),
+    # without a communicator (one process) it is BatchNorm2d; tests/test_distributed.py
+    # checks it across 2 ranks
+    "SyncBatchNorm2d": (lambda: L.SyncBatchNorm2d(3), (2, 3, 4, 4)),
     "LayerNorm": (lambda: L.LayerNorm((3, 4)), (2, 3, 4)),
     "GroupNorm": (lambda: L.GroupNorm(2, 4), (2, 4, 3, 3)),
     "InstanceNorm2d": (lambda: L.InstanceNorm2d(3, affine=True), (2, 3, 4, 4)),
