@@ -183,6 +183,12 @@ def cmd_train(args: argparse.Namespace) -> int:
                                        f"the run that wrote it{_written_with(args.resume)}"
                            ) from exc
         initial_epoch, history = int(ckpt.epoch or 0), ckpt.history
+        total, steps = getattr(sched, "total_steps", None), len(train_loader)
+        if total is not None and total != cfg["epochs"] * steps:  # one-cycle: a fixed length
+            raise BadInput("--epochs", f"{args.resume} holds a onecycle schedule of {total} "
+                                       f"steps ({total / steps:g} epochs of {steps} batches); "
+                                       f"resume it with the --epochs and --batch-size it "
+                                       f"was started with, or start a new run to train longer")
         if initial_epoch >= cfg["epochs"]:
             raise BadInput("--epochs", f"{args.resume} has trained {initial_epoch} epochs "
                                        f"already; give --epochs > {initial_epoch} to continue")

@@ -288,3 +288,24 @@ def test_the_fuzzed_reader_accepts_the_intact_file(fuzz_path):
     write(fuzz_path, FIXTURE_BYTES)
     assert check_load(fuzz_path)
     assert os.path.getsize(fuzz_path) == len(FIXTURE_BYTES)
+
+
+# -- on the device -----------------------------------------------------------------------------
+
+def test_the_v1_fixture_loads_onto_either_backend(xp, tmp_path):
+    # The file holds host arrays; the model's arrays stay on its device and dtype, and a
+    # file written from a device model is the same v1 file.
+    model, opt, sched, loader = fixture_model()
+    training.load(FIXTURE, model, opt, scheduler=sched, loader=loader)
+    for key, value in model.state_dict().items():
+        assert isinstance(value, xp.ndarray) and value.dtype == np.float32, key
+    with model.mode(training=False):
+        logits = model.forward(xp.asarray(fixture_input()))
+    from minicnn.backend import to_numpy
+
+    np.testing.assert_allclose(to_numpy(logits), FIXTURE_INFO["meta"]["expected_logits"],
+                               rtol=1e-5, atol=1e-5)
+    training.save(tmp_path / "again.npz", model, opt, scheduler=sched, loader=loader, epoch=2)
+    with np.load(tmp_path / "again.npz", allow_pickle=False) as f:
+        assert f.files == list(FIXTURE_ARRAYS)
+        np.testing.assert_array_equal(f["param/layers.0.W"], FIXTURE_ARRAYS["param/layers.0.W"])

@@ -191,6 +191,9 @@ ROWS = [
     ("minicnn", [*T, "--model", "lenet5", "--resume", "out/model.npz"], 2, "minicnn train",
      "; resume with the flags of the run that wrote it (it was trained with --preset cpu "
      "--model vgg --model-kwargs '{\"in_channels\":1,\"image_size\":28,"),
+    ("minicnn", [*T, "--resume", "out/model.npz", "--epochs", "3"], 2, "minicnn train",
+     "argument --epochs: out/model.npz holds a onecycle schedule of 3 steps (1 epochs of 3 "
+     "batches); resume it with the --epochs and --batch-size it was started with"),
     ("minicnn", [*T, "--resume", "out/model.npz", "--epochs", "1"], 2, "minicnn train",
      "argument --epochs: out/model.npz has trained 1 epochs already; give --epochs > 1"),
     ("minicnn", [*T, "--backend", "tpu"], 2, "minicnn train",

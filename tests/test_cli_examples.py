@@ -49,6 +49,26 @@ def test_train_evaluate_round_trip(tmp_path, capsys):
     assert f"accuracy {accuracy}%" in evaluated  # same model, same test data, same number
 
 
+@pytest.mark.cupy
+def test_train_resume_evaluate_on_the_cupy_backend(tmp_path, capsys):
+    from minicnn.backend import cupy_available
+
+    if not cupy_available():
+        pytest.skip("CuPy with a working GPU is not available")
+    out = tmp_path / "run"
+    common = ["train", "--dataset", "cifar10", "--smoke", "--backend", "cupy", "-q",
+              "--no-plots", "--out", str(out), "--epochs", "2", "--checkpoint-every"]
+    assert cli.main([*common, "--lr", "1e30"]) == 1  # diverges: nothing but last.npz written
+    assert sorted(p.name for p in out.iterdir()) == []
+    assert cli.main(common) == 0
+    ckpt = training.load(out / "last.npz")
+    assert ckpt.epoch == 2 and sorted(p.name for p in out.iterdir()) == [
+        "history.json", "last.npz", "model.npz"]
+    accuracy = capsys.readouterr().out.split("test accuracy: ")[-1].split("%")[0]
+    assert cli.main(["evaluate", str(out / "model.npz"), "--smoke", "--backend", "cupy"]) == 0
+    assert f"accuracy {accuracy}%" in capsys.readouterr().out
+
+
 def test_resume_continues_the_run(tmp_path, capsys):
     out = tmp_path / "run"
     common = ["train", "--dataset", "cifar10", "--smoke", "--backend", "numpy", "-q",
