@@ -72,6 +72,7 @@ class _Parser(argparse.ArgumentParser):
 # -- flag types: checked while parsing -------------------------------------------------------
 
 def _int(low: int) -> Any:
+    """An integer >= ``low``."""
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -267,13 +268,12 @@ def build_parser(dataset: str | None = None) -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     """Run the parsed command; turn what goes wrong into one line and an exit status."""
+    from . import commands
     from .backend import BackendError
     from .data import DatasetError
 
     if getattr(args, "out", "unset") is None and hasattr(args, "dataset"):
         args.out = os.path.join("runs", args.dataset + ("-smoke" if args.smoke else ""))
-    from . import commands
-
     handler = getattr(commands, f"cmd_{args.command}")
     debug = args.debug or os.environ.get("MINICNN_DEBUG", "") not in ("", "0")
     try:
