@@ -194,6 +194,10 @@ def _add_train_args(p: argparse.ArgumentParser, dataset: str | None) -> None:
     p.add_argument("--checkpoint-every", action="store_true",
                    help="also save OUT/last.npz after every epoch (resumable)")
     p.add_argument("--no-plots", action="store_true", help="skip curves.png and confusion.png")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel training over the ranks of `mpiexec -n N` (MPI; NCCL "
+                        "with --backend cupy): --batch-size is per rank, --lr is not scaled; "
+                        "needs pip install -e '.[mpi]' (docs/distributed.md)")
     p.add_argument("--no-progress", action="store_true",
                    help="one line per epoch, no progress bar (the default when the output "
                         "is not a terminal)")

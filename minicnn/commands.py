@@ -148,6 +148,22 @@ def _say(args: argparse.Namespace, message: str) -> None:
 # -- commands --------------------------------------------------------------------------------
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if not getattr(args, "distributed", False):
+        return _train(args, comm=None)
+    # -- distributed (docs/distributed.md): one rank of `mpiexec -n N` ---------------------
+    from . import distributed
+
+    backend = _choose_backend(args.backend)      # before the communicator: NCCL on CuPy
+    comm = distributed.create_communicator("nccl" if backend == "cupy" else "mpi")
+    if backend == "numpy":
+        distributed.set_blas_threads(comm)       # ranks x BLAS threads = this machine's cores
+    if comm.rank != 0:                           # rank 0 alone prints and writes files
+        args.quiet, args.no_plots = True, True
+    with comm.abort_on_error():                  # any rank's error ends the whole job
+        return _train(args, comm=comm)
+
+
+def _train(args: argparse.Namespace, comm: Any) -> int:
     from . import data, losses, models, training
     from .init import set_seed
     from .training.checkpoint import CheckpointError
@@ -167,7 +183,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     normalize = (mean.tolist(), std.tolist())
     train_loader = data.DataLoader(
         x_train, y_train, cfg["batch_size"], shuffle=True, seed=args.seed, normalize=normalize,
-        transform=presets.augmentation(args.dataset, cfg["augment"]) if cfg["augment"] else None)
+        transform=presets.augmentation(args.dataset, cfg["augment"]) if cfg["augment"] else None,
+        rank=0 if comm is None else comm.rank, world_size=1 if comm is None else comm.size)
     test_loader = data.DataLoader(x_test, y_test, max(cfg["batch_size"], 256), shuffle=False,
                                   normalize=normalize)
     if not args.quiet:
@@ -211,7 +228,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         history = training.fit(model, loss, opt, train_loader, test_loader,
                                epochs=cfg["epochs"], scheduler=sched, callbacks=callbacks,
                                verbose=0 if args.quiet else (2 if args.no_progress else 1),
-                               initial_epoch=initial_epoch, history=history)
+                               initial_epoch=initial_epoch, history=history, comm=comm)
     train_time = time.perf_counter() - start
     if history.diverged:  # the weights are broken: keep the last good files in --out
         print(f"{args.error_prog}: error: {history.stop_reason.removeprefix('TerminateOnNaN: ')}"
@@ -223,6 +240,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     y_pred = logits.argmax(axis=1)
     test_acc = float((y_pred == labels).mean())
     epoch = history.epoch[-1] if history.epoch else initial_epoch
+    if comm is not None and comm.rank != 0:
+        return 0  # the same model on every rank: rank 0 reports and writes it
     with _Staged(args.out) as stage:  # every file, or none: renamed into place at the end
         history.save_json(stage("history.json"))
         training.save(stage("model.npz"), model, opt, scheduler=sched, loader=train_loader,
