@@ -437,6 +437,9 @@ def load(path: str | os.PathLike, model: Layer | None = None, optimizer: Any = N
             raise CheckpointMismatchError(path, f"the model config {info['config']} cannot be "
                                                 f"built ({type(exc).__name__}: {exc})") from None
     state = _model_state(path, size, data, model)
+    for key, value in data.items():  # optimizer and schedule state: plain numbers only
+        if key.startswith(("optim/", "sched/")) and value.dtype.kind not in "iuf":
+            raise _corrupt(path, size, f"{key!r} holds {value.dtype}, expected numbers")
     if optimizer is not None and info["optimizer"] not in (None, type(optimizer).__name__):
         raise CheckpointMismatchError(path, f"the checkpoint holds {info['optimizer']} state, "
                                             f"but the optimizer is {type(optimizer).__name__}")
