@@ -80,6 +80,8 @@ def _load_splits(args: argparse.Namespace, dataset: str) -> Any:
     from . import data
 
     spec = DATASETS[dataset]
+    if args.data is not None and not args.smoke:
+        _check_data_folder(args.data)
     if args.smoke:
         return (data.synthetic(SMOKE_SIZES["train"], spec["shape"], args.seed),
                 data.synthetic(SMOKE_SIZES["test"], spec["shape"], args.seed + 1),
@@ -97,6 +99,15 @@ def _load_splits(args: argparse.Namespace, dataset: str) -> Any:
     for w in caught:
         warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     return splits[0], splits[1], tuple(splits.classes)
+
+
+def _check_data_folder(folder: str) -> None:
+    """``--data`` names a folder that exists (a typo would otherwise start a download into a
+    new folder of that name)."""
+    if not os.path.isdir(folder):
+        raise BadInput("--data", f"no such folder: {folder!r}; create it to download the data "
+                                 f"there, or leave --data out to use $MINICNN_DATA or "
+                                 f"~/.cache/minicnn")
 
 
 def _choose_backend(name: str) -> str:
@@ -444,6 +455,8 @@ def cmd_ladder(args: argparse.Namespace) -> int:
     budget = "smoke" if args.smoke else args.budget or ("full" if backend == "cupy"
                                                         else "quick")
     rungs = ladder.select_rungs(args.rungs)
+    if args.data is not None and budget != "smoke":
+        _check_data_folder(args.data)
     argv = getattr(args, "argv", None)
     argv = sys.argv[1:] if argv is None else argv
     command = " ".join([getattr(args, "prog", "minicnn"), *map(shlex.quote, argv)])

@@ -176,6 +176,11 @@ ROWS = [
      "argument --out: cannot write to 'file.txt/run'"),
     ("minicnn", [*T, "--data", "file.txt"], 2, "minicnn train",
      "argument --data: 'file.txt' is a file; expected a folder"),
+    ("minicnn", ["train", "--dataset", "mnist", "-q", "--data", "no/such/dir"], 2,
+     "minicnn train", "argument --data: no such folder: 'no/such/dir'; create it to download "
+                      "the data there, or leave --data out"),
+    ("minicnn", ["ladder", "--rungs", "mnist", "--budget", "quick", "--data", "nodir"], 2,
+     "minicnn ladder", "argument --data: no such folder: 'nodir'"),
     ("minicnn", ["train", "--dataset", "mnist", "-q", "--data", "junk"], 2, "minicnn train",
      "argument --data: junk/mnist/train-images-idx3-ubyte.gz: not an IDX file"),
     ("minicnn", ["train", "--dataset", "mnist", "-q", "--data", "offline"], 2,
