@@ -261,8 +261,8 @@ def _read(path: str) -> tuple[dict[str, np.ndarray], int]:
             raise _corrupt(path, size, "the file ends before the archive's first entry")
         raise NotACheckpointError(path, f"not a minicnn checkpoint (not an .npz archive: it "
                                         f"starts with {head[:4]!r})")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
+    try:  # our own file handle: closed even when NumPy fails half-way through opening
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as archive:
             data = {key: archive[key] for key in archive.files}
     except ValueError as exc:
         # A damaged .npy header, or an object array: only a pickle can hold one, and NumPy's
