@@ -250,6 +250,7 @@ def check_load(path):
     return True
 
 
+@pytest.mark.filterwarnings("error")  # no warning either (a cast, an unclosed file)
 @settings(max_examples=60)
 @given(st.integers(0, len(FIXTURE_BYTES) - 1))
 def test_fuzz_truncated_files(fuzz_path, length):
@@ -257,6 +258,7 @@ def test_fuzz_truncated_files(fuzz_path, length):
     assert not check_load(fuzz_path)  # every prefix is incomplete
 
 
+@pytest.mark.filterwarnings("error")  # no warning either (a cast, an unclosed file)
 @settings(max_examples=80)
 @given(st.lists(st.tuples(st.integers(0, len(FIXTURE_BYTES) - 1), st.integers(1, 255)),
                 min_size=1, max_size=3))
@@ -268,6 +270,7 @@ def test_fuzz_flipped_bytes(fuzz_path, flips):
     check_load(fuzz_path)  # a flip in zip padding may still load: then it loaded right
 
 
+@pytest.mark.filterwarnings("error")  # no warning either (a cast, an unclosed file)
 @settings(max_examples=80)
 @given(st.sampled_from(sorted(FIXTURE_ARRAYS)), st.sampled_from(sorted(MUTATIONS)),
        st.sampled_from(DTYPES))
