@@ -12,6 +12,11 @@ importable, in PyTorch, timed in the same run so the ratio is meaningful:
 
     python benchmarks/models.py                       # NumPy, batches 64 and 256
     python benchmarks/models.py --backend cupy --batch 128 512
+
+PyTorch runs on the CPU beside the NumPy backend, and on CUDA beside the CuPy backend when
+torch sees a GPU (float32, TF32 off for both matmuls and cuDNN, as the targets are stated;
+cuDNN may pick its fastest algorithm, ``cudnn.benchmark``). Each time waits for the GPU
+before the clock stops.
 """
 
 from __future__ import annotations
@@ -137,20 +142,40 @@ def time_minicnn(specs, batch, xp, repeats):
     return time_it(step, repeats, warmup=2, xp=xp)
 
 
-def time_torch(torch, specs, batch, repeats):
+def time_torch(torch, specs, batch, repeats, device="cpu"):
+    """ms per PyTorch training step on ``device`` ("cpu" or "cuda"), the same spec and data."""
     rng = np.random.default_rng(0)
-    model = build_torch(torch, specs)
-    x = torch.from_numpy(rng.standard_normal((batch, 3, 32, 32)).astype(np.float32))
-    y = torch.from_numpy(rng.integers(0, 10, batch))
+    model = build_torch(torch, specs).to(device)
+    x = torch.from_numpy(rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)).to(device)
+    y = torch.from_numpy(rng.integers(0, 10, batch)).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = torch.nn.CrossEntropyLoss()
+    # CUDA runs asynchronously: the step is finished only when the device says so.
+    finish = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def step():
         opt.zero_grad(set_to_none=True)
         loss_fn(model(x), y).backward()
         opt.step()
+        finish()
 
     return time_it(step, repeats, warmup=2)
+
+
+def torch_device(torch, backend):
+    """Where PyTorch runs beside ``backend``: "cpu" for numpy, "cuda" for cupy, else None."""
+    if torch is None:
+        return None
+    if backend == "numpy":
+        return "cpu"
+    if torch.cuda.is_available():
+        # The targets are float32 on both sides: no TF32 tensor-core shortcut for PyTorch.
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cudnn.benchmark = True
+        return "cuda"
+    print("torch sees no CUDA device: no PyTorch comparison")
+    return None
 
 
 def main(argv=None):
@@ -165,8 +190,7 @@ def main(argv=None):
     mc.set_backend(args.backend)
     xp = mc.backend.get_xp()
     torch = None if args.no_torch else torch_or_none()
-    if torch is not None and args.backend == "numpy":
-        torch.backends.cudnn.allow_tf32 = False
+    device = torch_device(torch, args.backend)
     rows = []
     print(f"{'model':8s} {'batch':>5s} {'minicnn ms':>11s} {'torch ms':>9s} {'ratio':>6s}")
     for name in args.models:
@@ -174,8 +198,9 @@ def main(argv=None):
             specs = MODELS[name]()
             row = {"model": name, "batch": batch,
                    "ms": time_minicnn(specs, batch, xp, args.repeats)}
-            if torch is not None and args.backend == "numpy":
-                row["torch_ms"] = time_torch(torch, specs, batch, args.repeats)
+            if device is not None:
+                row["torch_device"] = device
+                row["torch_ms"] = time_torch(torch, specs, batch, args.repeats, device)
                 row["ratio_vs_torch"] = row["ms"] / row["torch_ms"]
             rows.append(row)
             t = f"{row['torch_ms']:9.1f} {row['ratio_vs_torch']:6.2f}" if "torch_ms" in row \
