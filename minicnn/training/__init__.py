@@ -26,6 +26,11 @@ from .callbacks import (
 from .checkpoint import (
     CHECKPOINT_FORMAT,
     Checkpoint,
+    CheckpointError,
+    CheckpointMismatchError,
+    CorruptCheckpointError,
+    NewerCheckpointError,
+    NotACheckpointError,
     _atomic_write,  # noqa: F401 (the ladder writes its report through it)
     load,
     named_buffers,
@@ -41,6 +46,8 @@ __all__ = [
     "Callback", "EarlyStopping", "ModelCheckpoint", "LearningRateScheduler", "TerminateOnNaN",
     "NonFiniteLossError", "FitState",
     "save", "load", "Checkpoint", "named_parameters", "named_buffers",
+    "CheckpointError", "NotACheckpointError", "CorruptCheckpointError", "NewerCheckpointError",
+    "CheckpointMismatchError",
     "freeze", "unfreeze", "replace_head",
     "HISTORY_KEYS", "CHECKPOINT_FORMAT",
 ]
