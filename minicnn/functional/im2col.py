@@ -250,6 +250,22 @@ def col2im(cols: Any, x_shape: tuple[int, int, int, int], kernel_size: tuple[int
     return dx_p[:, top:top + H, left:left + W, :].transpose(0, 3, 1, 2)
 
 
+def _clipped(offset: int, before: int, stride: int, in_size: int,
+             out_size: int) -> tuple[slice, slice] | None:
+    """Along one axis: the input pixels a kernel offset touches, and the outputs touching them.
+
+    Output i reads input pixel ``i·s + offset - before`` (``before``: the padding in front);
+    those of the padding are dropped. Returns ``(input_slice, output_slice)`` over the
+    unpadded input and the output, or None when the offset only ever touches padding.
+    """
+    i_lo = max(0, -(-(before - offset) // stride))                     # ceil, clipped at 0
+    i_hi = min(out_size - 1, (in_size - 1 + before - offset) // stride)  # inclusive
+    if i_lo > i_hi:
+        return None
+    h_lo = i_lo * stride + offset - before
+    return slice(h_lo, h_lo + (i_hi - i_lo) * stride + 1, stride), slice(i_lo, i_hi + 1)
+
+
 def col2im_matmul(dout_mat: Any, W_mat: Any, x_shape: tuple[int, int, int, int],
                   kernel_size: tuple[int, int], stride: tuple[int, int], padding: Pads,
                   workspace: Any = None) -> Any:
@@ -262,12 +278,20 @@ def col2im_matmul(dout_mat: Any, W_mat: Any, x_shape: tuple[int, int, int, int],
     ``W_ab = W_mat[:, (a, b, :)]``, and col2im adds exactly that block onto the input pixels
     at offset (a, b) of every window. So
 
-        dx̃[:, i·sh + a, j·sw + b, :] += dout_mat @ W_ab        for each (a, b),
+        dx[:, i·sh + a - top, j·sw + b - left, :] += dout_mat @ W_ab        for each (a, b),
 
     the same FLOPs as the single GEMM, but only one (N·Ho·Wo, C_in) block is ever in memory,
     not the (N·Ho·Wo, KH·KW·C_in) dcols (9x larger for 3×3, written once and read once).
     It is also the "transposed convolution" picture: the gradient of a convolution is a
     convolution of dout with the flipped kernel.
+
+    The sums go straight into the unpadded dx: each position adds only the rows and columns
+    that land inside the input (``_clipped``; the gradient of the padding is discarded
+    anyway). A stride-1 convolution that keeps the size ("same" padding, the common 3×3 with
+    padding 1) has one position, (top, left), whose pixel *is* the output pixel: its block
+    covers dx exactly once, so the GEMM writes it into dx directly and only the other
+    positions add. That saves zero-filling dx, one full pass of adds, the padded buffer, and
+    returns a contiguous (not cropped) dx, which the layers below read faster.
 
     Parameters
     ----------
@@ -283,20 +307,30 @@ def col2im_matmul(dout_mat: Any, W_mat: Any, x_shape: tuple[int, int, int, int],
 
     Returns
     -------
-    dx : array (N, C_in, H, W), dout_mat's dtype, stored channels-last
+    dx : array (N, C_in, H, W), dout_mat's dtype, stored channels-last (C-contiguous NHWC)
     """
     xp = get_array_module(dout_mat)
     N, C, H, W = x_shape
-    (kh, kw) = kernel_size
-    (top, bottom), (left, right) = padding
+    (kh, kw), (sh, sw) = kernel_size, stride
+    (top, _), (left, _) = padding
     Ho, Wo = output_size(x_shape, kernel_size, stride, padding, "col2im_matmul")
     W_ab = W_mat.reshape(W_mat.shape[0], kh, kw, C)
-    dx_p = xp.zeros((N, H + top + bottom, W + left + right, C), dtype=dout_mat.dtype)
+    # The position (top, left) reads input pixel (i, j) for output (i, j): with stride 1 and
+    # Ho, Wo = H, W, its block is dx's first term in full.
+    direct = (sh, sw) == (1, 1) and (Ho, Wo) == (H, W)
+    dx = (xp.empty if direct else xp.zeros)((N, H, W, C), dtype=dout_mat.dtype)
+    if direct:
+        xp.matmul(dout_mat, W_ab[:, top, left, :], out=dx.reshape(N * H * W, C))
     shape = (N * Ho * Wo, C)
     block = (xp.empty(shape, dtype=dout_mat.dtype) if workspace is None
              else workspace("dcols_block", shape, dout_mat.dtype))
-    for a, b, index in window_slices(kernel_size, stride, (Ho, Wo)):
-        xp.matmul(dout_mat, W_ab[:, a, b, :], out=block)      # dcols' columns of (a, b)
-        dx_p[index] += block.reshape(N, Ho, Wo, C)
-    # Crop the padding (its gradient is discarded); logically NCHW, stored channels-last.
-    return dx_p[:, top:top + H, left:left + W, :].transpose(0, 3, 1, 2)
+    for a in range(kh):
+        along_h = _clipped(a, top, sh, H, Ho)
+        for b in range(kw):
+            along_w = _clipped(b, left, sw, W, Wo)
+            if along_h is None or along_w is None or (direct and (a, b) == (top, left)):
+                continue
+            xp.matmul(dout_mat, W_ab[:, a, b, :], out=block)      # dcols' columns of (a, b)
+            (h_in, i_out), (w_in, j_out) = along_h, along_w
+            dx[:, h_in, w_in, :] += block.reshape(N, Ho, Wo, C)[:, i_out, j_out, :]
+    return dx.transpose(0, 3, 1, 2)                   # logically NCHW, stored channels-last

@@ -1,0 +1,121 @@
+"""Interleaved A/B timing: is the new version of a function faster than the old one?
+
+On a shared machine the load changes from second to second, so two timings taken in separate
+runs (or one after the other) compare the load as much as the code. ``interleaved`` runs the
+candidates alternately, A B A B ..., in one process on the same inputs, and reports each one's
+median: a load change hits both alike.
+
+    from benchmarks.ab import interleaved, report
+    report(interleaved({"old": lambda: old(x), "new": lambda: new(x)}, repeats=15))
+
+``python benchmarks/ab.py`` runs the A/B comparisons behind the CPU speed changes (the old
+version of each function is kept here, next to its replacement's name), at the shapes of the
+VGG-12 + BatchNorm benchmark, batch 64 unless ``--batch`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from minicnn.functional import im2col as F  # noqa: E402
+
+# (C_in, C_out, H=W) of the VGG-12 benchmark's 3x3 convolutions (benchmarks/models.py).
+VGG_CONVS = [(64, 64, 32), (128, 128, 16), (256, 256, 8), (512, 512, 4)]
+
+
+def interleaved(candidates: dict[str, Callable[[], Any]], repeats: int = 15,
+                warmup: int = 2) -> dict[str, float]:
+    """Median ms of each candidate, timed alternately (A B C A B C ...) ``repeats`` times."""
+    for _ in range(warmup):
+        for fn in candidates.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(repeats):
+        for name, fn in candidates.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def report(title: str, medians: dict[str, float], repeats: int) -> None:
+    """One line: ``title: old 24.9 -> new 9.1 ms (2.74x), interleaved median of 15``."""
+    parts = " -> ".join(f"{name} {ms:.1f}" for name, ms in medians.items())
+    first, last = list(medians.values())[0], list(medians.values())[-1]
+    print(f"{title}: {parts} ms ({first / last:.2f}x), interleaved median of {repeats}",
+          flush=True)
+
+
+# -- the old versions -----------------------------------------------------------------------
+
+def col2im_matmul_padded(dout_mat, W_mat, x_shape, kernel_size, stride, padding,
+                         workspace=None):
+    """col2im_matmul before it wrote into the unpadded dx: zeros, nine adds into a padded
+    buffer, then the crop (a non-contiguous view)."""
+    N, C, H, W = x_shape
+    (kh, kw) = kernel_size
+    (top, bottom), (left, right) = padding
+    Ho, Wo = F.output_size(x_shape, kernel_size, stride, padding)
+    W_ab = W_mat.reshape(W_mat.shape[0], kh, kw, C)
+    dx_p = np.zeros((N, H + top + bottom, W + left + right, C), dtype=dout_mat.dtype)
+    block = workspace("dcols_block", (N * Ho * Wo, C), dout_mat.dtype)
+    for a, b, index in F.window_slices(kernel_size, stride, (Ho, Wo)):
+        np.matmul(dout_mat, W_ab[:, a, b, :], out=block)
+        dx_p[index] += block.reshape(N, Ho, Wo, C)
+    return dx_p[:, top:top + H, left:left + W, :].transpose(0, 3, 1, 2)
+
+
+# -- the comparisons ------------------------------------------------------------------------
+
+def workspace_dict() -> Callable[[str, tuple[int, ...], Any], Any]:
+    buffers: dict[str, Any] = {}
+
+    def workspace(name, shape, dtype):
+        buf = buffers.get(name)
+        if buf is None or buf.shape != tuple(shape):
+            buf = buffers[name] = np.empty(shape, dtype)
+        return buf
+    return workspace
+
+
+def ab_col2im_matmul(batch: int, repeats: int) -> None:
+    """dx of a 3x3 'same' convolution, and the ReLU backward that reads it next."""
+    rng = np.random.default_rng(0)
+    for cin, cout, hw in VGG_CONVS:
+        dout_mat = rng.standard_normal((batch * hw * hw, cout)).astype(np.float32)
+        W_mat = rng.standard_normal((cout, 9 * cin)).astype(np.float32)
+        y = rng.standard_normal((batch, hw, hw, cin)).astype(np.float32).transpose(0, 3, 1, 2)
+        args = (dout_mat, W_mat, (batch, cin, hw, hw), (3, 3), (1, 1), ((1, 1), (1, 1)))
+
+        def run(fn, ws, args=args, y=y):
+            dx = fn(*args, workspace=ws)
+            d = np.greater(y, 0, out=np.empty_like(dx))    # ReLU.backward, reading dx
+            d *= dx
+
+        cases = {"old": functools.partial(run, col2im_matmul_padded, workspace_dict()),
+                 "new": functools.partial(run, F.col2im_matmul, workspace_dict())}
+        report(f"conv {cin}->{cout} @{hw} dx + ReLU bwd, batch {batch}",
+               interleaved(cases, repeats), repeats)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=15)
+    args = p.parse_args(argv)
+    ab_col2im_matmul(args.batch, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
