@@ -29,6 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from minicnn.functional import im2col as F  # noqa: E402
+from minicnn.functional import normalization as N  # noqa: E402
 
 # (C_in, C_out, H=W) of the VGG-12 benchmark's 3x3 convolutions (benchmarks/models.py).
 VGG_CONVS = [(64, 64, 32), (128, 128, 16), (256, 256, 8), (512, 512, 4)]
@@ -76,6 +77,27 @@ def col2im_matmul_padded(dout_mat, W_mat, x_shape, kernel_size, stride, padding,
     return dx_p[:, top:top + H, left:left + W, :].transpose(0, 3, 1, 2)
 
 
+def batchnorm_train_step_from_x_hat(x, gamma, beta, dout, eps=1e-5):
+    """BatchNorm2d's training forward + backward before it kept x - mu instead of x_hat."""
+    axes = (0, 2, 3)
+    x_hat, inv_std, mu, var = N.normalize(x, axes, eps)
+    y = x_hat * gamma
+    y += beta
+    dx, dbeta, dgamma = N.normalize_backward(dout, x_hat, gamma * inv_std, axes)
+    return y, dx
+
+
+def batchnorm_train_step_from_x_c(x, gamma, beta, dout, eps=1e-5):
+    """The same as BatchNorm2d computes it now (the layer's math without its checks)."""
+    axes = (0, 2, 3)
+    x_c, inv_std, mu, var = N.center(x, axes, eps)
+    y = x_c * (gamma * inv_std)
+    y += beta
+    dx, dbeta, dgamma = N.normalize_backward_centered(dout, x_c, inv_std, gamma * inv_std,
+                                                      axes)
+    return y, dx
+
+
 # -- the comparisons ------------------------------------------------------------------------
 
 def workspace_dict() -> Callable[[str, tuple[int, ...], Any], Any]:
@@ -109,12 +131,44 @@ def ab_col2im_matmul(batch: int, repeats: int) -> None:
                interleaved(cases, repeats), repeats)
 
 
+def ab_conv_dW(batch: int, repeats: int) -> None:
+    """A convolution's weight gradient dout_matᵀ @ cols, and the same as (colsᵀ @ dout_mat)ᵀ."""
+    rng = np.random.default_rng(0)
+    for cin, cout, hw in VGG_CONVS:
+        cols = rng.standard_normal((batch * hw * hw, 9 * cin)).astype(np.float32)
+        dout_mat = rng.standard_normal((batch * hw * hw, cout)).astype(np.float32)
+        cases = {"dout_mat.T @ cols": functools.partial(np.matmul, dout_mat.T, cols),
+                 "(cols.T @ dout_mat).T": functools.partial(np.matmul, cols.T, dout_mat)}
+        report(f"conv {cin}->{cout} @{hw} dW GEMM, batch {batch}",
+               interleaved(cases, repeats), repeats)
+
+
+def ab_batchnorm(batch: int, repeats: int) -> None:
+    """BatchNorm2d training forward + backward (x_hat kept vs x - mu kept)."""
+    rng = np.random.default_rng(0)
+    for _, c, hw in VGG_CONVS:
+        x, dout = (rng.standard_normal((batch, hw, hw, c)).astype(np.float32).transpose(0, 3, 1, 2)
+                   for _ in range(2))
+        gamma = rng.uniform(0.5, 1.5, (1, c, 1, 1)).astype(np.float32)
+        beta = rng.standard_normal((1, c, 1, 1)).astype(np.float32)
+        cases = {name: functools.partial(fn, x, gamma, beta, dout) for name, fn in
+                 [("x_hat", batchnorm_train_step_from_x_hat),
+                  ("x - mu", batchnorm_train_step_from_x_c)]}
+        report(f"BatchNorm2d {c}ch @{hw} fwd+bwd, batch {batch}", interleaved(cases, repeats),
+               repeats)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--only", nargs="+", choices=["col2im_matmul", "conv_dW", "batchnorm"],
+                   help="run only these comparisons")
     args = p.parse_args(argv)
-    ab_col2im_matmul(args.batch, args.repeats)
+    comparisons = {"col2im_matmul": ab_col2im_matmul, "conv_dW": ab_conv_dW,
+                   "batchnorm": ab_batchnorm}
+    for name in args.only or comparisons:
+        comparisons[name](args.batch, args.repeats)
 
 
 if __name__ == "__main__":

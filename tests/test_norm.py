@@ -11,7 +11,14 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from minicnn import layers as L
-from minicnn.functional.normalization import batchnorm_backward_stepwise, reduce_sum
+from minicnn.functional.normalization import (
+    batchnorm_backward_stepwise,
+    center,
+    normalize,
+    normalize_backward,
+    normalize_backward_centered,
+    reduce_sum,
+)
 from minicnn.gradcheck import assert_gradients
 
 seeds = st.integers(0, 2**31 - 1)
@@ -248,6 +255,26 @@ def test_stepwise_reference_equals_compact_backward(shape):
     np.testing.assert_allclose(dx, dx_ref, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(bn.gamma.grad, dgamma_ref, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(bn.beta.grad, dbeta_ref, rtol=1e-10, atol=1e-12)
+
+
+@settings(max_examples=60)
+@given(shape=st.lists(st.integers(1, 5), min_size=2, max_size=4), seed=seeds,
+       mean=st.floats(-50, 50), std=st.floats(0.01, 20))
+def test_backward_from_centered_input_equals_backward_from_x_hat(shape, seed, mean, std):
+    """BatchNorm keeps x - mu instead of x_hat: its backward (``normalize_backward_centered``)
+    equals ``normalize_backward`` from x_hat, in float64, for any shape and offset."""
+    rng = np.random.default_rng(seed)
+    axes = (0,) + tuple(range(2, len(shape)))
+    x = rng.standard_normal(shape) * std + mean
+    dout = rng.standard_normal(shape)
+    scale = rng.uniform(-2, 2, (1, shape[1]) + (1,) * (len(shape) - 2))
+    x_hat, inv_std, mu, var = normalize(x, axes, 1e-5)
+    x_c, inv_std_c, mu_c, var_c = center(x, axes, 1e-5)
+    np.testing.assert_allclose(x_c * inv_std_c, x_hat, rtol=1e-12, atol=1e-12)
+    expected = normalize_backward(dout, x_hat, scale * inv_std, axes)
+    got = normalize_backward_centered(dout, x_c, inv_std_c, scale * inv_std_c, axes)
+    for g, e, name in zip(got, expected, ("dx", "sum_dout", "sum_dout_x_hat"), strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-9, atol=1e-9, err_msg=name)
 
 
 # -- LayerNorm, GroupNorm, InstanceNorm values --------------------------------------------

@@ -24,8 +24,8 @@ from typing import Any
 
 from ..backend import get_array_module
 
-__all__ = ["reduce_sum", "normalize", "normalize_backward", "batchnorm_backward_stepwise",
-           "per_channel"]
+__all__ = ["reduce_sum", "center", "normalize", "normalize_backward",
+           "normalize_backward_centered", "batchnorm_backward_stepwise", "per_channel"]
 
 
 def reduce_sum(x: Any, axes: tuple[int, ...], other: Any = None) -> Any:
@@ -56,21 +56,30 @@ def reduce_sum(x: Any, axes: tuple[int, ...], other: Any = None) -> Any:
     return s.reshape(shape)
 
 
-def normalize(x: Any, axes: tuple[int, ...], eps: float) -> tuple[Any, Any, Any, Any]:
-    """Normalise ``x`` over ``axes``: x_hat = (x - mu) / sqrt(var + eps).
+def center(x: Any, axes: tuple[int, ...], eps: float) -> tuple[Any, Any, Any, Any]:
+    """The statistics of ``x`` over ``axes``, and x centred: x - mu.
 
-    Returns ``x_hat, inv_std, mu, var``; the last three keep the reduced axes (size 1), so
+    Returns ``x - mu, inv_std, mu, var``; the last three keep the reduced axes (size 1), so
     they broadcast against ``x``. ``inv_std = 1 / sqrt(var + eps)``; ``var`` is biased, and
     computed in two passes (from x - mu, not as E[x²] - mu², which cancels catastrophically
-    in float32 when |mu| >> std). Two full-size arrays are written: x - mu, then x_hat in
-    its place.
+    in float32 when |mu| >> std). One full-size array is written: x - mu.
     """
     xp = get_array_module(x)
     m = math.prod(x.shape[a] for a in axes)
     mu = reduce_sum(x, axes) * (1.0 / m)
-    x_hat = x - mu                                        # x - mu for now, x_hat below
-    var = reduce_sum(x_hat, axes, x_hat) * (1.0 / m)
+    x_c = x - mu
+    var = reduce_sum(x_c, axes, x_c) * (1.0 / m)
     inv_std = 1.0 / xp.sqrt(var + eps)
+    return x_c, inv_std, mu, var
+
+
+def normalize(x: Any, axes: tuple[int, ...], eps: float) -> tuple[Any, Any, Any, Any]:
+    """Normalise ``x`` over ``axes``: x_hat = (x - mu) / sqrt(var + eps).
+
+    Returns ``x_hat, inv_std, mu, var`` (as ``center``, with x - mu scaled in place to x_hat:
+    one full-size array written).
+    """
+    x_hat, inv_std, mu, var = center(x, axes, eps)
     x_hat *= inv_std                                      # in place: saves a full-size array
     return x_hat, inv_std, mu, var
 
@@ -113,6 +122,36 @@ def normalize_backward(dx_hat: Any, x_hat: Any, scale: Any,
     dx -= sum_dx_hat * (1.0 / m)
     dx *= scale
     return dx, sum_dx_hat, sum_dx_hat_x_hat
+
+
+def normalize_backward_centered(dout: Any, x_c: Any, inv_std: Any, scale: Any,
+                                axes: tuple[int, ...]) -> tuple[Any, Any, Any]:
+    """``normalize_backward`` from the centred input x_c = x - mu instead of x_hat.
+
+    BatchNorm's training forward needs only y = x_c * (gamma * inv_std) + beta, so it keeps
+    x_c and never writes x_hat = x_c * inv_std (one full-size pass fewer). With
+    x_hat = x_c * inv_std the sums and dx of ``normalize_backward`` become::
+
+        Σ dout * x_hat = inv_std * Σ dout * x_c
+        dx = scale * (dout - mean(dout) - x_c * inv_std² * mean(dout * x_c))
+
+    the same number of passes over the data as from x_hat. ``dout`` plays the role of
+    ``dx_hat`` with gamma folded into ``scale`` (see ``normalize_backward``).
+
+    Returns
+    -------
+    dx : array, shape of x
+    sum_dout, sum_dout_x_hat : arrays with the reduced axes kept (size 1)
+        Σ dout and Σ dout * x_hat: dbeta and dgamma of a BatchNorm.
+    """
+    m = math.prod(x_c.shape[a] for a in axes)
+    sum_dout = reduce_sum(dout, axes)
+    sum_dout_x_hat = reduce_sum(dout, axes, x_c) * inv_std
+    dx = x_c * (sum_dout_x_hat * inv_std * (-1.0 / m))
+    dx += dout
+    dx -= sum_dout * (1.0 / m)
+    dx *= scale
+    return dx, sum_dout, sum_dout_x_hat
 
 
 def per_channel(v: Any, ndim: int) -> Any:

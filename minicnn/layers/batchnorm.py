@@ -7,8 +7,9 @@ Each channel is normalised over all other axes (N, H, W for images: m values per
     y     = gamma * x_hat + beta          gamma, beta (C,)
 
 with the batch's own statistics in training mode and the running averages of them in
-evaluation mode. The shared math (``normalize``, ``normalize_backward``, the step-by-step
-reference ``batchnorm_backward_stepwise``) is in ``minicnn.functional.normalization``;
+evaluation mode. The shared math (``center``, ``normalize_backward_centered``, the
+step-by-step reference ``batchnorm_backward_stepwise``) is in
+``minicnn.functional.normalization``;
 LayerNorm, GroupNorm and InstanceNorm2d, which normalise per sample, are in ``norm.py``.
 Derivation and the lecture's worked example: docs/derivations/batchnorm.md.
 """
@@ -20,8 +21,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..functional.normalization import (
-    normalize,
-    normalize_backward,
+    center,
+    normalize_backward_centered,
     per_channel,
     reduce_sum,
 )
@@ -36,7 +37,7 @@ class _Cache(NamedTuple):
 
     batch_stats: bool  # True: normalised by this batch's own mu, var (training mode)
     inv_std: Any       # 1 / sqrt(var + eps), (1, C, 1, ...)
-    x_hat: Any         # batch statistics: the normalised input; else None
+    x_c: Any           # batch statistics: the centred input x - mu (x_hat = x_c * inv_std)
     x: Any             # running statistics: the input and the running mean, from which
     mu: Any            # backward recomputes x_hat for dgamma (evaluation forward skips it)
 
@@ -103,11 +104,13 @@ class _BatchNorm(Layer):
         gamma = per_channel(self.gamma.data.astype(x.dtype, copy=False), x.ndim)
         beta = per_channel(self.beta.data.astype(x.dtype, copy=False), x.ndim)
         if self.training:
-            x_hat, inv_std, mu, var = normalize(x, axes, self.eps)
+            # y = x_hat * gamma + beta = (x - mu) * (gamma * inv_std) + beta: x_hat itself is
+            # never written (backward works from x - mu), one full-size pass fewer.
+            x_c, inv_std, mu, var = center(x, axes, self.eps)
             self._update_running_stats(mu, var, m=x.size // self.num_features)
-            y = x_hat * gamma
+            y = x_c * (gamma * inv_std)
             y += beta
-            self.cache = _Cache(True, inv_std, x_hat, None, None)
+            self.cache = _Cache(True, inv_std, x_c, None, None)
             return y
         # Fixed statistics: y = (x - mu) * (gamma * inv_std) + beta, one affine map per
         # channel, in three passes over the data instead of the four through x_hat. Only
@@ -139,7 +142,8 @@ class _BatchNorm(Layer):
         if cache.batch_stats:
             # gamma is constant over the reduced axes: pass dout and fold gamma into the scale;
             # the two sums come back as dbeta = Σ dout and dgamma = Σ dout * x_hat.
-            dx, dbeta, dgamma = normalize_backward(dout, cache.x_hat, gamma * inv_std, axes)
+            dx, dbeta, dgamma = normalize_backward_centered(dout, cache.x_c, inv_std,
+                                                            gamma * inv_std, axes)
         else:
             # Fixed statistics: y is an affine map of x.
             x_hat = cache.x - cache.mu
