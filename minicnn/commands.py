@@ -174,6 +174,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _train(args, comm=comm)
 
 
+def _batch_words(batch_size: int, comm: Any) -> str:
+    """``64`` alone, or ``64 per rank x 2 ranks = 128`` in a data-parallel run."""
+    if comm is None or comm.size == 1:
+        return str(batch_size)
+    return f"{batch_size} per rank x {comm.size} ranks = {batch_size * comm.size}"
+
+
 def _train(args: argparse.Namespace, comm: Any) -> int:
     from . import data, losses, models, training
     from .init import set_seed
@@ -222,7 +229,8 @@ def _train(args: argparse.Namespace, comm: Any) -> int:
                                        f"already; give --epochs > {initial_epoch} to continue")
         _say(args, f"resumed from {args.resume} after epoch {initial_epoch}")
     _say(args, f"training {cfg['model']} for {cfg['epochs']} epochs: {len(x_train)} images, "
-               f"batch {cfg['batch_size']}, {cfg['optimizer']} lr {cfg['lr']:g}, "
+               f"batch {_batch_words(cfg['batch_size'], comm)}, {cfg['optimizer']} lr "
+               f"{cfg['lr']:g}, "
                f"schedule {cfg['schedule']}, augment {cfg['augment']}")
 
     os.makedirs(args.out, exist_ok=True)
