@@ -158,17 +158,41 @@ def ab_batchnorm(batch: int, repeats: int) -> None:
                repeats)
 
 
+def ab_conv_dx(batch: int, repeats: int) -> None:
+    """Conv2d forward + backward, dx by col2im_matmul (KH·KW thin GEMMs and adds) vs by
+    conv_input_grad (im2col of dout, one GEMM with the flipped kernel)."""
+    from minicnn import layers as L
+
+    rng = np.random.default_rng(0)
+    for cin, cout, hw in VGG_CONVS:
+        x, dout = (rng.standard_normal((batch, hw, hw, c)).astype(np.float32).transpose(0, 3, 1, 2)
+                   for c in (cin, cout))
+        old, new = L.Conv2d(cin, cout, 3, padding=1), L.Conv2d(cin, cout, 3, padding=1)
+        old._dx_by_flipped_conv = lambda x_shape: False      # the instance takes the old path
+
+        def step(conv, x=x, dout=dout):
+            conv.forward(x)
+            conv.backward(dout)
+
+        cases = {"col2im_matmul": functools.partial(step, old),
+                 "conv_input_grad": functools.partial(step, new)}
+        report(f"conv {cin}->{cout} @{hw} fwd+bwd, batch {batch}", interleaved(cases, repeats),
+               repeats)
+
+
+COMPARISONS = {"col2im_matmul": ab_col2im_matmul, "conv_dW": ab_conv_dW,
+               "batchnorm": ab_batchnorm, "conv_dx": ab_conv_dx}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--repeats", type=int, default=15)
-    p.add_argument("--only", nargs="+", choices=["col2im_matmul", "conv_dW", "batchnorm"],
+    p.add_argument("--only", nargs="+", choices=list(COMPARISONS),
                    help="run only these comparisons")
     args = p.parse_args(argv)
-    comparisons = {"col2im_matmul": ab_col2im_matmul, "conv_dW": ab_conv_dW,
-                   "batchnorm": ab_batchnorm}
-    for name in args.only or comparisons:
-        comparisons[name](args.batch, args.repeats)
+    for name in args.only or COMPARISONS:
+        COMPARISONS[name](args.batch, args.repeats)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ from minicnn.backend import to_numpy
 from minicnn.functional.im2col import (
     col2im,
     col2im_matmul,
+    conv_input_grad,
+    flipped_pads,
     im2col,
     normalize_padding,
     output_size,
@@ -83,6 +85,18 @@ def test_conv_gradcheck(case, seed):
     args, shape = case
     x = np.random.default_rng(seed).standard_normal(shape)
     assert_gradients(make_conv(args, seed), x, seed=seed)
+
+
+@settings(max_examples=30)
+@given(case=conv_cases(), seed=st.integers(0, 2**31 - 1), grow=st.integers(8, 10))
+def test_conv_gradcheck_with_dx_by_the_flipped_kernel(case, seed, grow):
+    """Inputs of 8x8 and more: the stride-1 layers take conv_input_grad for dx."""
+    (C_in, C_out, kwargs), (N, _, H, W) = case
+    C_out = min(C_out, 2 * C_in)
+    conv = make_conv((C_in, C_out, kwargs), seed)
+    shape = (N, C_in, max(H, grow), max(W, grow))
+    x = np.random.default_rng(seed).standard_normal(shape)
+    assert_gradients(conv, x, seed=seed)
 
 
 @settings(max_examples=50)
@@ -232,6 +246,62 @@ def test_col2im_matmul_is_col2im_of_the_product(case, seed):
         got = col2im_matmul(dout_mat, W_mat, shape, k, stride, pads, workspace=workspace)
         np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
     assert list(buffers) == ["dcols_block"]
+
+
+@settings(max_examples=60)
+@given(case=conv_cases(), seed=st.integers(0, 2**31 - 1))
+def test_conv_input_grad_is_col2im_matmul_for_stride_1(case, seed):
+    """The flipped-kernel convolution gives col2im_matmul's dx for every stride-1 case whose
+    padding fits (at most K - 1), in float64, with a channels-last or NCHW dout."""
+    (C_in, C_out, kwargs), shape = case
+    k = kwargs["kernel_size"]
+    pads = normalize_padding(kwargs["padding"], k, (1, 1))
+    assume(flipped_pads(k, pads) is not None)
+    rng = np.random.default_rng(seed)
+    Ho, Wo = output_size(shape, k, (1, 1), pads)
+    dout = rng.standard_normal((shape[0], C_out, Ho, Wo))
+    W_mat = rng.standard_normal((C_out, k[0] * k[1] * C_in))
+    expected = col2im_matmul(dout.transpose(0, 2, 3, 1).reshape(-1, C_out), W_mat, shape, k,
+                             (1, 1), pads)
+    for d in (dout, channels_last(dout)):
+        got = conv_input_grad(d, W_mat, shape, k, pads)
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+        assert got.transpose(0, 2, 3, 1).flags.c_contiguous  # stored channels-last
+
+
+def test_flipped_pads_refuses_a_padding_beyond_the_kernel():
+    assert flipped_pads((3, 3), ((1, 1), (1, 1))) == ((1, 1), (1, 1))
+    assert flipped_pads((3, 2), ((0, 2), (1, 0))) == ((2, 0), (0, 1))
+    assert flipped_pads((3, 3), ((3, 0), (0, 0))) is None
+    with pytest.raises(ValueError, match="conv_input_grad: padding"):
+        conv_input_grad(np.zeros((1, 1, 5, 3)), np.zeros((1, 1)), (1, 1, 3, 3), (1, 1),
+                        ((1, 1), (0, 0)))
+
+
+def test_conv_dx_shares_the_patch_buffer_and_a_second_backward_is_an_error():
+    """A stride-1 3x3 conv computes dx by the flipped convolution, writing dout's patches into
+    the forward's patch buffer: one buffer across steps, and a clear error (not a wrong dW)
+    when backward runs twice after one forward."""
+    rng = np.random.default_rng(0)
+    conv = L.Conv2d(4, 6, 3, padding=1)
+    x = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
+    dout = rng.standard_normal((2, 6, 8, 8)).astype(np.float32)
+    conv.forward(x)
+    dx = conv.backward(dout)
+    buffer = conv._workspaces["cols"]
+    assert buffer.size == 2 * 8 * 8 * 9 * 6          # sized for dout's patches (C_out > C_in)
+    expected = col2im_matmul(dout.transpose(0, 2, 3, 1).reshape(-1, 6),
+                             conv.W.data.transpose(0, 2, 3, 1).reshape(6, -1), x.shape, (3, 3),
+                             (1, 1), ((1, 1), (1, 1)))
+    np.testing.assert_allclose(dx, expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(RuntimeError, match="Conv2d.backward: called a second time"):
+        conv.backward(dout)
+    conv.forward(x)
+    np.testing.assert_allclose(conv.backward(dout), dx, rtol=1e-6, atol=1e-6)
+    assert conv._workspaces["cols"] is buffer       # no new allocation in the second step
+    first = L.Conv2d(3, 64, 3, padding=1)            # RGB: C_out > 2 C_in keeps col2im_matmul
+    assert not first._dx_by_flipped_conv((2, 3, 32, 32))
+    assert not conv._dx_by_flipped_conv((2, 4, 4, 4))  # 4x4: col2im_matmul measured faster
 
 
 @settings(max_examples=60)

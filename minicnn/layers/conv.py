@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 from .. import init as initializers
 from ..backend import get_array_module
-from ..functional.im2col import col2im_matmul, im2col, normalize_padding, output_size, pair
+from ..functional.im2col import (
+    col2im_matmul,
+    conv_input_grad,
+    flipped_pads,
+    im2col,
+    normalize_padding,
+    output_size,
+    pair,
+)
 from .base import Layer, Parameter, check_channels, check_float_input, check_ndim, new_array
 
 __all__ = ["Conv2d"]
@@ -72,7 +81,11 @@ class Conv2d(Layer):
 
     The last two lines are one call, ``col2im_matmul(dout_mat, W_mat, ...)`` (in
     ``minicnn.functional.im2col``): the same sum, one kernel position at a time, without
-    the KH·KW-times larger dcols matrix in memory.
+    the KH·KW-times larger dcols matrix in memory. For stride 1 (the common 3×3 layers)
+    the same dx is computed faster as a convolution of dout with the flipped kernel,
+    ``conv_input_grad``: one im2col of dout and one GEMM, its patches written into the
+    memory of the forward's ``cols`` (dead once dW is computed; a second backward after
+    one forward is then an error).
 
     The output is stored channels-last (a view of the GEMM result, see
     ``minicnn.functional.im2col``); it is logically (N, C_out, Ho, Wo) like any other array.
@@ -118,7 +131,7 @@ class Conv2d(Layer):
         N = x.shape[0]
         Ho, Wo = output_size(x.shape, self.kernel_size, self.stride, self.pads, "Conv2d")
         cols, _ = im2col(x, self.kernel_size, self.stride, self.pads,
-                         workspace=functools.partial(self.workspace, xp))
+                         workspace=self._workspace(xp, tuple(x.shape), (Ho, Wo)))
         # W in the (kh, kw, c) column order of cols: (C_out, KH·KW·C_in).
         W_mat = self.W.data.astype(x.dtype, copy=False).transpose(0, 2, 3, 1)
         W_mat = W_mat.reshape(self.out_channels, -1)
@@ -131,13 +144,16 @@ class Conv2d(Layer):
 
     def backward(self, dout: Any) -> Any:
         cols, W_mat, x_shape = self.cached()
+        if cols is None:
+            raise RuntimeError("Conv2d.backward: called a second time after one forward; its "
+                               "patch matrix was reused for the first dx: run forward again")
         xp = get_array_module(cols)
         (kh, kw), C_in, C_out = self.kernel_size, self.in_channels, self.out_channels
         # (N, C_out, Ho, Wo) -> rows (n, ho, wo) like cols; free when dout is channels-last.
         dout_mat = dout.transpose(0, 2, 3, 1).reshape(-1, C_out)
         # dW_mat = dout_matᵀ @ cols (C_out, KH·KW·C_in), computed as its transpose colsᵀ @
-        # dout_mat: OpenBLAS is 1.1-2.8x faster with the long side (KH·KW·C_in) as the
-        # product's rows than with C_out as its rows (benchmarks/ab.py).
+        # dout_mat: as fast on a quiet CPU, and OpenBLAS's threads lose 1.3-2.8x less time
+        # when other processes compete for the cores (benchmarks/ab.py --only conv_dW).
         dW_mat = (cols.T @ dout_mat).T
         dW = dW_mat.reshape(C_out, kh, kw, C_in).transpose(0, 3, 1, 2)
         self.W.set_grad(xp.ascontiguousarray(dW))
@@ -145,9 +161,48 @@ class Conv2d(Layer):
             self.b.set_grad(dout_mat.sum(axis=0))              # db = Σ_rows dout_mat
         if not self.input_grad:
             return None
+        if self._dx_by_flipped_conv(x_shape):
+            # cols's memory now takes dout's patches: a second backward would need them.
+            self.cache = (None, W_mat, x_shape)
+            return conv_input_grad(dout, W_mat, x_shape, self.kernel_size, self.pads,
+                                   workspace=self._workspace(xp, x_shape, dout.shape[2:],
+                                                             pad_name="dout_pad"))
         # dx = col2im(dout_mat @ W_mat), without the KH·KW-times larger matrix.
         return col2im_matmul(dout_mat, W_mat, x_shape, self.kernel_size, self.stride,
                              self.pads, workspace=functools.partial(self.workspace, xp))
+
+    def _dx_by_flipped_conv(self, x_shape: tuple[int, ...]) -> bool:
+        """dx by ``conv_input_grad`` (stride 1, padding at most K - 1), where it was measured
+        faster than ``col2im_matmul`` (benchmarks/ab.py --only conv_dx: 1.06-1.11x from 8×8
+        up, 0.91x at 4×4), and unless dout's patch matrix would be more than twice the
+        forward's (C_out > 2·C_in, e.g. an RGB first layer, where the KH·KW thin GEMMs of
+        ``col2im_matmul`` need no such matrix)."""
+        return (self.stride == (1, 1) and flipped_pads(self.kernel_size, self.pads) is not None
+                and self.out_channels <= 2 * self.in_channels and min(x_shape[2:]) >= 8)
+
+    def _workspace(self, xp: Any, x_shape: tuple[int, ...], out_hw: tuple[int, int],
+                   pad_name: str = "x_pad") -> Any:
+        """The ``workspace`` callable for ``im2col`` in forward and ``conv_input_grad``.
+
+        Both patch matrices are views of one flat "cols" buffer, sized for the larger of the
+        two (the forward's x patches, (N·Ho·Wo, KH·KW·C_in), and dout's, (N·H·W, KH·KW·C_out),
+        when backward will compute dx that way), so it is allocated once, not per pass.
+        ``im2col``'s padded copy goes to its own buffer, named ``pad_name`` ("x_pad" in
+        forward, "dout_pad" in backward).
+        """
+        N, _, H, W = x_shape
+        (kh, kw), (Ho, Wo) = self.kernel_size, out_hw
+        size = N * Ho * Wo * kh * kw * self.in_channels
+        if self.input_grad and self._dx_by_flipped_conv(x_shape):
+            size = max(size, N * H * W * kh * kw * self.out_channels)
+
+        def workspace(name: str, shape: tuple[int, ...], dtype: Any) -> Any:
+            if name == "cols":
+                flat = self.workspace(xp, "cols", (size,), dtype)
+                return flat[:math.prod(shape)].reshape(shape)
+            return self.workspace(xp, pad_name if name == "x_pad" else name, shape, dtype)
+
+        return workspace
 
     def extra_repr(self) -> str:
         padding = self.padding if isinstance(self.padding, str) else tuple(self.padding)
