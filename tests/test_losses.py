@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 import scipy.special as sp
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import minicnn as mc
@@ -16,18 +16,27 @@ from minicnn.functional.softmax import log_softmax, logsumexp, softmax
 from minicnn.gradcheck import numerical_gradient, relative_error
 
 CE, MSE = mc.losses.CrossEntropyLoss, mc.losses.MSELoss
+H = 1e-6  # central-difference step of the gradient checks
 
 
 def _ce_gradcheck(loss_fn, logits, y):
     loss_fn.forward(logits, y)
     analytic = loss_fn.backward()
-    numeric = numerical_gradient(lambda: float(loss_fn.forward(logits, y)), logits)
-    assert relative_error(analytic, numeric) < 1e-6, (analytic, numeric)
+    numeric = numerical_gradient(lambda: float(loss_fn.forward(logits, y)), logits, h=H)
+    # The central difference itself is only exact to ~ eps64 · max|z| / h (the loss is
+    # computed from logits z of size up to ~10): ~2e-9. When softmax nearly saturates, the
+    # whole gradient is ~1e-5 and that rounding alone is a relative 1e-6 (a hypothesis find:
+    # n=1, c=3, scale=4, seed=374 gave 1.4e-6 with every entry right to 3e-11).
+    rounding = 2 * np.finfo(np.float64).eps * max(1.0, float(np.abs(logits).max())) / H
+    error = np.abs(analytic - numeric).max()
+    assert relative_error(analytic, numeric) < 1e-6 or error < 10 * rounding, \
+        (analytic, numeric)
 
 
 @settings(max_examples=100)
 @given(n=st.integers(1, 6), c=st.integers(1, 7), eps=st.sampled_from([0.0, 0.1, 0.5]),
        scale=st.sampled_from([1.0, 4.0]), soft=st.booleans(), seed=st.integers(0, 2**31 - 1))
+@example(n=1, c=3, eps=0.0, scale=4.0, soft=False, seed=374)  # a saturated softmax
 def test_cross_entropy_gradient(n, c, eps, scale, soft, seed):
     rng = np.random.default_rng(seed)
     # Moderate logits: when softmax saturates, dL/dz is so small that the central difference's
