@@ -95,7 +95,9 @@ run() {
 
 START=$SECONDS
 {
-    echo "mode $MODE, $(date -u), $(git rev-parse --short HEAD 2>/dev/null)"
+    # A device copy of the tree may carry no .git or a stale one: name the code by content.
+    echo "mode $MODE, $(date -u), minicnn/*.py sha1 $(find minicnn -name '*.py' | LC_ALL=C sort \
+        | xargs cat | sha1sum | cut -c1-12)"
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | head -3
     $PY -c "import sys, numpy; print('python', sys.version.split()[0], 'numpy', numpy.__version__)"
     $PY -c "import cupy; print('cupy', cupy.__version__)" 2>&1 | tail -1
