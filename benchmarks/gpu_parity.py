@@ -149,8 +149,7 @@ def parity(steps, batch, only=None):
 def torch_speed(batch, repeats):
     """ms/step of benchmarks/models.py's models: minicnn on CuPy vs PyTorch on CUDA."""
     import minicnn as mc
-    from benchmarks.common import time_it
-    from benchmarks.models import MODELS, build_torch, time_minicnn
+    from benchmarks.models import MODELS, time_minicnn, time_torch
 
     try:
         import torch
@@ -165,29 +164,13 @@ def torch_speed(batch, repeats):
     torch.backends.cudnn.benchmark = True
     mc.set_backend("cupy")
     xp = mc.backend.get_xp()
-    dev = torch.device("cuda")
     print(f"torch {torch.__version__} on {torch.cuda.get_device_name(0)}; batch {batch}, "
           f"float32, TF32 off")
     print(f"{'model':8s} {'minicnn ms':>11s} {'torch ms':>9s} {'ratio':>6s}")
     for name, make in MODELS.items():
         specs = make()
         ours = time_minicnn(specs, batch, xp, repeats)
-        rng = np.random.default_rng(0)
-        model = build_torch(torch, specs).to(dev)
-        x = torch.from_numpy(rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)).to(dev)
-        y = torch.from_numpy(rng.integers(0, 10, batch)).to(dev)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-        loss_fn = torch.nn.CrossEntropyLoss()
-
-        def step(model=model, x=x, y=y, opt=opt, loss_fn=loss_fn):
-            opt.zero_grad(set_to_none=True)
-            loss_fn(model(x), y).backward()
-            opt.step()
-
-        for _ in range(3):
-            step()
-        torch.cuda.synchronize()
-        theirs = time_it(lambda: (step(), torch.cuda.synchronize()), repeats, warmup=2)
+        theirs = time_torch(torch, specs, batch, repeats, device="cuda")
         print(f"{name:8s} {ours:11.2f} {theirs:9.2f} {ours / theirs:6.2f}", flush=True)
     mc.set_backend("numpy")
     return 0
