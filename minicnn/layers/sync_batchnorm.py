@@ -70,7 +70,8 @@ class SyncBatchNorm2d(BatchNorm2d):
     num_features, eps, momentum
         As ``BatchNorm2d``.
     comm : Communicator, optional
-        Anything with ``size`` and ``allreduce(array, op="sum")`` (in place), e.g. from
+        Anything with ``size``, ``allreduce(array, op="sum")`` (in place) and
+        ``allreduce_numbers(values)`` (a few host numbers), e.g. from
         ``minicnn.distributed.create_communicator``. None behaves as ``BatchNorm2d``.
         ``minicnn.distributed.convert_sync_batchnorm(model, comm)`` converts a model's
         ``BatchNorm2d`` layers and sets it.
@@ -99,18 +100,16 @@ class SyncBatchNorm2d(BatchNorm2d):
                              f"{tuple(getattr(x, 'shape', ()))}")
         if x.dtype.kind != "f":
             raise TypeError(f"{name}: expected a floating-point array, got dtype {x.dtype}")
-        # 1. Σ x and the element count, in one buffer (count last; exact in float32 up to
-        #    2**24 elements per channel per step, and float64 is used for float64 input).
-        m = x.size // C
-        buf = xp.empty(C + 1, dtype=x.dtype)
-        buf[:C] = _channel_sum(x)
-        buf[C] = m
-        self.comm.allreduce(buf, op="sum")
-        count = float(buf[C])
+        # 1. The element count per channel over all ranks, summed on the host (each rank
+        #    knows its own: reading it back from the device would wait for the GPU every
+        #    step), then Σ x on the device.
+        count = float(self.comm.allreduce_numbers([x.size // C])[0])
         if count <= 1:
             raise ValueError(f"{name}: expected more than 1 value per channel over all ranks "
                              f"when training, got {count:g}")
-        mu = (buf[:C] * (1.0 / count)).reshape(1, C, 1, 1)
+        buf = _channel_sum(x)
+        self.comm.allreduce(buf, op="sum")
+        mu = (buf * (1.0 / count)).reshape(1, C, 1, 1)
         # 2. Σ (x - mu)²: the second pass, as BatchNorm2d.
         x_hat = x - mu
         sq = _channel_sum(x_hat, x_hat)
