@@ -43,6 +43,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from ..backend import get_array_module
+from ..functional.normalization import reduce_sum
 from . import BatchNorm2d
 
 __all__ = ["SyncBatchNorm2d"]
@@ -55,11 +56,9 @@ class _SyncCache(NamedTuple):
 
 
 def _channel_sum(a: Any, b: Any = None) -> Any:
-    """Σ a (or Σ a·b) over N, H, W -> (C,): per-sample partial sums first (pairwise-ish
-    accuracy in float32), then over the batch."""
-    xp = get_array_module(a)
-    s = xp.einsum("nchw->nc", a) if b is None else xp.einsum("nchw,nchw->nc", a, b)
-    return s.sum(axis=0)
+    """Σ a (or Σ a·b) over N, H, W -> a contiguous (C,) buffer to allreduce: BatchNorm's own
+    ``reduce_sum`` (per-sample partial sums first, for float32 accuracy)."""
+    return reduce_sum(a, (0, 2, 3), b).reshape(-1)
 
 
 class SyncBatchNorm2d(BatchNorm2d):
