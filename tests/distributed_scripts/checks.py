@@ -65,22 +65,28 @@ def train(model, loader, opt, check=None):
     return model
 
 
+def distributed_run(kind: str, x, y):
+    """The model (``build(kind)``, SyncBatchNorm for "syncbn"), its DistributedOptimizer and
+    this rank's shard loader, every rank starting from rank 0's weights."""
+    model = build(kind)
+    if kind == "syncbn":
+        dist.convert_sync_batchnorm(model, comm)
+    # A different init on rank 1, so that broadcast_parameters has something to do.
+    if comm.rank == 1:
+        for p in model.parameters():
+            p.data += 1.0
+    dist.broadcast_parameters(model, comm)
+    opt = dist.DistributedOptimizer(
+        mc.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), comm)
+    loader = mc.data.DataLoader(x, y, LOCAL_BATCH, seed=1, rank=comm.rank, world_size=comm.size)
+    return model, opt, loader
+
+
 def equivalence() -> dict:
     x, y = mc.data.synthetic(STEPS * LOCAL_BATCH * comm.size, (3, 8, 8), seed=3)
     out = {}
     for kind in ("plain", "syncbn", "bn"):
-        model = build(kind)
-        if kind == "syncbn":
-            dist.convert_sync_batchnorm(model, comm)
-        # A different init on rank 1, so that broadcast_parameters has something to do.
-        if comm.rank == 1:
-            for p in model.parameters():
-                p.data += 1.0
-        dist.broadcast_parameters(model, comm)
-        opt = dist.DistributedOptimizer(
-            mc.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), comm)
-        loader = mc.data.DataLoader(x, y, LOCAL_BATCH, seed=1, rank=comm.rank,
-                                    world_size=comm.size)
+        model, opt, loader = distributed_run(kind, x, y)
         checks = []
 
         def check(m, checks=checks, kind=kind):
@@ -204,14 +210,7 @@ def device() -> dict:
     except dist.DistributedError as exc:
         nccl = str(exc)
     x, y = mc.data.synthetic(STEPS * LOCAL_BATCH * comm.size, (3, 8, 8), seed=3)
-    model = dist.convert_sync_batchnorm(build("syncbn"), comm)
-    if comm.rank == 1:
-        for p in model.parameters():
-            p.data += 1.0
-    dist.broadcast_parameters(model, comm)
-    opt = dist.DistributedOptimizer(
-        mc.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), comm)
-    loader = mc.data.DataLoader(x, y, LOCAL_BATCH, seed=1, rank=comm.rank, world_size=comm.size)
+    model, opt, loader = distributed_run("syncbn", x, y)
     train(model, loader, opt, lambda m: dist.check_parameters_identical(m, comm))
     on_device = type(model.parameters()[0].data).__module__
     diff = max(float(np.abs(mc.backend.to_numpy(v) - FINAL["syncbn"][n]).max())
