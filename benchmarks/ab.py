@@ -33,6 +33,10 @@ from minicnn.functional import normalization as N  # noqa: E402
 
 # (C_in, C_out, H=W) of the VGG-12 benchmark's 3x3 convolutions (benchmarks/models.py).
 VGG_CONVS = [(64, 64, 32), (128, 128, 16), (256, 256, 8), (512, 512, 4)]
+# ... and of the CIFAR-10 CPU preset (vgg widths 32/64/128, two convs a stage, pool_first)
+# and of the ResNet benchmark (32/64/128 channels at 32/16/8): --convs small.
+SMALL_CONVS = [(32, 32, 32), (32, 32, 16), (32, 64, 16), (64, 64, 16), (64, 64, 8),
+               (64, 128, 8), (128, 128, 8), (128, 128, 4)]
 
 
 def interleaved(candidates: dict[str, Callable[[], Any]], repeats: int = 15,
@@ -158,13 +162,13 @@ def ab_batchnorm(batch: int, repeats: int) -> None:
                repeats)
 
 
-def ab_conv_dx(batch: int, repeats: int) -> None:
+def ab_conv_dx(batch: int, repeats: int, convs: str = "vgg") -> None:
     """Conv2d forward + backward, dx by col2im_matmul (KH·KW thin GEMMs and adds) vs by
     conv_input_grad (im2col of dout, one GEMM with the flipped kernel)."""
     from minicnn import layers as L
 
     rng = np.random.default_rng(0)
-    for cin, cout, hw in VGG_CONVS:
+    for cin, cout, hw in VGG_CONVS if convs == "vgg" else SMALL_CONVS:
         x, dout = (rng.standard_normal((batch, hw, hw, c)).astype(np.float32).transpose(0, 3, 1, 2)
                    for c in (cin, cout))
         old, new = L.Conv2d(cin, cout, 3, padding=1), L.Conv2d(cin, cout, 3, padding=1)
@@ -190,9 +194,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--only", nargs="+", choices=list(COMPARISONS),
                    help="run only these comparisons")
+    p.add_argument("--convs", default="vgg", choices=("vgg", "small"),
+                   help="conv_dx: the shapes of VGG-12, or the smaller ones of the CIFAR-10 "
+                        "CPU preset and the ResNet benchmark")
     args = p.parse_args(argv)
     for name in args.only or COMPARISONS:
-        COMPARISONS[name](args.batch, args.repeats)
+        if name == "conv_dx":
+            ab_conv_dx(args.batch, args.repeats, args.convs)
+        else:
+            COMPARISONS[name](args.batch, args.repeats)
 
 
 if __name__ == "__main__":

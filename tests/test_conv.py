@@ -92,7 +92,7 @@ def test_conv_gradcheck(case, seed):
 def test_conv_gradcheck_with_dx_by_the_flipped_kernel(case, seed, grow):
     """Inputs of 8x8 and more: the stride-1 layers take conv_input_grad for dx."""
     (C_in, C_out, kwargs), (N, _, H, W) = case
-    C_out = min(C_out, 2 * C_in)
+    C_out = min(C_out, C_in)  # a layer that widens takes col2im_matmul
     conv = make_conv((C_in, C_out, kwargs), seed)
     shape = (N, C_in, max(H, grow), max(W, grow))
     x = np.random.default_rng(seed).standard_normal(shape)
@@ -283,15 +283,15 @@ def test_conv_dx_shares_the_patch_buffer_and_a_second_backward_is_an_error():
     the forward's patch buffer: one buffer across steps, and a clear error (not a wrong dW)
     when backward runs twice after one forward."""
     rng = np.random.default_rng(0)
-    conv = L.Conv2d(4, 6, 3, padding=1)
-    x = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
-    dout = rng.standard_normal((2, 6, 8, 8)).astype(np.float32)
+    conv = L.Conv2d(6, 4, 3, padding=1)
+    x = rng.standard_normal((2, 6, 8, 8)).astype(np.float32)
+    dout = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
     conv.forward(x)
     dx = conv.backward(dout)
     buffer = conv._workspaces["cols"]
-    assert buffer.size == 2 * 8 * 8 * 9 * 6          # sized for dout's patches (C_out > C_in)
-    expected = col2im_matmul(dout.transpose(0, 2, 3, 1).reshape(-1, 6),
-                             conv.W.data.transpose(0, 2, 3, 1).reshape(6, -1), x.shape, (3, 3),
+    assert buffer.size == 2 * 8 * 8 * 9 * 6          # x's patches, the larger (C_in > C_out)
+    expected = col2im_matmul(dout.transpose(0, 2, 3, 1).reshape(-1, 4),
+                             conv.W.data.transpose(0, 2, 3, 1).reshape(4, -1), x.shape, (3, 3),
                              (1, 1), ((1, 1), (1, 1)))
     np.testing.assert_allclose(dx, expected, rtol=1e-5, atol=1e-5)
     with pytest.raises(RuntimeError, match="Conv2d.backward: called a second time"):
@@ -299,9 +299,10 @@ def test_conv_dx_shares_the_patch_buffer_and_a_second_backward_is_an_error():
     conv.forward(x)
     np.testing.assert_allclose(conv.backward(dout), dx, rtol=1e-6, atol=1e-6)
     assert conv._workspaces["cols"] is buffer       # no new allocation in the second step
-    first = L.Conv2d(3, 64, 3, padding=1)            # RGB: C_out > 2 C_in keeps col2im_matmul
+    first = L.Conv2d(3, 64, 3, padding=1)            # RGB: C_out > C_in keeps col2im_matmul
     assert not first._dx_by_flipped_conv((2, 3, 32, 32))
-    assert not conv._dx_by_flipped_conv((2, 4, 4, 4))  # 4x4: col2im_matmul measured faster
+    assert not L.Conv2d(32, 64, 3, padding=1)._dx_by_flipped_conv((2, 32, 16, 16))  # widens
+    assert not conv._dx_by_flipped_conv((2, 6, 4, 4))  # 4x4: col2im_matmul measured faster
 
 
 @settings(max_examples=60)
@@ -321,6 +322,19 @@ def test_output_size_is_the_window_count_or_a_clear_error(H, W, kh, kw, sh, sw, 
     # Count the window positions directly: top-left corners i·s with i·s + K <= padded size.
     assert Ho == len([i for i in range(Hp) if i * sh + kh <= Hp])
     assert Wo == len([j for j in range(Wp) if j * sw + kw <= Wp])
+
+
+def test_a_frozen_weight_gets_no_gradient_but_dx_is_unchanged():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 6, 6))
+    dout = rng.standard_normal((2, 4, 6, 6))
+    conv = L.Conv2d(3, 4, 3, padding=1).astype(np.float64)
+    conv.forward(x)
+    dx = conv.backward(dout)
+    conv.W.requires_grad, conv.W.grad = False, None
+    conv.forward(x)
+    np.testing.assert_array_equal(conv.backward(dout), dx)
+    assert conv.W.grad is None and conv.b.grad is not None
 
 
 def test_weight_gradient_includes_regularizer():

@@ -154,9 +154,10 @@ class Conv2d(Layer):
         # dW_mat = dout_matᵀ @ cols (C_out, KH·KW·C_in), computed as its transpose colsᵀ @
         # dout_mat: as fast on a quiet CPU, and OpenBLAS's threads lose 1.3-2.8x less time
         # when other processes compete for the cores (benchmarks/ab.py --only conv_dW).
-        dW_mat = (cols.T @ dout_mat).T
-        dW = dW_mat.reshape(C_out, kh, kw, C_in).transpose(0, 3, 1, 2)
-        self.W.set_grad(xp.ascontiguousarray(dW))
+        if self.W.requires_grad:  # a frozen W (PatchWhitening, transfer learning): no dW
+            dW_mat = (cols.T @ dout_mat).T
+            dW = dW_mat.reshape(C_out, kh, kw, C_in).transpose(0, 3, 1, 2)
+            self.W.set_grad(xp.ascontiguousarray(dW))
         if self.b is not None:
             self.b.set_grad(dout_mat.sum(axis=0))              # db = Σ_rows dout_mat
         if not self.input_grad:
@@ -174,11 +175,12 @@ class Conv2d(Layer):
     def _dx_by_flipped_conv(self, x_shape: tuple[int, ...]) -> bool:
         """dx by ``conv_input_grad`` (stride 1, padding at most K - 1), where it was measured
         faster than ``col2im_matmul`` (benchmarks/ab.py --only conv_dx: 1.06-1.11x from 8×8
-        up, 0.91x at 4×4), and unless dout's patch matrix would be more than twice the
-        forward's (C_out > 2·C_in, e.g. an RGB first layer, where the KH·KW thin GEMMs of
+        up, 0.91x at 4×4), and unless dout's patch matrix would be larger than the forward's
+        (C_out > C_in: a layer that widens, e.g. 32 -> 64, measured 0.84-0.88x with
+        ``--convs small``, or an RGB first layer, where the KH·KW thin GEMMs of
         ``col2im_matmul`` need no such matrix)."""
         return (self.stride == (1, 1) and flipped_pads(self.kernel_size, self.pads) is not None
-                and self.out_channels <= 2 * self.in_channels and min(x_shape[2:]) >= 8)
+                and self.out_channels <= self.in_channels and min(x_shape[2:]) >= 8)
 
     def _workspace(self, xp: Any, x_shape: tuple[int, ...], out_hw: tuple[int, int],
                    pad_name: str = "x_pad") -> Any:
