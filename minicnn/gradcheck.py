@@ -126,7 +126,8 @@ def check_gradients(layer: Layer, x: Any, *, seed: int = 0, h: float = 1e-6,
     # The check runs on a float64 copy: the layer given (its arrays, their dtypes, its
     # running statistics, its generators) is never touched, so there is nothing to restore.
     work = copy.deepcopy(layer).astype(dtype)
-    params = work.parameters()
+    # Frozen parameters (requires_grad False, e.g. PatchWhitening's filters) get no gradient.
+    params = [p for p in work.parameters() if p.requires_grad]
     for p in params:  # numerical_gradient perturbs entries through a flat view
         p.data = xp.ascontiguousarray(p.data)
     x64 = xp.array(x, dtype=dtype, copy=True, order="C")

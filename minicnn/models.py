@@ -37,7 +37,7 @@ from . import layers as L
 from .backend import get_xp
 
 __all__ = ["simple_cnn", "vgg", "vgg16", "lenet5", "resnet", "build", "MODELS", "summary",
-           "activation"]
+           "activation", "fit_whitening"]
 
 MODELS: dict[str, Callable[..., L.Sequential]] = {}
 
@@ -65,6 +65,11 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+# Builder arguments added after checkpoint format 1: left out of ``model.config`` at their
+# default, so that a checkpoint of a model without them still loads in older versions.
+_NEWER_ARGS = frozenset({"whiten"})
+
+
 def _register(name: str) -> Callable[[Callable[..., L.Sequential]], Callable[..., L.Sequential]]:
     """Register a builder under ``name`` and make it record ``model.config``."""
 
@@ -76,7 +81,8 @@ def _register(name: str) -> Callable[[Callable[..., L.Sequential]], Callable[...
             bound = signature.bind(*args, **kwargs)
             bound.apply_defaults()
             model = builder(*bound.args, **bound.kwargs)
-            kwargs = dict(bound.arguments)
+            kwargs = {k: v for k, v in bound.arguments.items()
+                      if not (k in _NEWER_ARGS and v == signature.parameters[k].default)}
             model.config = {"builder": name, "kwargs": _jsonable(kwargs)}
             # The input the builder was made for, so that ``model.summary()`` needs no shape.
             size = kwargs.get("image_size") or (224 if name == "vgg16" and
@@ -99,6 +105,16 @@ def build(builder: str, kwargs: dict[str, Any] | None = None) -> L.Sequential:
     if builder not in MODELS:
         raise ValueError(f"unknown model {builder!r}; expected one of {sorted(MODELS)}")
     return MODELS[builder](**(kwargs or {}))
+
+
+def fit_whitening(model: L.Layer, images: Any) -> int:
+    """Fit every ``PatchWhitening`` of ``model`` to ``images`` (N, C, H, W), normalised as
+    the training batches are (a few thousand are plenty). Returns how many were fitted (0
+    for a model without one). Call it once, before training."""
+    layers = [m for m in model.modules() if isinstance(m, L.PatchWhitening)]
+    for layer in layers:
+        layer.fit(images)
+    return len(layers)
 
 
 def _dropout(p: float) -> L.Dropout:
@@ -149,7 +165,7 @@ def vgg(in_channels: int = 3, num_classes: int = 10, image_size: int = 32,
         activation: str = "relu", batchnorm: bool = False, norm: str | None = None,
         init: str = "he_normal", residual: bool = False, hidden: int | None = 512,
         dropout: float = 0.0, global_pool: bool = False,
-        pool_first: bool = False) -> L.Sequential:
+        pool_first: bool = False, whiten: int = 0) -> L.Sequential:
     """The VGG-style ladder of the lectures.
 
     Each stage s is ``depth[s]`` blocks of (3x3 conv 'same', stride 1 -> norm -> activation)
@@ -178,12 +194,19 @@ def vgg(in_channels: int = 3, num_classes: int = 10, image_size: int = 32,
     global_pool : bool
         Global average pooling instead of Flatten before the dense layers.
     pool_first : bool
-        In each stage's last block, pool right after the conv: conv -> max pool -> norm ->
-        activation. Max pooling commutes with any increasing function (ReLU, SiLU on most of
-        its range, BatchNorm's per-channel map while gamma > 0), so this is nearly the same
-        network, but the norm and the activation run on a quarter of the pixels: a cheaper
-        step (the fast CIFAR-10 training scripts such as airbench order blocks this way).
-        Not with ``residual``.
+        Pool right after each stage's first conv: conv -> max pool -> norm -> activation,
+        then the stage's other blocks at the pooled size. With one block per stage this is
+        nearly the same network: max pooling commutes with any increasing function (ReLU,
+        SiLU on most of its range, BatchNorm's per-channel map while gamma > 0), but the norm
+        and the activation run on a quarter of the pixels. With more blocks, the later convs
+        also run at a quarter of the pixels: a different, much cheaper network (airbench's
+        "ConvGroup", the fastest CIFAR-10 training script, is built this way). Not with
+        ``residual``.
+    whiten : int
+        If > 0: start with a fixed ``PatchWhitening`` of ``whiten`` x ``whiten`` patches
+        (2·C·whiten² channels, no padding, so the image shrinks by whiten - 1) and the
+        activation, as airbench does. Its filters come from the training images:
+        ``minicnn train`` calls ``fit_whitening(model, images)`` before training.
 
     Shapes: x (N, in_channels, image_size, image_size) -> logits (N, num_classes).
     """
@@ -196,10 +219,13 @@ def vgg(in_channels: int = 3, num_classes: int = 10, image_size: int = 32,
     bias = kind is None  # a bias before a normalisation layer is cancelled by its mean
     layers: list[L.Layer] = []
     c, size = in_channels, image_size
+    if whiten:
+        layers += [L.PatchWhitening(c, whiten), _act(activation)]
+        c, size = 2 * c * whiten * whiten, size - whiten + 1
     for width, n in zip(widths, depths, strict=True):
         stage: list[L.Layer] = []
         for i in range(n):
-            pool = [L.MaxPool2d(2)] if pool_first and i == n - 1 else []
+            pool = [L.MaxPool2d(2)] if pool_first and i == 0 else []
             stage += [L.Conv2d(c if i == 0 else width, width, 3, padding="same", bias=bias,
                                init=init), *pool, *_norm(kind, width), _act(activation)]
         if residual:

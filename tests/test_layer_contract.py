@@ -56,6 +56,9 @@ EXAMPLES: dict[str, tuple[Callable[[], Layer], tuple[int, ...]]] = {
     "GroupNorm": (lambda: L.GroupNorm(2, 4), (2, 4, 3, 3)),
     "InstanceNorm2d": (lambda: L.InstanceNorm2d(3, affine=True), (2, 3, 4, 4)),
     "Dropout": (lambda: L.Dropout(0.5, seed=3), (4, 6)),
+    "PatchWhitening": (lambda: L.PatchWhitening(3, 2).fit(
+        np.random.default_rng(0).standard_normal((4, 3, 5, 5)).astype(np.float32)),
+        (2, 3, 5, 5)),
     "Flatten": (lambda: L.Flatten(), (2, 3, 2, 2)),
     "Identity": (lambda: L.Identity(), (3, 4)),
     "Sequential": (lambda: L.Sequential(L.Linear(4, 6), L.BatchNorm1d(6), L.ReLU(),

@@ -156,12 +156,15 @@ def test_whole_models_pass_the_gradient_check(name, kwargs, shape):
     assert_gradients(model, x, seed=1, max_entries=8)
 
 
-def test_vgg_pool_first_pools_before_the_norm_of_each_stages_last_block():
+def test_vgg_pool_first_pools_right_after_each_stages_first_conv():
+    """airbench's ConvGroup: conv -> pool -> norm -> act, then the stage's other convs at
+    the pooled size."""
     model = models.vgg(widths=(4, 8), depth=(2, 1), batchnorm=True, pool_first=True,
-                       image_size=8)
+                       image_size=8, hidden=None)
     kinds = [type(m).__name__ for m in model.layers[:11]]
-    assert kinds == ["Conv2d", "BatchNorm2d", "ReLU", "Conv2d", "MaxPool2d", "BatchNorm2d",
+    assert kinds == ["Conv2d", "MaxPool2d", "BatchNorm2d", "ReLU", "Conv2d", "BatchNorm2d",
                      "ReLU", "Conv2d", "MaxPool2d", "BatchNorm2d", "ReLU"]
+    assert model.forward(np.zeros((1, 3, 8, 8), np.float32)).shape == (1, 10)
     # Without the norm (or with gamma > 0) it is the same function as pooling at the end:
     # max pooling commutes with ReLU.
     mc.init.set_seed(3)

@@ -4,7 +4,8 @@ One file per family: ``conv`` (Conv2d), ``pool`` (MaxPool2d, AvgPool2d, GlobalAv
 ``linear`` (Linear), ``activation`` (ReLU, LeakyReLU, Sigmoid, Tanh, SiLU, GELU),
 ``batchnorm`` (BatchNorm1d/2d), ``sync_batchnorm`` (SyncBatchNorm2d, for
 ``minicnn.distributed``), ``norm`` (LayerNorm, GroupNorm, InstanceNorm2d),
-``dropout`` (Dropout), ``reshape`` (Flatten), ``container`` (Identity, Sequential, Residual);
+``whitening`` (PatchWhitening), ``dropout`` (Dropout), ``reshape`` (Flatten),
+``container`` (Identity, Sequential, Residual);
 ``base`` holds Layer and Parameter and the layer contract. docs/architecture.md shows where
 a new layer goes.
 """
@@ -20,3 +21,4 @@ from .norm import *
 from .pool import *
 from .reshape import *
 from .sync_batchnorm import SyncBatchNorm2d
+from .whitening import *

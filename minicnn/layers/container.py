@@ -38,6 +38,7 @@ class Sequential(Layer):
     Forward:  x_0 = x,  x_k = f_k(x_{k-1}),  y = x_K
     Backward: the chain rule, last layer first:
               g_K = dout,  g_{k-1} = f_k.backward(g_k),  dx = g_0
+              (stopping with None at a layer whose ``input_grad`` is off)
 
     ``parameters()`` lists the layers' parameters in order. Supports ``len(model)``,
     ``model[i]`` (a slice gives a new Sequential sharing the layers), iteration and
@@ -57,6 +58,8 @@ class Sequential(Layer):
     def backward(self, dout: Any) -> Any:
         for layer in reversed(self.layers):
             dout = layer.backward(dout)
+            if dout is None:  # a layer with input_grad off: nothing before it needs dL/dx
+                return None
         return dout
 
     def append(self, layer: Layer) -> Sequential:
