@@ -133,7 +133,7 @@ def _resolve(args: argparse.Namespace, backend: str) -> dict[str, Any]:
     device = args.preset or ("gpu" if backend == "cupy" else "cpu")
     flags = {key: getattr(args, key) for key in (
         "model", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule",
-        "augment", "label_smoothing")}
+        "augment", "label_smoothing", "tta")}
     if args.model_kwargs:
         model = args.model or presets.PRESETS[args.dataset][device]["model"]
         flags["model_kwargs"] = _model_kwargs(model, None, args.model_kwargs, "--model-kwargs")
@@ -205,6 +205,9 @@ def _train(args: argparse.Namespace, comm: Any) -> int:
         rank=0 if comm is None else comm.rank, world_size=1 if comm is None else comm.size)
     test_loader = data.DataLoader(x_test, y_test, max(cfg["batch_size"], 256), shuffle=False,
                                   normalize=normalize)
+    if args.resume is None:  # a PatchWhitening (vgg's whiten=) is fitted to the images once
+        sample = data.DataLoader(x_train[:5000], y_train[:5000], 5000, normalize=normalize)
+        models.fit_whitening(model, next(iter(sample))[0])
     if not args.quiet:
         models.summary(model, DATASETS[args.dataset]["shape"])  # the dataset's real shape
     opt = presets.optimizer(cfg["optimizer"], model.parameters(), cfg["lr"], cfg["weight_decay"])
@@ -255,7 +258,7 @@ def _train(args: argparse.Namespace, comm: Any) -> int:
               flush=True)
         return 1
 
-    logits, labels = training.predict(model, test_loader)
+    logits, labels = training.predict(model, test_loader, tta=cfg["tta"])
     y_pred = logits.argmax(axis=1)
     test_acc = float((y_pred == labels).mean())
     epoch = history.epoch[-1] if history.epoch else initial_epoch
@@ -267,8 +270,9 @@ def _train(args: argparse.Namespace, comm: Any) -> int:
                       epoch=epoch, history=history, test_acc=test_acc, **meta)
         _plots(args, history, y_pred, labels, classes, stage)
     minutes, seconds = divmod(int(round(train_time)), 60)
-    print(f"test accuracy: {test_acc:.2%} on {len(labels)} images after {epoch} epochs "
-          f"({minutes}m{seconds:02d}s of training)", flush=True)
+    print(f"test accuracy: {test_acc:.2%} on {len(labels)} images"
+          f"{' (mean with their mirror images, --tta)' if cfg['tta'] else ''} after {epoch} "
+          f"epochs ({minutes}m{seconds:02d}s of training)", flush=True)
     _say(args, "wrote " + ", ".join(stage.written))
     return 0
 
@@ -331,7 +335,7 @@ def _plots(args: argparse.Namespace, history: Any, y_pred: np.ndarray, labels: n
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from . import data, training
+    from . import data, losses, training
     from .training.checkpoint import CheckpointError
 
     _choose_backend(args.backend)
@@ -346,17 +350,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                     f"trained on; pass --dataset ({', '.join(DATASETS)})")
     x_test, y_test = _load_splits(args, dataset)[1]
     normalize = (ckpt.meta["mean"], ckpt.meta["std"]) if "mean" in ckpt.meta else None
+    tta = args.tta if args.tta is not None else bool(
+        ckpt.meta.get("train_config", {}).get("tta", False))
     try:
         loader = data.DataLoader(x_test, y_test, args.batch_size, shuffle=False,
                                  normalize=normalize)
-        result = training.evaluate(ckpt.model, loader)
+        if tta:  # as train reported it: the mean logits of each image and its mirror image
+            logits, labels = training.predict(ckpt.model, loader, tta=True)
+            result = {"loss": float(losses.CrossEntropyLoss().forward(logits, labels)),
+                      "acc": float((logits.argmax(axis=1) == labels).mean())}
+        else:
+            result = training.evaluate(ckpt.model, loader)
     except ValueError as exc:  # images of another shape than the model's
         c, h, w = DATASETS[dataset]["shape"]
         raise BadInput("--dataset", f"the model in {args.checkpoint} (trained on "
                                     f"{saved or 'unknown data'}) does not take {dataset}'s "
                                     f"{c}x{h}x{w} images: {one_line(exc)}") from exc
     print(f"{dataset} test: loss {result['loss']:.4f}, accuracy {result['acc']:.2%} "
-          f"({len(y_test)} images; checkpoint {args.checkpoint}, epoch {ckpt.epoch})")
+          f"({len(y_test)} images{'; with their mirror images, --tta' if tta else ''}; "
+          f"checkpoint {args.checkpoint}, epoch {ckpt.epoch})")
     return 0
 
 

@@ -192,7 +192,8 @@ ROWS = [
      "argument --resume: garbage.npz: not a minicnn checkpoint"),
     ("train_cifar.py", ["--smoke", "-q", "--resume", "out/model.npz"], 2, "train_cifar.py",
      "argument --resume: out/model.npz: a checkpoint from another model (it does not fit this "
-     "one): missing keys"),
+     "one): parameter 'layers.0.W' has shape (4, 1, 3, 3) in the checkpoint but (4, 3, 3, 3) "
+     "in the model"),
     ("minicnn", [*T, "--model", "lenet5", "--resume", "out/model.npz"], 2, "minicnn train",
      "; resume with the flags of the run that wrote it (it was trained with --preset cpu "
      "--model vgg --model-kwargs '{\"in_channels\":1,\"image_size\":28,"),

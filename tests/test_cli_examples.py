@@ -69,6 +69,21 @@ def test_train_resume_evaluate_on_the_cupy_backend(tmp_path, capsys):
     assert f"accuracy {accuracy}%" in capsys.readouterr().out
 
 
+def test_tta_is_reported_by_train_and_evaluate_alike(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["train", "--dataset", "cifar10", "--smoke", "--backend", "numpy",
+                     "--tta", "--out", str(out), "--no-plots", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "(mean with their mirror images, --tta)" in printed
+    accuracy = printed.split("test accuracy: ")[1].split("%")[0]
+    assert cli.main(["evaluate", str(out / "model.npz"), "--smoke", "--backend", "numpy"]) == 0
+    evaluated = capsys.readouterr().out
+    assert f"accuracy {accuracy}%" in evaluated and "--tta" in evaluated
+    assert cli.main(["evaluate", str(out / "model.npz"), "--smoke", "--backend", "numpy",
+                     "--no-tta"]) == 0
+    assert "--tta" not in capsys.readouterr().out
+
+
 def test_resume_continues_the_run(tmp_path, capsys):
     out = tmp_path / "run"
     common = ["train", "--dataset", "cifar10", "--smoke", "--backend", "numpy", "-q",

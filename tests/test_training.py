@@ -151,6 +151,20 @@ def test_predict_arrays_and_loaders_agree():
     assert logits.shape == (64, 2) and labels.shape == (64,)
 
 
+def test_predict_tta_is_the_mean_over_the_image_and_its_mirror():
+    _, val = loaders()
+    model = tiny_model()
+    x = np.concatenate([np.asarray(xb) for xb, _ in val])
+    plain, mirrored = training.predict(model, x), training.predict(model, x[..., ::-1].copy())
+    tta = training.predict(model, x, tta=True)
+    np.testing.assert_allclose(tta, (plain + mirrored) / 2, rtol=1e-5, atol=1e-6)
+    # the same for an image and its mirror image; and the loader form agrees
+    np.testing.assert_allclose(training.predict(model, x[..., ::-1].copy(), tta=True), tta,
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(training.predict(model, val, tta=True)[0], tta, rtol=1e-5,
+                               atol=1e-6)
+
+
 def test_verbose_levels(capsys):
     train, val = loaders()
     model = tiny_model()
