@@ -36,6 +36,7 @@ from typing import Any, NoReturn
 
 from .commands import BadInput, one_line
 from .presets import DATASETS, PRESETS, SMOKE_SIZES, TINY_MODEL_KWARGS
+from .training.loop import TTA_MODES
 
 __all__ = ["main", "run_example", "run_ladder_example", "build_parser", "BadInput",
            "PRESETS", "DATASETS", "TINY_MODEL_KWARGS", "SMOKE_SIZES"]
@@ -186,9 +187,10 @@ def _add_train_args(p: argparse.ArgumentParser, dataset: str | None) -> None:
                    choices=("onecycle", "cosine", "step", "plateau", "none"))
     p.add_argument("--augment", default=None, action=argparse.BooleanOptionalAction,
                    help="random crops (and flips, except for MNIST)")
-    p.add_argument("--tta", default=None, action=argparse.BooleanOptionalAction,
-                   help="test-time augmentation: the test accuracy from the mean logits of "
-                        "each image and its mirror image")
+    p.add_argument("--tta", default=None, nargs="?", const="flip", choices=TTA_MODES,
+                   help="test-time augmentation of the final test accuracy: flip (alone: "
+                        "--tta) averages the logits of each image and its mirror image, "
+                        "flip+shift also of both moved by one pixel; none to switch off")
     p.add_argument("--seed", type=_int(0), default=0)
     p.add_argument("--out", default=None, metavar="DIR", type=_folder,
                    help="output folder (default runs/<dataset>)")
@@ -245,9 +247,9 @@ def build_parser(dataset: str | None = None) -> argparse.ArgumentParser:
     e.add_argument("--dataset", default=None, choices=sorted(DATASETS),
                    help="default: the one stored in the checkpoint")
     e.add_argument("--batch-size", type=_int(1), default=256)
-    e.add_argument("--tta", default=None, action=argparse.BooleanOptionalAction,
-                   help="mean logits of each image and its mirror image (default: as the "
-                        "checkpoint was trained, e.g. the CIFAR-10 CPU preset)")
+    e.add_argument("--tta", default=None, nargs="?", const="flip", choices=TTA_MODES,
+                   help="test-time augmentation as in train (default: the one the "
+                        "checkpoint's run used)")
     e.set_defaults(seed=0)  # --smoke: the test images of train --smoke's default seed
     _add_common(e)
     _add_data(e)

@@ -270,11 +270,17 @@ def _train(args: argparse.Namespace, comm: Any) -> int:
                       epoch=epoch, history=history, test_acc=test_acc, **meta)
         _plots(args, history, y_pred, labels, classes, stage)
     minutes, seconds = divmod(int(round(train_time)), 60)
-    print(f"test accuracy: {test_acc:.2%} on {len(labels)} images"
-          f"{' (mean with their mirror images, --tta)' if cfg['tta'] else ''} after {epoch} "
-          f"epochs ({minutes}m{seconds:02d}s of training)", flush=True)
+    tta = _tta_words(cfg["tta"])
+    print(f"test accuracy: {test_acc:.2%} on {len(labels)} images{' (' + tta + ')' if tta else ''}"
+          f" after {epoch} epochs ({minutes}m{seconds:02d}s of training)", flush=True)
     _say(args, "wrote " + ", ".join(stage.written))
     return 0
+
+
+def _tta_words(tta: Any) -> str:
+    """How the test accuracy was computed, for the result line ("" without TTA)."""
+    mode = "flip" if tta is True else "none" if tta in (False, None) else str(tta)
+    return "" if mode == "none" else f"test-time augmentation --tta {mode}"
 
 
 def _written_with(path: str) -> str:
@@ -350,13 +356,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                     f"trained on; pass --dataset ({', '.join(DATASETS)})")
     x_test, y_test = _load_splits(args, dataset)[1]
     normalize = (ckpt.meta["mean"], ckpt.meta["std"]) if "mean" in ckpt.meta else None
-    tta = args.tta if args.tta is not None else bool(
-        ckpt.meta.get("train_config", {}).get("tta", False))
+    tta = args.tta if args.tta is not None else ckpt.meta.get("train_config", {}).get("tta")
     try:
         loader = data.DataLoader(x_test, y_test, args.batch_size, shuffle=False,
                                  normalize=normalize)
-        if tta:  # as train reported it: the mean logits of each image and its mirror image
-            logits, labels = training.predict(ckpt.model, loader, tta=True)
+        if _tta_words(tta):  # as train reported it
+            logits, labels = training.predict(ckpt.model, loader, tta=tta)
             result = {"loss": float(losses.CrossEntropyLoss().forward(logits, labels)),
                       "acc": float((logits.argmax(axis=1) == labels).mean())}
         else:
@@ -367,7 +372,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                     f"{saved or 'unknown data'}) does not take {dataset}'s "
                                     f"{c}x{h}x{w} images: {one_line(exc)}") from exc
     print(f"{dataset} test: loss {result['loss']:.4f}, accuracy {result['acc']:.2%} "
-          f"({len(y_test)} images{'; with their mirror images, --tta' if tta else ''}; "
+          f"({len(y_test)} images{'; ' + _tta_words(tta) if _tta_words(tta) else ''}; "
           f"checkpoint {args.checkpoint}, epoch {ckpt.epoch})")
     return 0
 

@@ -72,16 +72,20 @@ def test_train_resume_evaluate_on_the_cupy_backend(tmp_path, capsys):
 def test_tta_is_reported_by_train_and_evaluate_alike(tmp_path, capsys):
     out = tmp_path / "run"
     assert cli.main(["train", "--dataset", "cifar10", "--smoke", "--backend", "numpy",
-                     "--tta", "--out", str(out), "--no-plots", "--no-progress"]) == 0
+                     "--tta", "flip+shift", "--out", str(out), "--no-plots",
+                     "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    assert "(mean with their mirror images, --tta)" in printed
+    assert "(test-time augmentation --tta flip+shift) after 1 epochs" in printed
     accuracy = printed.split("test accuracy: ")[1].split("%")[0]
     assert cli.main(["evaluate", str(out / "model.npz"), "--smoke", "--backend", "numpy"]) == 0
     evaluated = capsys.readouterr().out
-    assert f"accuracy {accuracy}%" in evaluated and "--tta" in evaluated
+    assert f"accuracy {accuracy}%" in evaluated and "--tta flip+shift" in evaluated
     assert cli.main(["evaluate", str(out / "model.npz"), "--smoke", "--backend", "numpy",
-                     "--no-tta"]) == 0
+                     "--tta", "none"]) == 0
     assert "--tta" not in capsys.readouterr().out
+    assert cli.main(["evaluate", str(out / "model.npz"), "--smoke", "--backend", "numpy",
+                     "--tta"]) == 0
+    assert "test-time augmentation --tta flip;" in capsys.readouterr().out
 
 
 def test_resume_continues_the_run(tmp_path, capsys):

@@ -165,6 +165,19 @@ def test_predict_tta_is_the_mean_over_the_image_and_its_mirror():
                                atol=1e-6)
 
 
+def test_predict_flip_shift_adds_the_one_pixel_moves_with_reflected_borders():
+    _, val = loaders()
+    model = tiny_model()
+    x = np.concatenate([np.asarray(xb) for xb, _ in val])
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="reflect")
+    down_right, up_left = padded[:, :, :-2, :-2].copy(), padded[:, :, 2:, 2:].copy()
+    m = [training.predict(model, v, tta="flip") for v in (x, down_right, up_left)]
+    np.testing.assert_allclose(training.predict(model, x, tta="flip+shift"),
+                               m[0] / 2 + (m[1] + m[2]) / 4, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="tta must be one of"):
+        training.predict(model, x, tta="rotate")
+
+
 def test_verbose_levels(capsys):
     train, val = loaders()
     model = tiny_model()

@@ -327,20 +327,41 @@ def evaluate(model: Layer, loader: Iterable, loss: Any = None,
     return {"loss": meter.loss, "acc": meter.acc}
 
 
-def predict(model: Layer, data: Any, batch_size: int = 256, tta: bool = False) -> Any:
+TTA_MODES = ("none", "flip", "flip+shift")
+
+
+def predict(model: Layer, data: Any, batch_size: int = 256, tta: bool | str = False) -> Any:
     """The model's logits, as NumPy, in eval mode.
 
     ``data`` is an array (N, C, H, W) (float32 NumPy, fed in batches) -> logits (N, K); or a
     loader of (x, y) batches -> (logits (N, K), labels (N,)).
 
-    ``tta`` (test-time augmentation): the mean of the logits of each image and of its
-    mirror image (flipped left-right), for models trained with random flips. It costs a
-    second forward pass and usually gains some tenths of a percent of accuracy.
+    ``tta`` (test-time augmentation), for models trained with random flips (and crops):
+
+    - False / "none": the logits f(x);
+    - True / "flip": m(x) = (f(x) + f(mirror(x))) / 2, with the image mirrored left-right
+      (2 forward passes; usually some tenths of a percent more accuracy);
+    - "flip+shift": m(x) / 2 + (m(shift(x, +1)) + m(shift(x, -1))) / 4, the image also moved
+      by one pixel down-right and up-left (reflecting the border), as airbench does
+      (6 forward passes).
     """
-    def logits_of(x: Any) -> np.ndarray:
+    mode = "flip" if tta is True else "none" if tta is False or tta is None else tta
+    if mode not in TTA_MODES:
+        raise ValueError(f"predict: tta must be one of {TTA_MODES} (or a bool), got {tta!r}")
+
+    def mirrored(x: Any) -> Any:
         out = model.forward(x)
-        if tta:
+        if mode != "none":
             out = (out + model.forward(x[..., ::-1])) / 2
+        return out
+
+    def logits_of(x: Any) -> np.ndarray:
+        out = mirrored(x)
+        if mode == "flip+shift":
+            xp = get_array_module(x)
+            padded = xp.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="reflect")
+            H, W = x.shape[2:]
+            out = out / 2 + (mirrored(padded[:, :, :H, :W]) + mirrored(padded[:, :, 2:, 2:])) / 4
         return to_numpy(out)
 
     with model.mode(training=False):
