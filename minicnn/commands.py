@@ -199,12 +199,16 @@ def _train(args: argparse.Namespace, comm: Any) -> int:
     (x_train, y_train), (x_test, y_test), classes = _load_splits(args, args.dataset)
     mean, std = data.channel_stats(x_train)
     normalize = (mean.tolist(), std.tolist())
+    shard = {} if comm is None else dict(rank=comm.rank, world_size=comm.size)
     train_loader = data.DataLoader(
         x_train, y_train, cfg["batch_size"], shuffle=True, seed=args.seed, normalize=normalize,
         transform=presets.augmentation(args.dataset, cfg["augment"]) if cfg["augment"] else None,
-        rank=0 if comm is None else comm.rank, world_size=1 if comm is None else comm.size)
+        **shard)
     test_loader = data.DataLoader(x_test, y_test, max(cfg["batch_size"], 256), shuffle=False,
                                   normalize=normalize)
+    # Each epoch's validation: every rank evaluates its share (fit sums them over the ranks).
+    val_loader = data.DataLoader(x_test, y_test, max(cfg["batch_size"], 256), shuffle=False,
+                                 normalize=normalize, **shard) if shard else test_loader
     if args.resume is None:  # a PatchWhitening (vgg's whiten=) is fitted to the images once
         sample = data.DataLoader(x_train[:5000], y_train[:5000], 5000, normalize=normalize)
         models.fit_whitening(model, next(iter(sample))[0])
@@ -247,7 +251,7 @@ def _train(args: argparse.Namespace, comm: Any) -> int:
     start = time.perf_counter()
     # Overflow on the way to a NaN loss is reported once, by TerminateOnNaN, not per layer.
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        history = training.fit(model, loss, opt, train_loader, test_loader,
+        history = training.fit(model, loss, opt, train_loader, val_loader,
                                epochs=cfg["epochs"], scheduler=sched, callbacks=callbacks,
                                verbose=0 if args.quiet else (2 if args.no_progress else 1),
                                initial_epoch=initial_epoch, history=history, comm=comm)
@@ -258,12 +262,12 @@ def _train(args: argparse.Namespace, comm: Any) -> int:
               flush=True)
         return 1
 
+    if comm is not None and comm.rank != 0:
+        return 0  # the same model on every rank: rank 0 tests, reports and writes it
     logits, labels = training.predict(model, test_loader, tta=cfg["tta"])
     y_pred = logits.argmax(axis=1)
     test_acc = float((y_pred == labels).mean())
     epoch = history.epoch[-1] if history.epoch else initial_epoch
-    if comm is not None and comm.rank != 0:
-        return 0  # the same model on every rank: rank 0 reports and writes it
     with _Staged(args.out) as stage:  # every file, or none: renamed into place at the end
         history.save_json(stage("history.json"))
         training.save(stage("model.npz"), model, opt, scheduler=sched, loader=train_loader,
