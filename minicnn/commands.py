@@ -283,7 +283,9 @@ def _train(args: argparse.Namespace, comm: Any) -> int:
 
 def _tta_words(tta: Any) -> str:
     """How the test accuracy was computed, for the result line ("" without TTA)."""
-    mode = "flip" if tta is True else "none" if tta in (False, None) else str(tta)
+    from .training.loop import tta_mode
+
+    mode = tta_mode(tta)
     return "" if mode == "none" else f"test-time augmentation --tta {mode}"
 
 

@@ -330,6 +330,11 @@ def evaluate(model: Layer, loader: Iterable, loss: Any = None,
 TTA_MODES = ("none", "flip", "flip+shift")
 
 
+def tta_mode(tta: bool | str | None) -> str:
+    """``predict``'s ``tta`` as one of ``TTA_MODES``: True is "flip", False / None "none"."""
+    return "flip" if tta is True else "none" if tta is False or tta is None else str(tta)
+
+
 def predict(model: Layer, data: Any, batch_size: int = 256, tta: bool | str = False) -> Any:
     """The model's logits, as NumPy, in eval mode.
 
@@ -345,7 +350,7 @@ def predict(model: Layer, data: Any, batch_size: int = 256, tta: bool | str = Fa
       by one pixel down-right and up-left (reflecting the border), as airbench does
       (6 forward passes).
     """
-    mode = "flip" if tta is True else "none" if tta is False or tta is None else tta
+    mode = tta_mode(tta)
     if mode not in TTA_MODES:
         raise ValueError(f"predict: tta must be one of {TTA_MODES} (or a bool), got {tta!r}")
 
