@@ -184,6 +184,7 @@ def _batch_words(batch_size: int, comm: Any) -> str:
 def _train(args: argparse.Namespace, comm: Any) -> int:
     from . import data, losses, models, training
     from .init import set_seed
+    from .layers import PatchWhitening
     from .training.checkpoint import CheckpointError
 
     if not sys.stdout.isatty():
@@ -209,7 +210,8 @@ def _train(args: argparse.Namespace, comm: Any) -> int:
     # Each epoch's validation: every rank evaluates its share (fit sums them over the ranks).
     val_loader = data.DataLoader(x_test, y_test, max(cfg["batch_size"], 256), shuffle=False,
                                  normalize=normalize, **shard) if shard else test_loader
-    if args.resume is None:  # a PatchWhitening (vgg's whiten=) is fitted to the images once
+    if args.resume is None and any(isinstance(m, PatchWhitening) for m in model.modules()):
+        # a PatchWhitening (vgg's whiten=) is fitted to the training images once
         sample = data.DataLoader(x_train[:5000], y_train[:5000], 5000, normalize=normalize)
         models.fit_whitening(model, next(iter(sample))[0])
     if not args.quiet:
@@ -363,10 +365,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     x_test, y_test = _load_splits(args, dataset)[1]
     normalize = (ckpt.meta["mean"], ckpt.meta["std"]) if "mean" in ckpt.meta else None
     tta = args.tta if args.tta is not None else ckpt.meta.get("train_config", {}).get("tta")
+    tta_words = _tta_words(tta)
     try:
         loader = data.DataLoader(x_test, y_test, args.batch_size, shuffle=False,
                                  normalize=normalize)
-        if _tta_words(tta):  # as train reported it
+        if tta_words:  # as train reported it
             logits, labels = training.predict(ckpt.model, loader, tta=tta)
             result = {"loss": float(losses.CrossEntropyLoss().forward(logits, labels)),
                       "acc": float((logits.argmax(axis=1) == labels).mean())}
@@ -378,7 +381,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                     f"{saved or 'unknown data'}) does not take {dataset}'s "
                                     f"{c}x{h}x{w} images: {one_line(exc)}") from exc
     print(f"{dataset} test: loss {result['loss']:.4f}, accuracy {result['acc']:.2%} "
-          f"({len(y_test)} images{'; ' + _tta_words(tta) if _tta_words(tta) else ''}; "
+          f"({len(y_test)} images{'; ' + tta_words if tta_words else ''}; "
           f"checkpoint {args.checkpoint}, epoch {ckpt.epoch})")
     return 0
 
