@@ -107,6 +107,39 @@ def test_maxpool_ties_give_the_gradient_to_the_first_max():
                                   [[[[1.0, 0.0], [0.0, 0.0]]]])
 
 
+def maxpool_backward_reference(x, dout, kernel, stride, padding):
+    """dx of max pooling, one window at a time: dout goes to the window's first max
+    (``argmax`` returns the first of tied entries, row-major, as PyTorch does)."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    x_p = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-np.inf)
+    dx_p = np.zeros_like(x_p)
+    N, C, Ho, Wo = dout.shape
+    for n in range(N):
+        for c in range(C):
+            for i in range(Ho):
+                for j in range(Wo):
+                    window = x_p[n, c, i * sh:i * sh + kh, j * sw:j * sw + kw]
+                    a, b = np.unravel_index(np.argmax(window), window.shape)
+                    dx_p[n, c, i * sh + a, j * sw + b] += dout[n, c, i, j]
+    return dx_p[:, :, ph:ph + x.shape[2], pw:pw + x.shape[3]]
+
+
+@settings(max_examples=100)
+@given(case=pool_cases(), seed=st.integers(0, 2**31 - 1), layout=st.booleans())
+def test_maxpool_backward_with_many_ties_matches_naive_loop(case, seed, layout):
+    # Values from {0, 1, 2}: most windows hold tied maxima (as zeros after a ReLU do).
+    kernel, stride, padding, shape = case
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 3, shape).astype(np.float64)
+    x = channels_last(x) if layout else x
+    layer = L.MaxPool2d(kernel, stride, padding)
+    dout = rng.standard_normal(layer(x).shape)
+    # allclose, not equal: where windows overlap the two add a pixel's shares in other orders.
+    np.testing.assert_allclose(layer.backward(dout),
+                               maxpool_backward_reference(x, dout, kernel, stride, padding),
+                               rtol=1e-12, atol=1e-15)
+
+
 def test_maxpool_overlapping_windows_accumulate():
     # The center is the max of all four 2×2 windows (stride 1): it collects every dout.
     x = np.arange(9.0).reshape(1, 1, 3, 3)

@@ -59,6 +59,23 @@ class _Pool2d(Layer):
                 f"padding={_show(self.padding)}")
 
 
+def first_max(is_max: Any) -> Any:
+    """Keep only the first True of each window along axis 0, in place; returns ``is_max``.
+
+    ``is_max`` (K, ...) bool marks the K window entries equal to the window's max. Where several
+    tie, the gradient goes to the first of them alone (PyTorch's choice), so a later position
+    keeps its True only if no earlier one had it: ``is_max[k] &= ~claimed``, written
+    ``is_max[k] > claimed`` (one pass, no negated temporary).
+    """
+    xp = get_array_module(is_max)
+    claimed = is_max[0].copy()
+    for k in range(1, is_max.shape[0]):
+        xp.greater(is_max[k], claimed, out=is_max[k])
+        if k < is_max.shape[0] - 1:
+            claimed |= is_max[k]
+    return is_max
+
+
 class MaxPool2d(_Pool2d):
     """Max pooling: the largest value of each KH×KW window.
 
@@ -81,10 +98,12 @@ class MaxPool2d(_Pool2d):
     --------
     Only the max of a window influenced the output, so dout flows to it alone:
     dx̃[n, c, i·sh + a, j·sw + b] += dout[n, c, i, j] if (a, b) holds the window's max.
-    The max is found again where the window entry equals the output; on ties only the
-    first such position (row-major window order) gets the gradient, as in PyTorch. The same
-    loop over kernel positions adds each position's share into one strided slice of dx̃
-    (summing where windows overlap, i.e. stride < kernel).
+    The max is found again in one comparison of all window entries with the output,
+    ``is_max[a, b, n, i, j, c] = (window entry == y)``; on ties only the first such position
+    (row-major window order) keeps its True, as in PyTorch (``first_max``). Then
+    dx̃ = dout · is_max, in one pass when the windows tile the input, else with a loop over the
+    kernel positions adding each one's share into a strided slice of dx̃ (where windows
+    overlap, i.e. stride < kernel, a pixel collects from several).
 
     (Storing an argmax in the forward pass instead reads naturally, but NumPy's masked
     assignments — ``np.where``, ``copyto(where=)`` — are 5x slower than the comparisons used
@@ -112,19 +131,23 @@ class MaxPool2d(_Pool2d):
         dout_nhwc = dout.transpose(0, 2, 3, 1)                       # (N, Ho, Wo, C), a view
         Hp, Wp = H + top + bottom, W + left + right
         # Windows that tile the input exactly (the common 2×2 / stride 2 on an even size):
-        # every pixel is in one window, so each slice is *assigned* once, no zeros needed.
+        # every pixel is in one window, so dx̃ is *assigned* once, no zeros needed.
         tiled = (sh, sw) == (kh, kw) and Ho * kh == Hp and Wo * kw == Wp
         dx_p = (xp.empty if tiled else xp.zeros)((N, Hp, Wp, C), dtype=dout.dtype)
-        unclaimed = xp.ones(out.shape, dtype=bool)  # windows whose max is not yet found
-        for a, b, index in window_slices(self.kernel_size, self.stride, (Ho, Wo)):
-            is_max = windows[:, :, :, a, b, :] == out
-            is_max &= unclaimed
-            unclaimed ^= is_max
-            target = dx_p[index]
-            if tiled:
-                xp.multiply(dout_nhwc, is_max, out=target)
-            else:
-                target += dout_nhwc * is_max
+        # One comparison for all kernel positions (a faster pass than one per position),
+        # laid out position-major so that each position's mask is contiguous.
+        is_max = xp.equal(windows.transpose(3, 4, 0, 1, 2, 5), out)  # (KH, KW, N, Ho, Wo, C)
+        is_max = first_max(is_max.reshape(kh * kw, N, Ho, Wo, C))
+        if tiled:
+            # dx̃ seen as (N, Ho, KH, Wo, KW, C) blocks, filled in one sequential pass.
+            blocks = dx_p.reshape(N, Ho, kh, Wo, kw, C)
+            xp.multiply(dout_nhwc[:, :, None, :, None, :],
+                        is_max.reshape(kh, kw, N, Ho, Wo, C).transpose(2, 3, 0, 4, 1, 5),
+                        out=blocks)
+        else:
+            positions = window_slices(self.kernel_size, self.stride, (Ho, Wo))
+            for k, (_, _, index) in enumerate(positions):
+                dx_p[index] += dout_nhwc * is_max[k]
         return dx_p[:, top:top + H, left:left + W, :].transpose(0, 3, 1, 2)
 
 
