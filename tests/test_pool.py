@@ -12,23 +12,28 @@ from minicnn.backend import to_numpy
 from minicnn.gradcheck import assert_gradients
 
 
+def padded_windows(x, kernel, stride, padding, fill):
+    """The padded input, the output shape (N, C, Ho, Wo), and every window one at a time:
+    ``[(n, c, i, j, window), ...]`` with ``window = x_p[n, c, i*sh:i*sh + kh, j*sw:j*sw + kw]``."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    x_p = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=fill)
+    N, C, Hp, Wp = x_p.shape
+    Ho, Wo = (Hp - kh) // sh + 1, (Wp - kw) // sw + 1
+    windows = [(n, c, i, j, x_p[n, c, i * sh:i * sh + kh, j * sw:j * sw + kw])
+               for n in range(N) for c in range(C) for i in range(Ho) for j in range(Wo)]
+    return x_p, (N, C, Ho, Wo), windows
+
+
 def pool_reference(x, kernel, stride, padding, mode):
     """Max or mean of each window, one window at a time (PyTorch's semantics).
 
     Max pooling pads with -inf; average pooling pads with zeros that count in the mean.
     """
-    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
-    fill = -np.inf if mode == "max" else 0.0
-    x_p = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=fill)
-    N, C, Hp, Wp = x_p.shape
-    Ho, Wo = (Hp - kh) // sh + 1, (Wp - kw) // sw + 1
-    y = np.zeros((N, C, Ho, Wo))
-    for n in range(N):
-        for c in range(C):
-            for i in range(Ho):
-                for j in range(Wo):
-                    window = x_p[n, c, i * sh:i * sh + kh, j * sw:j * sw + kw]
-                    y[n, c, i, j] = window.max() if mode == "max" else window.mean()
+    _, out_shape, windows = padded_windows(x, kernel, stride, padding,
+                                           -np.inf if mode == "max" else 0.0)
+    y = np.zeros(out_shape)
+    for n, c, i, j, window in windows:
+        y[n, c, i, j] = window.max() if mode == "max" else window.mean()
     return y
 
 
@@ -110,17 +115,12 @@ def test_maxpool_ties_give_the_gradient_to_the_first_max():
 def maxpool_backward_reference(x, dout, kernel, stride, padding):
     """dx of max pooling, one window at a time: dout goes to the window's first max
     (``argmax`` returns the first of tied entries, row-major, as PyTorch does)."""
-    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
-    x_p = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-np.inf)
+    (sh, sw), (ph, pw) = stride, padding
+    x_p, _, windows = padded_windows(x, kernel, stride, padding, -np.inf)
     dx_p = np.zeros_like(x_p)
-    N, C, Ho, Wo = dout.shape
-    for n in range(N):
-        for c in range(C):
-            for i in range(Ho):
-                for j in range(Wo):
-                    window = x_p[n, c, i * sh:i * sh + kh, j * sw:j * sw + kw]
-                    a, b = np.unravel_index(np.argmax(window), window.shape)
-                    dx_p[n, c, i * sh + a, j * sw + b] += dout[n, c, i, j]
+    for n, c, i, j, window in windows:
+        a, b = np.unravel_index(np.argmax(window), window.shape)
+        dx_p[n, c, i * sh + a, j * sw + b] += dout[n, c, i, j]
     return dx_p[:, :, ph:ph + x.shape[2], pw:pw + x.shape[3]]
 
 
