@@ -19,14 +19,18 @@ Links to the code look like ``[`Conv2d.backward`](../../minicnn/layers/conv.py#L
 The range must be exactly the lines of that definition (decorators included), as found by
 ``ast``, so a link goes stale the moment the code moves. After editing the code, run
 
-    python -m tests.test_derivations --fix-links
+    python -m tests.test_derivations --fix-links [PAGE.md ...]
 
-to rewrite every range from the current files.
+to rewrite every range (of the pages named, default all) from the current files.
+
+Worked-example checks are the ``check_<example id>`` functions of this file and of the
+``tests/derivation_checks_*.py`` modules.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib
 import re
 import sys
 from collections.abc import Callable
@@ -43,8 +47,8 @@ from minicnn.layers.norm import batchnorm_backward_stepwise
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "derivations"
-PAGES = ["README.md", "conv2d_im2col.md", "pooling.md", "batchnorm.md",
-         "softmax_cross_entropy.md", "dropout.md", "residual.md", "optimizers.md"]
+# The index first, then every page of the folder (a new page is checked as soon as it exists).
+PAGES = ["README.md"] + sorted(p.name for p in DOCS.glob("*.md") if p.name != "README.md")
 
 
 def read(page: str) -> str:
@@ -345,9 +349,23 @@ def check_adamw(ex: Example) -> None:
     ex.check("theta2", hist[1][0])
 
 
-CHECKS: dict[str, Callable[[Example], None]] = {
-    name[len("check_"):]: fn for name, fn in globals().items()
-    if name.startswith("check_") and callable(fn)}
+def _collect_checks() -> dict[str, Callable[[Example], None]]:
+    """Every ``check_<example id>`` function of this file and of the ``derivation_checks_*.py``
+    modules beside it (one per group of pages, so that this file does not grow without end)."""
+    namespaces = [globals()]
+    for path in sorted(Path(__file__).parent.glob("derivation_checks_*.py")):
+        namespaces.append(vars(importlib.import_module(f"tests.{path.stem}")))
+    checks: dict[str, Callable[[Example], None]] = {}
+    for namespace in namespaces:
+        for name, fn in namespace.items():
+            if name.startswith("check_") and callable(fn) and fn.__module__ == namespace.get(
+                    "__name__"):
+                assert name[len("check_"):] not in checks, f"{name} is defined twice"
+                checks[name[len("check_"):]] = fn
+    return checks
+
+
+CHECKS = _collect_checks()
 
 
 @pytest.mark.parametrize("page,example_id,body", all_examples(),
@@ -444,9 +462,9 @@ def test_pages_exist_are_indexed_and_cross_links_resolve():
 
 # -- maintenance: python -m tests.test_derivations --fix-links ---------------------------------
 
-def fix_links() -> None:
-    """Rewrite every checked link's range from the current code."""
-    for page in PAGES:
+def fix_links(pages: list[str] | None = None) -> None:
+    """Rewrite every checked link's range (of ``pages``, default all) from the current code."""
+    for page in pages or PAGES:
         text = read(page)
 
         def fixed(m: re.Match) -> str:
@@ -460,7 +478,7 @@ def fix_links() -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--fix-links"]:
-        fix_links()
+    if sys.argv[1:2] == ["--fix-links"]:
+        fix_links(sys.argv[2:])
     else:
-        sys.exit("usage: python -m tests.test_derivations --fix-links")
+        sys.exit("usage: python -m tests.test_derivations --fix-links [PAGE.md ...]")
