@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minicnn import layers as L
+from minicnn.functional.special import erf, erfc
 from minicnn.gradcheck import assert_gradients
-from minicnn.layers.activation import erf, erfc
 from tests.conftest import away_from_zero
 
 shapes = st.lists(st.integers(1, 5), min_size=1, max_size=4).map(tuple)
@@ -174,6 +174,18 @@ def test_erf_float32_and_infinities():
     assert erf(x).dtype == np.float32 and erfc(x).dtype == np.float32
     np.testing.assert_allclose(erf(x), sp.erf(x.astype(np.float64)), rtol=0, atol=3e-7)
     np.testing.assert_allclose(erfc(np.array([-np.inf, 0.0, np.inf])), [2.0, 1.0, 0.0])
+
+
+def test_erf_erfc_float32_relative_accuracy_over_a_wide_range():
+    # Every range of the approximation (|x| <= 0.5, 0.5 < |x| <= 4, |x| > 4), tiny |x| where
+    # erf(x) ≈ 2x/√π, and erfc's right tail while it is a normal float32 number (x < 9.2).
+    x = np.concatenate([np.linspace(-9.0, 9.0, 200_001), np.geomspace(1e-30, 1.0, 500)])
+    x = np.concatenate([x, -x]).astype(np.float32)
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(erf(x), sp.erf(x64), rtol=1e-6, atol=0)
+    np.testing.assert_allclose(erfc(x), sp.erfc(x64), rtol=1e-6, atol=0)
+    assert erf(x).dtype == np.float32 and erfc(x).dtype == np.float32
+    np.testing.assert_array_equal(erf(np.array([np.nan, -np.inf, np.inf])), [np.nan, -1.0, 1.0])
 
 
 def test_gelu_left_tail_keeps_relative_accuracy():

@@ -22,7 +22,9 @@ import pytest
 import minicnn as mc
 from minicnn import layers as L
 from minicnn.distributed import DistributedError, SyncBatchNorm2d, convert_sync_batchnorm
+from minicnn.distributed import comm as dist_comm
 from minicnn.distributed.data_parallel import _flat_groups
+from minicnn.training.strategy import DataParallelStrategy, LocalStrategy, strategy_for
 
 SCRIPTS = Path(__file__).resolve().parent / "distributed_scripts"
 ROOT = SCRIPTS.parents[1]
@@ -266,3 +268,84 @@ def test_missing_mpi4py_is_a_clear_error(monkeypatch):
         create_communicator("mpi")
     with pytest.raises(ValueError, match="'mpi', 'nccl' or 'auto'"):
         create_communicator("gloo")
+
+
+# -- fit's distributed seam (minicnn/training/strategy.py), in one process ----------------
+
+class LoopbackComm(dist_comm.Communicator):
+    """A job of one rank (collectives are the identity), which may claim another rank number:
+    enough to run ``fit``'s data-parallel path without MPI."""
+
+    name = "loopback"
+
+    def __init__(self, rank: int = 0):
+        self.rank = rank
+
+    def allreduce(self, buf, op="sum"):
+        return buf
+
+    def broadcast(self, buf, root=0):
+        return buf
+
+    def bcast_object(self, obj, root=0):
+        return obj
+
+    def barrier(self):
+        pass
+
+    def _host_allreduce(self, buf, op):
+        return buf
+
+
+def _tiny_fit(comm, callbacks=(), verbose=0):
+    mc.init.set_seed(0)
+    model = L.Sequential(L.Conv2d(3, 4, 3, padding=1, bias=False), L.BatchNorm2d(4), L.ReLU(),
+                         L.Flatten(), L.Dropout(0.2, seed=1), L.Linear(4 * 6 * 6, 10))
+    x, y = mc.data.synthetic(40, (3, 6, 6), seed=2)
+    train = mc.data.DataLoader(x, y, 8, seed=3)
+    val = mc.data.DataLoader(x[:16], y[:16], 8, shuffle=False)
+    opt = mc.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    history = mc.training.fit(model, mc.losses.CrossEntropyLoss(), opt, train, val, epochs=2,
+                              callbacks=list(callbacks), verbose=verbose, comm=comm)
+    return model, opt, history
+
+
+def test_strategy_for_picks_local_or_data_parallel():
+    assert type(strategy_for(None)) is LocalStrategy
+    assert type(strategy_for(LoopbackComm())) is DataParallelStrategy
+    losses, correct, sizes = np.array([0.5, 0.25]), np.array([3.0, 4.0]), np.array([8, 6])
+    out = LocalStrategy().reduce_metrics(losses, correct, sizes)
+    assert all(a is b for a, b in zip(out, (losses, correct, sizes), strict=True))
+
+
+def test_fit_through_the_data_parallel_strategy_on_one_rank_is_the_local_fit():
+    model, opt, local = _tiny_fit(None)
+    model_dp, opt_dp, dp = _tiny_fit(LoopbackComm())
+    assert type(opt_dp).__name__ == "SGD" and isinstance(opt_dp, mc.optim.SGD)
+    assert hasattr(opt_dp, "_buckets") and not hasattr(opt, "_buckets")
+    for (name, a), b in zip(model.state_dict().items(), model_dp.state_dict().values(),
+                            strict=True):
+        assert np.array_equal(a, b), name       # the same updates, bit for bit
+    for key in ("loss", "acc", "val_loss", "val_acc"):   # (l·n)/n: equal up to rounding
+        np.testing.assert_allclose(dp.history[key], local.history[key], rtol=1e-12)
+
+
+def test_only_rank_zero_prints_and_runs_rank_zero_only_callbacks(tmp_path, capsys):
+    class Seen(mc.training.Callback):
+        def __init__(self, rank_zero_only):
+            self.rank_zero_only, self.epochs = rank_zero_only, []
+
+        def on_epoch_end(self, epoch, logs):
+            self.epochs.append(epoch)
+
+    for rank in (0, 1):
+        everywhere, rank0 = Seen(False), Seen(True)
+        ckpt = mc.training.ModelCheckpoint(str(tmp_path / f"r{rank}-{{epoch}}.npz"),
+                                           save_best_only=False)
+        _, _, history = _tiny_fit(LoopbackComm(rank), [everywhere, rank0, ckpt], verbose=2)
+        printed = capsys.readouterr().out
+        assert len(history.history["loss"]) == 2 and everywhere.epochs == [1, 2]
+        assert (rank0.epochs == [1, 2]) == (rank == 0)
+        assert (ckpt.last_path is not None) == (rank == 0)
+        assert ("epoch 2/2" in printed) == (rank == 0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r0-1.npz", "r0-2.npz"]

@@ -1,1 +1,12 @@
-"""Stateless array math that several layers share (im2col / col2im, softmax, ...)."""
+"""Stateless array math that the layers share, on NumPy and CuPy alike.
+
+One module per concern; a layer imports the functions it needs from the module itself::
+
+    im2col.py         im2col / col2im / col2im_matmul, conv_input_grad, window views,
+                      output_size
+    normalization.py  normalize / normalize_backward: every normalization layer
+    softmax.py        softmax / log-softmax (the cross-entropy loss)
+    random_bits.py    counter-based random bits (Dropout's device masks)
+    special.py        erf / erfc (Cody's rational approximations; the exact GELU)
+    reference.py      the simple twins (loops, textbook formulas) the tests compare with
+"""

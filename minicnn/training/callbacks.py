@@ -8,26 +8,16 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..layers.base import Layer
 from .checkpoint import save
+from .console import write_line
 from .history import History
 
 __all__ = ["FitState", "Callback", "NonFiniteLossError", "TerminateOnNaN", "EarlyStopping",
            "ModelCheckpoint", "LearningRateScheduler"]
-
-
-def _write(message: str) -> None:
-    """Print a line without breaking a tqdm bar that may be on screen."""
-    try:
-        from tqdm import tqdm
-
-        tqdm.write(message, file=sys.stdout)
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        print(message, flush=True)
 
 
 @dataclass
@@ -74,7 +64,7 @@ class FitState:
         self.history.stop_reason, self.history.stopped_by = reason, by
         self.history.diverged = bool(diverged)
         if self.verbose:
-            _write(reason)
+            write_line(reason)
 
 
 class Callback:
@@ -89,9 +79,14 @@ class Callback:
                                                                delayed by < sync_every steps
             on_epoch_end(epoch, logs)                          logs: the History entry
         on_train_end()
+
+    In data-parallel training (``fit(..., comm=...)``) every rank runs its callbacks, except
+    those with ``rank_zero_only = True`` (``ModelCheckpoint``), which run on rank 0 alone;
+    set it on a callback that writes files. Messages go through ``console.write_line``.
     """
 
     state: FitState
+    rank_zero_only: bool = False
 
     def set_state(self, state: FitState) -> None:
         self.state = state
@@ -234,8 +229,11 @@ class ModelCheckpoint(_Monitor):
         Extra JSON-serialisable values stored in every checkpoint.
 
     The checkpoint holds the optimizer, scheduler and data-loader RNG states too, so training
-    can be resumed from it exactly.
+    can be resumed from it exactly. In data-parallel training only rank 0 writes
+    (``rank_zero_only``).
     """
+
+    rank_zero_only = True
 
     def __init__(self, path: str | os.PathLike, monitor: str | None = None, mode: str = "auto",
                  save_best_only: bool = True, min_delta: float = 0.0, **meta: Any):

@@ -15,6 +15,10 @@ On the GPU, reading a number back (``float(loss)``) waits for the device. So the
 the batch losses and correct counts on the device and reads them every ``sync_every``
 steps (every step on the CPU, where reading is free).
 
+Data-parallel training (``fit(..., comm=...)``) adds no branch to this loop: ``fit`` asks a
+strategy object (``strategy.py``) at three points, before the first epoch, at each read-back
+of the metrics and at each epoch's end; in one process its answers change nothing.
+
 Epochs are counted from 1 in messages, callbacks and ``History.epoch``.
 """
 
@@ -32,8 +36,10 @@ import numpy as np
 from ..backend import get_array_module, get_xp, to_device, to_numpy
 from ..layers.base import Layer
 from ..layers.container import Sequential
-from .callbacks import Callback, FitState, LearningRateScheduler, TerminateOnNaN, _write
+from .callbacks import Callback, FitState, LearningRateScheduler, TerminateOnNaN
+from .console import write_line
 from .history import History
+from .strategy import LocalStrategy, strategy_for
 
 __all__ = ["History", "fit", "evaluate", "predict"]
 
@@ -55,12 +61,13 @@ def _accuracy_count(logits: Any, y: Any) -> Any:
 class _Meter:
     """Device-side running sums of one epoch, read back every ``sync_every`` steps.
 
-    With a communicator (data-parallel ``fit``) every read-back is summed over the ranks, so
-    all ranks see the same losses and take the same decisions (NaN guard, early stopping).
+    Every read-back goes through ``strategy.reduce_metrics``: data-parallel, that sums it over
+    the ranks, so all ranks see the same losses and take the same decisions (NaN guard,
+    early stopping).
     """
 
-    def __init__(self, comm: Any = None) -> None:
-        self.comm = comm
+    def __init__(self, strategy: LocalStrategy) -> None:
+        self.strategy = strategy
         self.pending: list[tuple[Any, Any, int]] = []  # (loss, correct, batch size) per step
         self.first_pending_step = 1
         self.loss_sum = 0.0
@@ -81,12 +88,7 @@ class _Meter:
                                    for p in self.pending], axis=1))
         losses, correct = both[0], both[1]
         sizes = np.array([p[2] for p in self.pending])
-        # -- distributed (minicnn.distributed): per step, Σ_r loss·n / Σ_r n over the ranks --
-        if self.comm is not None:
-            k = len(sizes)
-            total = self.comm.allreduce_numbers(np.concatenate([losses * sizes, correct, sizes]))
-            losses, correct, sizes = total[:k] / total[2 * k:], total[k:2 * k], total[2 * k:]
-        # -- end distributed --
+        losses, correct, sizes = self.strategy.reduce_metrics(losses, correct, sizes)
         # Averaged per sample, so a smaller last batch weighs less.
         self.loss_sum += float((losses * sizes).sum())
         self.correct += int(correct.sum())
@@ -144,26 +146,16 @@ def fit(model: Layer, loss: Any, optimizer: Any, train_loader: Iterable, val_loa
         Read losses back from the device every this many steps (default: 1 on the CPU, 20 on
         the GPU).
     comm : Communicator, optional
-        Data-parallel training (``minicnn.distributed``, docs/distributed.md): rank 0's
-        weights are broadcast first, the optimizer averages the gradients over the ranks
-        before each step (``DistributedOptimizer``, in place), metrics and validation are
-        summed over the ranks, per-rank BatchNorm statistics are averaged at each epoch's
-        end, and only rank 0 prints and runs the ``ModelCheckpoint`` callbacks (and any
-        callback with ``rank_zero_only = True``). Give each rank its shard of the data
-        (``DataLoader(..., rank=, world_size=)``, the same seed everywhere).
+        Data-parallel training (``minicnn.distributed``, docs/distributed.md), through
+        ``strategy.DataParallelStrategy``: rank 0's weights are broadcast first, the optimizer
+        averages the gradients over the ranks before each step (``DistributedOptimizer``, in
+        place), metrics and validation are summed over the ranks, per-rank BatchNorm
+        statistics are averaged at each epoch's end, and only rank 0 prints and runs the
+        callbacks with ``rank_zero_only = True`` (``ModelCheckpoint``). Give each rank its
+        shard of the data (``DataLoader(..., rank=, world_size=)``, the same seed everywhere).
     """
-    # -- distributed (minicnn.distributed) ----------------------------------------------------
-    if comm is not None:
-        from ..distributed import DistributedOptimizer, broadcast_parameters
-        from .callbacks import ModelCheckpoint
-
-        broadcast_parameters(model, comm)
-        optimizer = DistributedOptimizer(optimizer, comm)
-        if comm.rank != 0:
-            verbose = 0
-            callbacks = [c for c in callbacks
-                         if not getattr(c, "rank_zero_only", isinstance(c, ModelCheckpoint))]
-    # -- end distributed --
+    strategy = strategy_for(comm)  # one process, or data-parallel: see strategy.py
+    optimizer, callbacks, verbose = strategy.prepare(model, optimizer, callbacks, verbose)
     history = history if history is not None else History()
     try:
         steps_per_epoch: int | None = len(train_loader)  # type: ignore[arg-type]
@@ -188,7 +180,7 @@ def fit(model: Layer, loss: Any, optimizer: Any, train_loader: Iterable, val_loa
             _train_mode(model)
             for c in all_callbacks:
                 c.on_epoch_begin(epoch)
-            meter = _Meter(comm)
+            meter = _Meter(strategy)
             bar = _progress_bar(verbose == 1, steps_per_epoch, f"epoch {epoch}/{epochs}")
             every = sync_every
             start = time.perf_counter()
@@ -214,17 +206,14 @@ def fit(model: Layer, loss: Any, optimizer: Any, train_loader: Iterable, val_loa
             logs: dict[str, Any] = {"loss": meter.loss, "acc": meter.acc, "val_loss": None,
                                     "val_acc": None, "lr": lr}
             train_time = time.perf_counter() - start
-            if comm is not None:  # distributed: every rank evaluates and saves the same model
-                from ..distributed import average_buffers
-
-                average_buffers(model, comm)
+            strategy.end_epoch(model)
             if val_loader is not None:
-                val = evaluate(model, val_loader, loss, comm=comm)
+                val = _evaluate(model, val_loader, loss, strategy)
                 logs["val_loss"], logs["val_acc"] = val["loss"], val["acc"]
             logs["time"] = time.perf_counter() - start
             history.append(epoch, logs)
             if verbose:
-                _write(_format_logs(epoch, epochs, logs, meter.seen / max(train_time, 1e-9)))
+                write_line(_format_logs(epoch, epochs, logs, meter.seen / max(train_time, 1e-9)))
             for c in all_callbacks:
                 c.on_epoch_end(epoch, logs)
             if state.stop_training:
@@ -310,11 +299,17 @@ def evaluate(model: Layer, loader: Iterable, loss: Any = None,
     (sharded or not: a loader every rank reads whole gives the same means).
     Returns ``{"loss": ..., "acc": ...}``.
     """
+    return _evaluate(model, loader, loss, strategy_for(comm))
+
+
+def _evaluate(model: Layer, loader: Iterable, loss: Any,
+              strategy: LocalStrategy) -> dict[str, float]:
+    """``evaluate``, with the metrics summed through ``strategy`` (``fit`` passes its own)."""
     if loss is None:
         from ..losses import CrossEntropyLoss
 
         loss = CrossEntropyLoss()
-    meter = _Meter(comm)
+    meter = _Meter(strategy)
     with model.mode(training=False):
         for x, y in loader:
             logits = model.forward(x)

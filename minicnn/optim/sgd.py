@@ -1,0 +1,84 @@
+"""Stochastic gradient descent with momentum, Nesterov momentum and weight decay.
+
+PyTorch's update rule, line for line (see ``SGD``)::
+
+    g = ∇θ + λθ;  b = μ b + (1 - τ) g  (b = g at the first step);
+    g = g + μ b (Nesterov) or g = b;  θ = θ - γ g
+
+Derivation: docs/derivations/optimizers.md
+Tests: tests/test_optim.py
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from ..layers.base import Parameter
+from .optimizer import Optimizer
+
+__all__ = ["SGD"]
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional momentum, Nesterov and weight decay.
+
+    PyTorch's rule, per parameter θ with gradient ∇θ::
+
+        g = ∇θ + λ θ                                  (weight_decay λ, an L2 penalty λ/2·θ²)
+        b = g                     at the first step   (momentum buffer)
+        b = μ b + (1 - τ) g       afterwards          (momentum μ, dampening τ)
+        g = g + μ b  if nesterov  else  g = b
+        θ = θ - γ g
+
+    Parameters
+    ----------
+    params : iterable of Parameter
+    lr : float
+        Learning rate γ.
+    momentum : float
+        μ >= 0; 0 gives plain SGD (no buffer is kept).
+    nesterov : bool
+        Nesterov momentum; needs momentum > 0 and dampening 0 (as in PyTorch).
+    weight_decay : float
+        λ >= 0. For SGD this equals an ``L2(λ / 2)`` regularizer on every parameter.
+    dampening : float
+        τ in [0, 1]: the fraction of the new gradient left out of the buffer.
+    """
+
+    _array_state = ("b",)
+
+    def __init__(self, params: Iterable[Parameter], lr: float, momentum: float = 0.0,
+                 nesterov: bool = False, weight_decay: float = 0.0, dampening: float = 0.0):
+        super().__init__(params, lr)
+        if not momentum >= 0.0:
+            raise ValueError(f"SGD: momentum must be >= 0, got {momentum}")
+        if not weight_decay >= 0.0:
+            raise ValueError(f"SGD: weight_decay must be >= 0, got {weight_decay}")
+        if not 0.0 <= dampening <= 1.0:
+            raise ValueError(f"SGD: dampening must be in [0, 1], got {dampening}")
+        if nesterov and (momentum <= 0.0 or dampening != 0.0):
+            raise ValueError("SGD: Nesterov momentum needs momentum > 0 and dampening 0, got "
+                             f"momentum={momentum}, dampening={dampening}")
+        self.momentum = float(momentum)
+        self.nesterov = bool(nesterov)
+        self.weight_decay = float(weight_decay)
+        self.dampening = float(dampening)
+
+    def _update(self, p: Parameter, g: Any, state: dict[str, Any], lr: float) -> None:
+        mu, wd = float(self.momentum), float(self.weight_decay)
+        if wd != 0.0:
+            g = g + wd * p.data
+        if mu != 0.0:
+            b = state.get("b")
+            if b is None:
+                b = state["b"] = g.copy()                  # b = g at the first step
+            else:
+                b *= mu
+                b += (1.0 - float(self.dampening)) * g     # b = μ b + (1 - τ) g
+            g = g + mu * b if self.nesterov else b
+        p.data -= lr * g
+
+    def __repr__(self) -> str:
+        return (f"SGD(lr={self.lr:g}, momentum={self.momentum:g}, nesterov={self.nesterov}, "
+                f"weight_decay={self.weight_decay:g}, dampening={self.dampening:g})")
