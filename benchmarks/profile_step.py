@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import blas_kernel  # noqa: E402
 from minicnn import losses, models, presets  # noqa: E402
-from minicnn.training.loop import _no_input_grad  # noqa: E402
+from minicnn.training.loop import no_input_grad  # noqa: E402
 
 
 def timed(fn, key, times):
@@ -58,7 +58,7 @@ def main() -> None:
     loss = losses.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"])
     opt = presets.optimizer(cfg["optimizer"], model.parameters(), 0.01, cfg["weight_decay"])
     total = step_opt = 0.0
-    with _no_input_grad(model):
+    with no_input_grad(model):
         for it in range(3 + args.steps):
             if it == 3:
                 times.clear()

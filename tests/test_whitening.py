@@ -13,7 +13,7 @@ from minicnn import losses, models, optim
 from minicnn.functional.im2col import im2col
 from minicnn.gradcheck import assert_gradients
 from minicnn.training import fit
-from minicnn.training.loop import _no_input_grad
+from minicnn.training.loop import no_input_grad
 
 
 def correlated_images(n: int, c: int, hw: int, seed: int = 0) -> np.ndarray:
@@ -83,7 +83,7 @@ def test_fit_skips_dx_before_the_first_trainable_layer():
     model = models.vgg(widths=[4], depth=1, image_size=8, hidden=None, whiten=2)
     conv = model.layers[2]
     assert isinstance(model.layers[0], L.PatchWhitening) and isinstance(conv, L.Conv2d)
-    with _no_input_grad(model):
+    with no_input_grad(model):
         assert conv.input_grad is False and model.layers[0].input_grad is True
         model.forward(correlated_images(2, 3, 8))
         assert model.backward(np.ones((2, 10), np.float32)) is None

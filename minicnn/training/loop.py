@@ -173,7 +173,7 @@ def fit(model: Layer, loss: Any, optimizer: Any, train_loader: Iterable, val_loa
         c.set_state(state)
         c.on_train_begin()
 
-    with _no_input_grad(model):
+    with no_input_grad(model):
         for epoch in range(int(initial_epoch) + 1, int(epochs) + 1):
             state.epoch = epoch
             lr = float(optimizer.lr)
@@ -224,7 +224,7 @@ def fit(model: Layer, loss: Any, optimizer: Any, train_loader: Iterable, val_loa
 
 
 @contextlib.contextmanager
-def _no_input_grad(model: Layer) -> Iterator[None]:
+def no_input_grad(model: Layer) -> Iterator[None]:
     """Switch off dL/dx where no one needs it while fitting: at the first layer with
     trainable parameters (the one that sees the images, or the one after a fixed
     ``PatchWhitening`` and its activation). Its backward then returns None, and
