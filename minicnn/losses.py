@@ -8,6 +8,9 @@ A loss is not a layer (it has two inputs and no parameters) but follows the same
 The loss comes back as a 0-d array of the prediction's backend and dtype, not a Python float:
 converting would force the GPU to finish its work at every step. ``float(loss)`` when you
 want to print it.
+
+Derivation: docs/derivations/softmax_cross_entropy.md
+Tests: tests/test_losses.py
 """
 
 from __future__ import annotations

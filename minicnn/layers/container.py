@@ -1,4 +1,8 @@
-"""Containers: layers made of layers (a chain, a residual block), and the identity."""
+"""Containers: layers made of layers (a chain, a residual block), and the identity.
+
+Derivation: docs/derivations/containers.md, docs/derivations/residual.md
+Tests: tests/test_container.py
+"""
 
 from __future__ import annotations
 

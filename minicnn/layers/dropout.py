@@ -1,4 +1,8 @@
-"""Dropout: randomly zero units during training, a cheap ensemble that fights overfitting."""
+"""Dropout: randomly zero units during training, a cheap ensemble that fights overfitting.
+
+Derivation: docs/derivations/dropout.md
+Tests: tests/test_dropout.py
+"""
 
 from __future__ import annotations
 

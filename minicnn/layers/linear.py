@@ -1,4 +1,8 @@
-"""The fully connected (dense) layer: y = x W + b."""
+"""The fully connected (dense) layer: y = x W + b.
+
+Derivation: docs/derivations/linear.md
+Tests: tests/test_linear.py
+"""
 
 from __future__ import annotations
 

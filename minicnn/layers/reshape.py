@@ -1,4 +1,8 @@
-"""Reshaping layers: no arithmetic, only a change of view."""
+"""Reshaping layers: no arithmetic, only a change of view.
+
+Derivation: docs/derivations/linear.md
+Tests: tests/test_container.py
+"""
 
 from __future__ import annotations
 

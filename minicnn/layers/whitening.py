@@ -1,4 +1,8 @@
-"""PatchWhitening: a fixed first convolution that whitens the image's small patches."""
+"""PatchWhitening: a fixed first convolution that whitens the image's small patches.
+
+Derivation: docs/derivations/whitening.md
+Tests: tests/test_whitening.py
+"""
 
 from __future__ import annotations
 
