@@ -34,7 +34,12 @@ import warnings
 from functools import partial
 from typing import Any, NoReturn
 
+from . import commands
+from .backend import BackendError
 from .commands import BadInput, one_line
+from .data import DatasetError
+from .ladder import select_rungs
+from .models import MODELS
 from .presets import DATASETS, PRESETS, SMOKE_SIZES, TINY_MODEL_KWARGS
 from .training.loop import TTA_MODES
 
@@ -131,8 +136,6 @@ def _folder(text: str) -> str:
 
 
 def _rungs(text: str) -> str:
-    from .ladder import select_rungs
-
     try:
         select_rungs(text)
     except ValueError as exc:
@@ -167,8 +170,6 @@ def _add_train_args(p: argparse.ArgumentParser, dataset: str | None) -> None:
         p.set_defaults(dataset=dataset)
     _add_common(p)
     _add_data(p)
-    from .models import MODELS
-
     p.add_argument("--model", default=None, choices=sorted(MODELS),
                    help="a builder of minicnn.models (default: the preset's)")
     p.add_argument("--model-kwargs", default=None, metavar="JSON", type=_json_object,
@@ -254,8 +255,6 @@ def build_parser(dataset: str | None = None) -> argparse.ArgumentParser:
     _add_common(e)
     _add_data(e)
     g = sub.add_parser("gradcheck", help="numerical gradient check of a built-in model")
-    from .models import MODELS
-
     g.add_argument("--model", default="all", choices=["all", *sorted(MODELS)])
     g.add_argument("--model-kwargs", default=None, metavar="JSON", type=_json_object)
     g.add_argument("--full", action="store_true",
@@ -280,10 +279,6 @@ def build_parser(dataset: str | None = None) -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     """Run the parsed command; turn what goes wrong into one line and an exit status."""
-    from . import commands
-    from .backend import BackendError
-    from .data import DatasetError
-
     if getattr(args, "out", "unset") is None and hasattr(args, "dataset"):
         args.out = os.path.join("runs", args.dataset + ("-smoke" if args.smoke else ""))
     handler = getattr(commands, f"cmd_{args.command}")

@@ -9,22 +9,30 @@ exits with status 2. A failed run returns 1 after printing its one line.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import inspect
 import json
 import os
 import platform
 import shlex
+import shutil
 import sys
 import tempfile
 import time
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import presets
+from . import data, distributed, ladder, losses, models, plot, presets, training
+from .backend import BackendError, cupy_available, get_backend, get_cupy, get_xp, set_backend
+from .gradcheck import check_gradients
+from .init import set_seed
+from .layers import PatchWhitening
 from .presets import DATASETS, SMOKE_SIZES, TINY_MODEL_KWARGS
+from .training.checkpoint import CheckpointError
+from .training.loop import tta_mode
 
 __all__ = ["BadInput", "cmd_train", "cmd_evaluate", "cmd_gradcheck", "cmd_info", "cmd_ladder"]
 
@@ -55,9 +63,7 @@ def _model_kwargs(builder: str, dataset: str | None, kwargs: dict[str, Any],
                   flag: str) -> dict[str, Any]:
     """``presets.model_kwargs``, after checking that the builder takes every key of
     ``kwargs`` (else ``BadInput`` naming ``flag``)."""
-    from .models import MODELS
-
-    params = inspect.signature(MODELS[builder]).parameters
+    params = inspect.signature(models.MODELS[builder]).parameters
     unknown = sorted(set(kwargs) - set(params))
     if unknown:
         raise BadInput(flag, f"{builder} takes no argument {', '.join(map(repr, unknown))}; "
@@ -66,8 +72,6 @@ def _model_kwargs(builder: str, dataset: str | None, kwargs: dict[str, Any],
 
 
 def _build(builder: str, kwargs: dict[str, Any], flag: str) -> Any:
-    from . import models
-
     try:
         return models.build(builder, kwargs)
     except (TypeError, ValueError, KeyError, IndexError) as exc:
@@ -77,8 +81,6 @@ def _build(builder: str, kwargs: dict[str, Any], flag: str) -> Any:
 
 def _load_splits(args: argparse.Namespace, dataset: str) -> Any:
     """The dataset's (train, test) arrays and class names; tiny random ones with --smoke."""
-    from . import data
-
     spec = DATASETS[dataset]
     if args.data is not None and not args.smoke:
         _check_data_folder(args.data)
@@ -111,8 +113,6 @@ def _check_data_folder(folder: str) -> None:
 
 
 def _choose_backend(name: str) -> str:
-    from .backend import BackendError, set_backend
-
     if name not in ("auto", "numpy", "cupy"):  # argparse does not check a default
         raise BadInput(None, f"MINICNN_BACKEND={name!r} is not a backend; set it to auto, "
                              f"numpy or cupy, or pass --backend")
@@ -162,8 +162,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not getattr(args, "distributed", False):
         return _train(args, comm=None)
     # -- distributed (docs/distributed.md): one rank of `mpiexec -n N` ---------------------
-    from . import distributed
-
     backend = _choose_backend(args.backend)      # before the communicator: NCCL on CuPy
     comm = distributed.create_communicator("nccl" if backend == "cupy" else "mpi")
     if backend == "numpy":
@@ -181,112 +179,188 @@ def _batch_words(batch_size: int, comm: Any) -> str:
     return f"{batch_size} per rank x {comm.size} ranks = {batch_size * comm.size}"
 
 
-def _train(args: argparse.Namespace, comm: Any) -> int:
-    from . import data, losses, models, training
-    from .init import set_seed
-    from .layers import PatchWhitening
-    from .training.checkpoint import CheckpointError
+class _Data(NamedTuple):
+    """The data of a training run: its loaders and what its checkpoints record about it."""
 
+    train: Any               # shuffled (and augmented); this rank's shard in a distributed run
+    val: Any                 # each epoch's validation: this rank's share of the test set
+    test: Any                # the whole test set: the final accuracy (rank 0)
+    classes: tuple[str, ...]
+    normalize: tuple[list[float], list[float]]   # per-channel mean and std of x_train
+    x_train: np.ndarray      # the training images and labels (uint8 / int64, all ranks')
+    y_train: np.ndarray
+
+
+@dataclasses.dataclass
+class _Run:
+    """A training run once it is set up: what ``_fit`` trains and ``_test_and_write`` saves."""
+
+    args: argparse.Namespace
+    cfg: dict[str, Any]      # the preset with the flags on top (``presets.resolve``)
+    model: Any
+    opt: Any
+    sched: Any               # None without a schedule
+    data: _Data
+    comm: Any                # None, or this rank's communicator
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """What each checkpoint of the run records besides the weights and the History."""
+        mean, std = self.data.normalize
+        return dict(dataset=self.args.dataset, mean=mean, std=std,
+                    classes=list(self.data.classes), train_config=self.cfg, seed=self.args.seed)
+
+
+def _train(args: argparse.Namespace, comm: Any) -> int:
+    """``minicnn train``, or one rank's part of it: set up, train, test, write.
+
+    Returns the exit status: 0, or 1 when the loss diverged (then nothing is written).
+    """
     if not sys.stdout.isatty():
         args.no_progress = True  # a log file gets one line per epoch, not bar redraws
-    backend = _choose_backend(args.backend)
-    cfg = _resolve(args, backend)
-    _check_writable("--out", args.out)
-    _say(args, f"minicnn: {args.dataset} on {backend}, preset {cfg['preset']}"
-               f"{' (smoke test: tiny random data)' if args.smoke else ''}")
-    set_seed(args.seed)
+    cfg = _configure(args)
+    set_seed(args.seed)  # the initial weights
     model = _build(cfg["model"], cfg["model_kwargs"],
                    "--model-kwargs" if args.model_kwargs else "--model")
-    (x_train, y_train), (x_test, y_test), classes = _load_splits(args, args.dataset)
-    mean, std = data.channel_stats(x_train)
-    normalize = (mean.tolist(), std.tolist())
-    shard = {} if comm is None else dict(rank=comm.rank, world_size=comm.size)
-    train_loader = data.DataLoader(
-        x_train, y_train, cfg["batch_size"], shuffle=True, seed=args.seed, normalize=normalize,
-        transform=presets.augmentation(args.dataset, cfg["augment"]) if cfg["augment"] else None,
-        **shard)
-    test_loader = data.DataLoader(x_test, y_test, max(cfg["batch_size"], 256), shuffle=False,
-                                  normalize=normalize)
-    # Each epoch's validation: every rank evaluates its share (fit sums them over the ranks).
-    val_loader = data.DataLoader(x_test, y_test, max(cfg["batch_size"], 256), shuffle=False,
-                                 normalize=normalize, **shard) if shard else test_loader
-    if args.resume is None and any(isinstance(m, PatchWhitening) for m in model.modules()):
-        # a PatchWhitening (vgg's whiten=) is fitted to the training images once
-        sample = data.DataLoader(x_train[:5000], y_train[:5000], 5000, normalize=normalize)
-        models.fit_whitening(model, next(iter(sample))[0])
+    run_data = _load_data(args, cfg, comm)
+    if args.resume is None:  # a resumed run loads the fitted whitening with the weights
+        _fit_whitening(model, run_data)
     if not args.quiet:
         models.summary(model, DATASETS[args.dataset]["shape"])  # the dataset's real shape
-    opt = presets.optimizer(cfg["optimizer"], model.parameters(), cfg["lr"], cfg["weight_decay"])
-    sched = presets.scheduler(cfg["schedule"], opt, cfg["lr"], cfg["epochs"], len(train_loader))
-    initial_epoch, history = 0, None
-    if args.resume:
-        try:
-            ckpt = training.load(args.resume, model, opt, scheduler=sched, loader=train_loader)
-        except CheckpointError as exc:
-            raise BadInput("--resume", f"{exc.path}: {exc.reason}; resume with the flags of "
-                                       f"the run that wrote it{_written_with(args.resume)}"
-                           ) from exc
-        initial_epoch, history = int(ckpt.epoch or 0), ckpt.history
-        total, steps = getattr(sched, "total_steps", None), len(train_loader)
-        if total is not None and total != cfg["epochs"] * steps:  # one-cycle: a fixed length
-            raise BadInput("--epochs", f"{args.resume} holds a onecycle schedule of {total} "
-                                       f"steps ({total / steps:g} epochs of {steps} batches); "
-                                       f"resume it with the --epochs and --batch-size it "
-                                       f"was started with, or start a new run to train longer")
-        if initial_epoch >= cfg["epochs"]:
-            raise BadInput("--epochs", f"{args.resume} has trained {initial_epoch} epochs "
-                                       f"already; give --epochs > {initial_epoch} to continue")
-        _say(args, f"resumed from {args.resume} after epoch {initial_epoch}")
-    _say(args, f"training {cfg['model']} for {cfg['epochs']} epochs: {len(x_train)} images, "
-               f"batch {_batch_words(cfg['batch_size'], comm)}, {cfg['optimizer']} lr "
-               f"{cfg['lr']:g}, "
-               f"schedule {cfg['schedule']}, augment {cfg['augment']}")
-
-    os.makedirs(args.out, exist_ok=True)
-    meta = dict(dataset=args.dataset, mean=normalize[0], std=normalize[1],
-                classes=list(classes), train_config=cfg, seed=args.seed)
-    callbacks = []
-    if args.checkpoint_every:
-        callbacks.append(training.ModelCheckpoint(os.path.join(args.out, "last.npz"),
-                                                  save_best_only=False, **meta))
-    loss = losses.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"])
-    start = time.perf_counter()
-    # Overflow on the way to a NaN loss is reported once, by TerminateOnNaN, not per layer.
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        history = training.fit(model, loss, opt, train_loader, val_loader,
-                               epochs=cfg["epochs"], scheduler=sched, callbacks=callbacks,
-                               verbose=0 if args.quiet else (2 if args.no_progress else 1),
-                               initial_epoch=initial_epoch, history=history, comm=comm)
-    train_time = time.perf_counter() - start
+    opt, sched = _optimizer(cfg, model, steps_per_epoch=len(run_data.train))
+    run = _Run(args, cfg, model, opt, sched, run_data, comm)
+    initial_epoch, history = _resume(run) if args.resume else (0, None)
+    history, train_time = _fit(run, initial_epoch, history)
     if history.diverged:  # the weights are broken: keep the last good files in --out
         print(f"{args.error_prog}: error: {history.stop_reason.removeprefix('TerminateOnNaN: ')}"
               f" Nothing was written to {args.out} (--lr was {cfg['lr']:g}).", file=sys.stderr,
               flush=True)
         return 1
-
     if comm is not None and comm.rank != 0:
         return 0  # the same model on every rank: rank 0 tests, reports and writes it
-    logits, labels = training.predict(model, test_loader, tta=cfg["tta"])
+    _test_and_write(run, history, initial_epoch, train_time)
+    return 0
+
+
+def _configure(args: argparse.Namespace) -> dict[str, Any]:
+    """The backend, and the preset with the flags on top; --out is checked, the run named."""
+    backend = _choose_backend(args.backend)
+    cfg = _resolve(args, backend)
+    _check_writable("--out", args.out)
+    _say(args, f"minicnn: {args.dataset} on {backend}, preset {cfg['preset']}"
+               f"{' (smoke test: tiny random data)' if args.smoke else ''}")
+    return cfg
+
+
+def _load_data(args: argparse.Namespace, cfg: dict[str, Any], comm: Any) -> _Data:
+    """The dataset, normalised by its training images' channel statistics, as loaders."""
+    (x_train, y_train), (x_test, y_test), classes = _load_splits(args, args.dataset)
+    mean, std = data.channel_stats(x_train)
+    normalize = (mean.tolist(), std.tolist())
+    shard = {} if comm is None else dict(rank=comm.rank, world_size=comm.size)
+    batch_size, eval_batch_size = cfg["batch_size"], max(cfg["batch_size"], 256)
+    train_loader = data.DataLoader(
+        x_train, y_train, batch_size, shuffle=True, seed=args.seed, normalize=normalize,
+        transform=presets.augmentation(args.dataset, cfg["augment"]) if cfg["augment"] else None,
+        **shard)
+    test_loader = data.DataLoader(x_test, y_test, eval_batch_size, shuffle=False,
+                                  normalize=normalize)
+    # Each epoch's validation: every rank evaluates its share (fit sums them over the ranks).
+    val_loader = data.DataLoader(x_test, y_test, eval_batch_size, shuffle=False,
+                                 normalize=normalize, **shard) if shard else test_loader
+    return _Data(train_loader, val_loader, test_loader, classes, normalize, x_train, y_train)
+
+
+def _fit_whitening(model: Any, run_data: _Data) -> None:
+    """Fit a PatchWhitening (vgg's ``whiten=``) to the first 5000 training images, once."""
+    if any(isinstance(m, PatchWhitening) for m in model.modules()):
+        sample = data.DataLoader(run_data.x_train[:5000], run_data.y_train[:5000], 5000,
+                                 normalize=run_data.normalize)
+        models.fit_whitening(model, next(iter(sample))[0])
+
+
+def _optimizer(cfg: dict[str, Any], model: Any, steps_per_epoch: int) -> tuple[Any, Any]:
+    """The optimizer and the learning-rate schedule (None for a constant rate) of ``cfg``."""
+    opt = presets.optimizer(cfg["optimizer"], model.parameters(), cfg["lr"], cfg["weight_decay"])
+    sched = presets.scheduler(cfg["schedule"], opt, cfg["lr"], cfg["epochs"], steps_per_epoch)
+    return opt, sched
+
+
+def _resume(run: _Run) -> tuple[int, Any]:
+    """Load --resume into the model, optimizer, schedule and loader; (epoch, History).
+
+    Raises ``BadInput`` for a checkpoint of another run, a one-cycle schedule whose length
+    the flags would change, or an --epochs the checkpoint has already reached.
+    """
+    args, cfg, steps = run.args, run.cfg, len(run.data.train)
+    try:
+        ckpt = training.load(args.resume, run.model, run.opt, scheduler=run.sched,
+                             loader=run.data.train)
+    except CheckpointError as exc:
+        raise BadInput("--resume", f"{exc.path}: {exc.reason}; resume with the flags of "
+                                   f"the run that wrote it{_written_with(args.resume)}"
+                       ) from exc
+    initial_epoch = int(ckpt.epoch or 0)
+    total = getattr(run.sched, "total_steps", None)
+    if total is not None and total != cfg["epochs"] * steps:  # one-cycle: a fixed length
+        raise BadInput("--epochs", f"{args.resume} holds a onecycle schedule of {total} "
+                                   f"steps ({total / steps:g} epochs of {steps} batches); "
+                                   f"resume it with the --epochs and --batch-size it "
+                                   f"was started with, or start a new run to train longer")
+    if initial_epoch >= cfg["epochs"]:
+        raise BadInput("--epochs", f"{args.resume} has trained {initial_epoch} epochs "
+                                   f"already; give --epochs > {initial_epoch} to continue")
+    _say(args, f"resumed from {args.resume} after epoch {initial_epoch}")
+    return initial_epoch, ckpt.history
+
+
+def _fit(run: _Run, initial_epoch: int, history: Any) -> tuple[Any, float]:
+    """Train from ``initial_epoch`` to --epochs; (the History, seconds of training).
+
+    With --checkpoint-every, ``--out/last.npz`` is written after every epoch.
+    """
+    args, cfg = run.args, run.cfg
+    _say(args, f"training {cfg['model']} for {cfg['epochs']} epochs: {len(run.data.x_train)} "
+               f"images, batch {_batch_words(cfg['batch_size'], run.comm)}, {cfg['optimizer']} "
+               f"lr {cfg['lr']:g}, schedule {cfg['schedule']}, augment {cfg['augment']}")
+    os.makedirs(args.out, exist_ok=True)
+    callbacks = []
+    if args.checkpoint_every:
+        callbacks.append(training.ModelCheckpoint(os.path.join(args.out, "last.npz"),
+                                                  save_best_only=False, **run.meta))
+    loss = losses.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"])
+    start = time.perf_counter()
+    # Overflow on the way to a NaN loss is reported once, by TerminateOnNaN, not per layer.
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        history = training.fit(run.model, loss, run.opt, run.data.train, run.data.val,
+                               epochs=cfg["epochs"], scheduler=run.sched, callbacks=callbacks,
+                               verbose=0 if args.quiet else (2 if args.no_progress else 1),
+                               initial_epoch=initial_epoch, history=history, comm=run.comm)
+    return history, time.perf_counter() - start
+
+
+def _test_and_write(run: _Run, history: Any, initial_epoch: int, train_time: float) -> None:
+    """The test accuracy; history.json, model.npz and the plots into --out (all or none)."""
+    args, cfg = run.args, run.cfg
+    logits, labels = training.predict(run.model, run.data.test, tta=cfg["tta"])
     y_pred = logits.argmax(axis=1)
     test_acc = float((y_pred == labels).mean())
     epoch = history.epoch[-1] if history.epoch else initial_epoch
-    with _Staged(args.out) as stage:  # every file, or none: renamed into place at the end
+    with _Staged(args.out) as stage:  # every file, or none: moved into place at the end
         history.save_json(stage("history.json"))
-        training.save(stage("model.npz"), model, opt, scheduler=sched, loader=train_loader,
-                      epoch=epoch, history=history, test_acc=test_acc, **meta)
-        _plots(args, history, y_pred, labels, classes, stage)
+        training.save(stage("model.npz"), run.model, run.opt, scheduler=run.sched,
+                      loader=run.data.train, epoch=epoch, history=history, test_acc=test_acc,
+                      **run.meta)
+        _plots(args, history, y_pred, labels, run.data.classes, stage)
     minutes, seconds = divmod(int(round(train_time)), 60)
     tta = _tta_words(cfg["tta"])
     print(f"test accuracy: {test_acc:.2%} on {len(labels)} images{' (' + tta + ')' if tta else ''}"
           f" after {epoch} epochs ({minutes}m{seconds:02d}s of training)", flush=True)
     _say(args, "wrote " + ", ".join(stage.written))
-    return 0
 
 
 def _tta_words(tta: Any) -> str:
     """How the test accuracy was computed, for the result line ("" without TTA)."""
-    from .training.loop import tta_mode
-
     mode = tta_mode(tta)
     return "" if mode == "none" else f"test-time augmentation --tta {mode}"
 
@@ -294,9 +368,6 @@ def _tta_words(tta: Any) -> str:
 def _written_with(path: str) -> str:
     """`` (it was trained with --preset cpu --model vgg --model-kwargs '{...}')``, when the
     checkpoint at ``path`` says so; else ""."""
-    from . import training
-    from .training.checkpoint import CheckpointError
-
     try:
         cfg = training.load(path, restore_rng=False).meta["train_config"]
         kwargs = json.dumps(cfg["model_kwargs"], separators=(",", ":"))
@@ -307,41 +378,43 @@ def _written_with(path: str) -> str:
 
 
 class _Staged:
-    """Files written under temporary names in ``folder`` and renamed into place only when
-    the ``with`` block succeeds: a failed run never replaces the last good ones."""
+    """The files of a run, all or none: written into a hidden scratch folder inside
+    ``folder`` and moved into place only when the ``with`` block succeeds, so a failed run
+    never replaces the last good ones. ``stage(name)`` is the path to write ``name`` to; the
+    writers (``History.save_json``, ``training.save``, ``plot.save_figure``) write through
+    ``minicnn._io.atomic_write``, which gives each file its mode."""
 
     def __init__(self, folder: str):
-        self.folder, self.temps, self.written = folder, {}, []
+        self.folder, self.names, self.written = folder, [], []
+        self.scratch = ""
 
     def __call__(self, name: str) -> str:
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".tmp-", suffix="-" + name)
-        os.close(fd)
-        self.temps[os.path.join(self.folder, name)] = tmp
-        return tmp
+        self.names.append(name)
+        return os.path.join(self.scratch, name)
 
     def __enter__(self) -> _Staged:
+        self.scratch = tempfile.mkdtemp(dir=self.folder, prefix=".tmp-")
         return self
 
     def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
-        for final, tmp in self.temps.items():
+        try:
             if kind is None:
-                os.replace(tmp, final)
-                self.written.append(final)
-            elif os.path.exists(tmp):
-                os.remove(tmp)
+                for name in self.names:  # renames within one folder: each one atomic
+                    final = os.path.join(self.folder, name)
+                    os.replace(os.path.join(self.scratch, name), final)
+                    self.written.append(final)
+        finally:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def _plots(args: argparse.Namespace, history: Any, y_pred: np.ndarray, labels: np.ndarray,
            classes: tuple[str, ...], stage: _Staged) -> None:
-    from . import plot
-
     if args.no_plots:
         return
     if not plot.matplotlib_available():
         _say(args, "matplotlib is not installed: skipping curves.png (pip install matplotlib)")
         return
-    import matplotlib.pyplot as plt
-
+    plt = plot.pyplot()
     plot.plot_history(history, stage("curves.png"), title=f"{args.dataset}")
     cm = plot.confusion_matrix(labels, y_pred, num_classes=len(classes))
     plot.plot_confusion_matrix(cm, classes, stage("confusion.png"))
@@ -349,9 +422,6 @@ def _plots(args: argparse.Namespace, history: Any, y_pred: np.ndarray, labels: n
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from . import data, losses, training
-    from .training.checkpoint import CheckpointError
-
     _choose_backend(args.backend)
     try:
         ckpt = training.load(args.checkpoint)
@@ -387,11 +457,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_gradcheck(args: argparse.Namespace) -> int:
-    from . import models
-    from .backend import get_xp
-    from .gradcheck import check_gradients
-    from .init import set_seed
-
     _choose_backend(args.backend)
     set_seed(args.seed)
     names = sorted(models.MODELS) if args.model == "all" else [args.model]
@@ -435,7 +500,6 @@ def cmd_gradcheck(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from . import __version__
-    from .backend import cupy_available, get_backend, get_cupy
 
     print(f"minicnn      {__version__}")
     print(f"python       {platform.python_version()} ({platform.platform()})")
@@ -465,15 +529,11 @@ def cmd_info(args: argparse.Namespace) -> int:
         current = "none: MINICNN_BACKEND is not auto, numpy or cupy"
     print(f"backend      {current} (MINICNN_BACKEND={env!r}; 'auto' would pick "
           f"{'cupy' if cupy_available() else 'numpy'})")
-    from .data import data_root
-
-    print(f"data folder  {data_root()} (MINICNN_DATA or --data)")
+    print(f"data folder  {data.data_root()} (MINICNN_DATA or --data)")
     return 0
 
 
 def cmd_ladder(args: argparse.Namespace) -> int:
-    from . import ladder
-
     path = os.path.join(args.out, "ladder.json")
     if args.report_only:
         if not os.path.isfile(path):
@@ -518,8 +578,6 @@ def _ladder_state(path: str, flag: str) -> dict[str, Any]:
 def _ladder_report(path: str, out: str) -> None:
     """``--report-only``: write the report to a scratch folder first, then move it into
     ``out``, so that a results file that cannot be reported leaves ``out`` as it was."""
-    from . import ladder
-
     state = _ladder_state(path, "--report-only")
     with tempfile.TemporaryDirectory(dir=out, prefix=".tmp-report-") as scratch:
         try:

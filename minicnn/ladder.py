@@ -39,8 +39,9 @@ from typing import Any
 import numpy as np
 
 from . import data as D
-from . import init, losses, models, optim, regularizers, training
+from . import init, losses, models, optim, plot, regularizers, training
 from . import layers as L
+from ._io import atomic_write
 from .backend import get_backend, to_numpy
 
 __all__ = ["Rung", "RUNGS", "BUDGETS", "select_rungs", "build", "run_rung", "run_ladder",
@@ -306,7 +307,7 @@ def run_ladder(rungs: Sequence[Rung], budget_name: str = "quick", data_root: str
         if verbose:
             print(f"ladder: rung {rung.name}: train {result['train_acc']:.2%}, "
                   f"val {result['val_acc']:.2%} in {result['seconds']:.0f}s", flush=True)
-        _atomic_write(path, json.dumps(state, indent=1))
+        atomic_write(path, lambda f: f.write(json.dumps(state, indent=1)), binary=False)
         write_report(state, out, plots=False)  # a readable report even if stopped later
     write_report(state, out)
     return state
@@ -336,10 +337,6 @@ def _machine() -> dict[str, Any]:
     return dict(platform=platform.platform(), processor=_cpu_model(),
                 cpus=os.cpu_count(), numpy=np.__version__, backend=get_backend(),
                 date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
-
-
-def _atomic_write(path: str, text: str) -> None:
-    training._atomic_write(path, lambda f: f.write(text.encode()))
 
 
 # -- the report -----------------------------------------------------------------------------
@@ -449,16 +446,14 @@ def write_report(state: dict[str, Any], out: str | os.PathLike, plots: bool = Tr
             lines.append(f"| {k} | {layers} | " + " | ".join(cells) + " |")
         lines.append("")
     text = "\n".join(lines)
-    _atomic_write(os.path.join(out, "ladder.md"), text)
+    atomic_write(os.path.join(out, "ladder.md"), lambda f: f.write(text), binary=False)
     return text
 
 
 def _plots(results: dict[str, dict[str, Any]], folder: str) -> list[tuple[str, str]]:
-    from . import plot
-
     if not plot.matplotlib_available() or not results:
         return []
-    plt = plot._pyplot()
+    plt = plot.pyplot()
     os.makedirs(folder, exist_ok=True)
     out = []
     groups = [("CIFAR-10, rungs 1–11", [r for r in results.values() if r["dataset"] ==
@@ -487,8 +482,7 @@ def _plots(results: dict[str, dict[str, Any]], folder: str) -> list[tuple[str, s
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.legend(fontsize=7, ncol=2)
     path = os.path.join(folder, "ladder_curves.png")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    plot.save_figure(fig, path, dpi=110)
     plt.close(fig)
     out.append(("validation accuracy per epoch", path))
 
@@ -503,8 +497,7 @@ def _plots(results: dict[str, dict[str, Any]], folder: str) -> list[tuple[str, s
                xlabel="layer (conv/dense, input → output)", ylabel="‖dL/dW‖")
         ax.legend()
         path = os.path.join(folder, "ladder_gradient_norms.png")
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
+        plot.save_figure(fig, path, dpi=110)
         plt.close(fig)
         out.append(("gradient norms", path))
     return out

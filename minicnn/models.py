@@ -1,9 +1,10 @@
-"""The lectures' models, one builder each, and a Keras-style ``summary``.
+"""The lectures' models, one builder each (and ``summary``, re-exported from ``layers``).
 
 Every builder returns a ``Sequential`` whose ``config`` attribute records how it was built,
 ``{"builder": name, "kwargs": {...}}``, so a checkpoint can rebuild the same model
 (``build(**model.config)``) before loading its weights. ``model.summary()`` prints the
-Keras-style table for the input the model was built for (``model.input_shape``)::
+Keras-style table (``minicnn.layers.summary``) for the input the model was built for
+(``model.input_shape``)::
 
     model = mc.models.vgg(widths=(32, 64, 128), depth=2, batchnorm=True)
     model.summary()                              # = mc.models.summary(model, (3, 32, 32))
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -34,7 +34,7 @@ import numpy as np
 
 from . import init as initializers
 from . import layers as L
-from .backend import get_xp
+from .layers.summary import summary  # public here too: mc.models.summary(model, shape)
 
 __all__ = ["simple_cnn", "vgg", "vgg16", "lenet5", "resnet", "build", "MODELS", "summary",
            "activation", "fit_whitening"]
@@ -363,48 +363,3 @@ def resnet(in_channels: int = 3, num_classes: int = 10, widths: Sequence[int] = 
             c = width
     layers += [L.GlobalAvgPool2d(), L.Linear(c, num_classes, init="glorot_uniform")]
     return L.Sequential(*layers)
-
-
-# -- summary -----------------------------------------------------------------------------------
-
-def summary(model: L.Layer, input_shape: Sequence[int] | None = None,
-            print_fn: Callable[[str], Any] | None = print) -> str:
-    """Print (and return) a Keras-style table: layer, output shape, parameter count.
-
-    With an ``input_shape`` (no batch axis; default: the ``model.input_shape`` a builder
-    recorded) one forward pass runs on a batch of zeros of shape (1, *input_shape) in eval
-    mode, so BatchNorm's running statistics are untouched and the model's modes are restored
-    after. Without one (a hand-built model) the table lists the parameter counts only. The
-    top-level layers of a ``Sequential`` get one row each.
-    """
-    children = list(model) if isinstance(model, L.Sequential) else [model]
-    if input_shape is None:
-        input_shape = getattr(model, "input_shape", None)
-    rows: list[tuple[str, str, int]] = []
-    if input_shape is None:
-        rows += [(f"{i}: {type(layer).__name__}", "?", layer.num_parameters())
-                 for i, layer in enumerate(children)]
-    else:
-        with model.mode(training=False):
-            x = get_xp().zeros((1, *input_shape), dtype=np.float32)
-            rows.append(("Input", str((None, *input_shape)), 0))
-            for i, layer in enumerate(children):
-                x = layer.forward(x)
-                rows.append((f"{i}: {type(layer).__name__}", str((None, *x.shape[1:])),
-                             layer.num_parameters()))
-    params = model.parameters()
-    total = sum(math.prod(p.shape) for p in params)
-    trainable = sum(math.prod(p.shape) for p in params if p.requires_grad)
-    w0 = max(len("Layer (type)"), *(len(r[0]) for r in rows))
-    w1 = max(len("Output Shape"), *(len(r[1]) for r in rows))
-    name = (getattr(model, "config", None) or {}).get("builder", type(model).__name__)
-    lines = [f'Model: "{name}"', "=" * (w0 + w1 + 16),
-             f"{'Layer (type)':<{w0}}  {'Output Shape':<{w1}}  {'Param #':>10}",
-             "=" * (w0 + w1 + 16)]
-    lines += [f"{a:<{w0}}  {b:<{w1}}  {c:>10,}" for a, b, c in rows]
-    lines += ["=" * (w0 + w1 + 16), f"Total params: {total:,}",
-              f"Trainable params: {trainable:,}", f"Non-trainable params: {total - trainable:,}"]
-    text = "\n".join(lines)
-    if print_fn is not None:
-        print_fn(text)
-    return text

@@ -1,8 +1,10 @@
 """Pictures of a training run: curves, confusion matrix, per-class accuracy, filters, feature maps.
 
 matplotlib is an optional extra (``pip install 'minicnn[plot]'``); it is imported only when a
-picture is drawn, with the "Agg" backend when no display is available. Every function draws
-into a new figure, saves it to ``path`` when given, and returns the figure.
+picture is drawn (``pyplot()``), with the "Agg" backend when no display is available. Every
+function draws into a new figure, saves it to ``path`` when given (``save_figure``: written
+atomically, mode 0644 under the usual umask, like every file minicnn writes), and returns
+the figure.
 
 ``confusion_matrix`` and ``per_class_accuracy`` are plain NumPy and need no matplotlib.
 """
@@ -16,40 +18,55 @@ from typing import Any
 
 import numpy as np
 
+from ._io import atomic_write
 from .backend import get_xp, to_numpy
+from .layers import Conv2d
 
 __all__ = ["plot_history", "confusion_matrix", "per_class_accuracy", "plot_confusion_matrix",
            "plot_per_class_accuracy", "plot_filters", "plot_feature_maps",
-           "matplotlib_available"]
+           "matplotlib_available", "pyplot", "save_figure"]
 
 
 def matplotlib_available() -> bool:
     try:
-        import matplotlib  # noqa: F401
+        import matplotlib  # noqa: F401, PLC0415 (optional dependency)
     except ImportError:
         return False
     return True
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """``matplotlib.pyplot``, switched to the "Agg" backend when there is no display.
+
+    Raises ImportError with the install command when matplotlib is missing.
+    """
     try:
-        import matplotlib
+        import matplotlib  # noqa: PLC0415 (optional dependency)
     except ImportError:
         raise ImportError("minicnn.plot needs matplotlib: pip install 'minicnn[plot]' "
                           "(or pip install matplotlib)") from None
     if not os.environ.get("DISPLAY") and matplotlib.get_backend().lower() not in ("agg",):
         matplotlib.use("Agg")  # headless: draw to files only
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 (optional dependency)
 
     return plt
 
 
-def _finish(fig: Any, path: str | os.PathLike | None) -> Any:
+def save_figure(fig: Any, path: str | os.PathLike | None, dpi: int = 120) -> Any:
+    """Tighten the layout of ``fig``, write it to ``path`` (when given) and return it.
+
+    The format comes from the file name's extension, as in ``fig.savefig(path)`` (none:
+    matplotlib's default format, whose extension is appended). The file is written with
+    ``minicnn._io.atomic_write``: whole or not at all, with the mode a new file gets.
+    """
     fig.tight_layout()
     if path is not None:
-        folder = os.path.dirname(os.path.abspath(os.fspath(path)))
-        os.makedirs(folder, exist_ok=True)
-        fig.savefig(path, dpi=120)
+        path = os.fspath(path)
+        fmt = os.path.splitext(path)[1][1:].lower()
+        if not fmt:
+            fmt = pyplot().rcParams["savefig.format"]
+            path = f"{path.rstrip('.')}.{fmt}"
+        atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=dpi))
     return fig
 
 
@@ -64,7 +81,7 @@ def plot_history(history: Any, path: str | os.PathLike | None = None,
 
     ``history`` is a ``History``, its ``.history`` dict, or a ``history.json`` dict.
     """
-    plt = _pyplot()
+    plt = pyplot()
     h = getattr(history, "history", None) or history.get("history", history)
     epochs = getattr(history, "epoch", None) or (history.get("epoch") if isinstance(
         history, dict) else None) or list(range(1, len(h["loss"]) + 1))
@@ -84,7 +101,7 @@ def plot_history(history: Any, path: str | os.PathLike | None = None,
         ax_acc.set_title(f"best validation accuracy {val_acc[best]:.2%} (epoch {epochs[best]})")
     if title:
         fig.suptitle(title)
-    return _finish(fig, path)
+    return save_figure(fig, path)
 
 
 def confusion_matrix(y_true: Any, y_pred: Any, num_classes: int | None = None) -> np.ndarray:
@@ -112,7 +129,7 @@ def _class_names(k: int, names: Sequence[str] | None) -> list[str]:
 def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str] | None = None,
                           path: str | os.PathLike | None = None, normalize: bool = True) -> Any:
     """The confusion matrix as an image; rows are true classes, normalised to 1 by default."""
-    plt = _pyplot()
+    plt = pyplot()
     k = cm.shape[0]
     names = _class_names(k, class_names)
     shown = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1) if normalize else cm
@@ -130,13 +147,13 @@ def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str] | None = No
                 ax.text(j, i, text, ha="center", va="center", fontsize=7,
                         color="white" if shown[i, j] > 0.5 * shown.max() else "black")
     ax.set_title(f"accuracy {np.trace(cm) / max(cm.sum(), 1):.2%}")
-    return _finish(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_per_class_accuracy(cm: np.ndarray, class_names: Sequence[str] | None = None,
                             path: str | os.PathLike | None = None) -> Any:
     """A bar per class: the fraction of its test images classified correctly."""
-    plt = _pyplot()
+    plt = pyplot()
     acc = per_class_accuracy(cm)
     names = _class_names(len(acc), class_names)
     fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(acc)), 3.5))
@@ -146,7 +163,7 @@ def plot_per_class_accuracy(cm: np.ndarray, class_names: Sequence[str] | None = 
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy")
     ax.legend()
-    return _finish(fig, path)
+    return save_figure(fig, path)
 
 
 def _grid(n: int) -> tuple[int, int]:
@@ -155,8 +172,6 @@ def _grid(n: int) -> tuple[int, int]:
 
 
 def _first_conv(model: Any) -> Any:
-    from .layers import Conv2d
-
     for m in model.modules():
         if isinstance(m, Conv2d):
             return m
@@ -170,7 +185,7 @@ def plot_filters(model_or_weights: Any, path: str | os.PathLike | None = None,
     Accepts a model (its first ``Conv2d``) or a weight array (C_out, C_in, KH, KW). Each
     filter is scaled to [0, 1] on its own, so the tiles show patterns, not magnitudes.
     """
-    plt = _pyplot()
+    plt = pyplot()
     W = model_or_weights
     if not hasattr(W, "shape"):
         W = _first_conv(W).W.data
@@ -186,7 +201,7 @@ def plot_filters(model_or_weights: Any, path: str | os.PathLike | None = None,
             tile = W[i].transpose(1, 2, 0) if W.shape[1] == 3 else W[i].mean(axis=0)
             ax.imshow(tile, cmap=None if W.shape[1] == 3 else "gray", interpolation="nearest")
     fig.suptitle(f"first-layer filters ({W.shape[1]}x{W.shape[2]}x{W.shape[3]})")
-    return _finish(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_feature_maps(model: Any, image: Any, layer_index: int = 0,
@@ -196,7 +211,7 @@ def plot_feature_maps(model: Any, image: Any, layer_index: int = 0,
     ``image`` has shape (C, H, W) (normalised like the training data). The model runs in eval
     mode; its modes are restored afterwards.
     """
-    plt = _pyplot()
+    plt = pyplot()
     with model.mode(training=False):
         x = get_xp().asarray(np.asarray(to_numpy(image), dtype=np.float32)[None])
         for layer in list(model)[:layer_index + 1]:
@@ -215,4 +230,4 @@ def plot_feature_maps(model: Any, image: Any, layer_index: int = 0,
     name = type(list(model)[layer_index]).__name__
     fig.suptitle(f"feature maps after layer {layer_index} ({name}), {maps.shape[1]}x"
                  f"{maps.shape[2]}")
-    return _finish(fig, path)
+    return save_figure(fig, path)

@@ -22,6 +22,8 @@ Downloads
 target folder while its MD5 is computed, and renamed to its final name only when it is
 complete and the checksum matches; on any failure (HTTP error, truncated transfer, wrong
 checksum, Ctrl-C) the temporary file is deleted, so nothing partial is ever left behind.
+Downloads and the cache are written by ``minicnn._io.atomic_write``, like every file minicnn
+writes: a new file gets the mode the umask gives (0644 under the usual 022).
 """
 
 from __future__ import annotations
@@ -31,15 +33,17 @@ import http.client
 import os
 import stat
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 import warnings
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from .._io import atomic_write
 
 __all__ = [
     "DatasetError",
@@ -126,16 +130,6 @@ def cache_file(folder: Path, name: str) -> Path:
     base = Path(env).expanduser() if env else Path("~/.cache/minicnn").expanduser()
     key = hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:12]
     return base / name / f"{name}-{key}.npz"
-
-
-def publish(tmp_name: str, target: Path) -> None:
-    """Give a finished temporary file its final name, atomically.
-
-    ``mkstemp`` creates files readable by their owner only; data files get the usual 0644
-    (owner writes, everyone reads), as a browser download would.
-    """
-    os.chmod(tmp_name, 0o644)
-    os.replace(tmp_name, target)  # the final name appears only when the file is complete
 
 
 # -- checksums -----------------------------------------------------------------------------
@@ -259,30 +253,29 @@ def download_file(filename: str, mirrors: Sequence[str], folder: Path, md5: str 
     failures = []
     for base in mirrors:
         url = base + filename
-        # The temporary name starts with "." and ends with ".part": never mistaken for data.
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{filename}.", suffix=".part", dir=folder)
-        complete = False
         try:
-            with os.fdopen(fd, "wb") as tmp:
-                digest = _fetch(url, tmp, desc=filename, quiet=quiet)
-            if md5 and digest != md5:
-                raise OSError(f"MD5 mismatch: got {digest}, expected {md5}")
-            publish(tmp_name, target)
-            complete = True
+            _download(url, target, md5, quiet)
             return target
         except (OSError, ValueError, http.client.HTTPException) as exc:
             # HTTPError/URLError/timeouts/resets are OSErrors; HTTPException covers a broken
             # response (IncompleteRead, BadStatusLine); ValueError a malformed URL.
             failures.append(f"  {url}: {_describe(exc)}")
-        finally:
-            if not complete:  # also on KeyboardInterrupt: never leave a partial file
-                try:
-                    os.unlink(tmp_name)
-                except FileNotFoundError:
-                    pass
     raise DownloadError(
         f"Could not download {filename}. URLs tried:\n" + "\n".join(failures) + "\n"
         + _by_hand(filename, mirrors, target))
+
+
+def _download(url: str, target: Path, md5: str | None, quiet: bool) -> None:
+    """Stream ``url`` into ``target``, atomically: the file appears only complete and with
+    the MD5 ``md5`` (when given); otherwise the temporary ``.tmp-<name>.*.part`` file is
+    removed and the error (an ``OSError`` for a wrong checksum) propagates."""
+
+    def fetch_checked(tmp: Any) -> None:
+        digest = _fetch(url, tmp, desc=target.name, quiet=quiet)
+        if md5 and digest != md5:  # raised inside the write: the file is never published
+            raise OSError(f"MD5 mismatch: got {digest}, expected {md5}")
+
+    atomic_write(target, fetch_checked)
 
 
 def _describe(exc: BaseException) -> str:
@@ -321,27 +314,17 @@ def save_cache(path: Path, arrays: dict[str, np.ndarray], signature: str) -> boo
     """Write ``arrays`` and ``signature`` to ``path`` atomically; False if it cannot be written.
 
     Uncompressed ``.npz``: reading it back is a plain copy, which is what makes the second
-    load fast. A cache that cannot be written only costs speed, so it warns instead of failing.
+    load fast. A cache that cannot be written (a read-only folder, a full disk) only costs
+    speed, so it warns instead of failing.
     """
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+        atomic_write(path, lambda f: np.savez(f, signature=np.array(signature), **arrays))
     except OSError as exc:
         warnings.warn(f"Cannot write the dataset cache {path} ({exc}); the next load will "
                       f"parse the files again. Set $MINICNN_CACHE to a writable folder.",
                       stacklevel=3)
         return False
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, signature=np.array(signature), **arrays)
-        publish(tmp_name, path)
-        return True
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
+    return True
 
 
 def load_cache(path: Path, signature: str, keys: Sequence[str]) -> dict[str, np.ndarray] | None:

@@ -6,8 +6,8 @@ One file per family: ``conv`` (Conv2d), ``pool`` (MaxPool2d, AvgPool2d, GlobalAv
 ``minicnn.distributed``), ``norm`` (LayerNorm, GroupNorm, InstanceNorm2d),
 ``whitening`` (PatchWhitening), ``dropout`` (Dropout), ``reshape`` (Flatten),
 ``container`` (Identity, Sequential, Residual);
-``base`` holds Layer and Parameter and the layer contract. docs/architecture.md shows where
-a new layer goes.
+``base`` holds Layer and Parameter and the layer contract; ``summary`` the Keras-style table
+of ``model.summary()``. docs/architecture.md shows where a new layer goes.
 """
 
 from .activation import *

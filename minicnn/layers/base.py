@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import get_array_module, get_cupy, get_xp, to_numpy
+from .summary import summary
 
 __all__ = ["Parameter", "Layer", "evaluating", "check_float_input", "check_ndim",
            "check_channels", "new_array"]
@@ -270,9 +271,7 @@ class Layer:
 
     def summary(self, input_shape: tuple[int, ...] | None = None) -> str:
         """A table of the modules, their parameter counts and (given ``input_shape`` without
-        the batch axis) output shapes; see ``minicnn.models.summary``."""
-        from ..models import summary  # noqa: PLC0415 (models builds on layers)
-
+        the batch axis) output shapes; see ``minicnn.layers.summary.summary``."""
         return summary(self, input_shape)
 
     # -- scratch memory --------------------------------------------------------------------

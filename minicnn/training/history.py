@@ -7,6 +7,8 @@ import json
 import os
 from typing import Any
 
+from .._io import atomic_write
+
 __all__ = ["History", "HISTORY_KEYS"]
 
 HISTORY_KEYS = ("loss", "acc", "val_loss", "val_acc", "lr", "time")
@@ -69,10 +71,9 @@ class History:
         return h
 
     def save_json(self, path: str | os.PathLike) -> None:
-        """Write ``to_dict()`` as JSON (None for a missing value, never NaN)."""
-        from .checkpoint import _atomic_write  # noqa: PLC0415 (checkpoint imports History)
-
-        _atomic_write(path, lambda f: f.write(json.dumps(self.to_dict(), indent=1).encode()))
+        """Write ``to_dict()`` as JSON (None for a missing value, never NaN), atomically."""
+        atomic_write(path, lambda f: f.write(json.dumps(self.to_dict(), indent=1)),
+                     binary=False)
 
     @classmethod
     def load_json(cls, path: str | os.PathLike) -> History:

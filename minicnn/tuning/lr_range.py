@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import plot
 from ..layers.base import Layer
 from ._common import _default_loss, _make_optimizer, _restored, _trainable
 
@@ -189,9 +190,7 @@ def plot_lr_range(result: LRRangeResult, path: str | os.PathLike | None = None) 
     The suggestion is marked with a dot. Needs matplotlib; saves to ``path`` when given and
     returns the figure.
     """
-    from .. import plot
-
-    plt = plot._pyplot()
+    plt = plot.pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(result.lrs, result.losses, color="0.75", linewidth=1, label="batch loss")
     ax.plot(result.lrs, result.smoothed, color="C0", linewidth=2, label="smoothed")
@@ -208,4 +207,4 @@ def plot_lr_range(result: LRRangeResult, path: str | os.PathLike | None = None) 
     ax.set_ylabel("loss")
     ax.set_title("learning-rate range test")
     ax.legend()
-    return plot._finish(fig, path)
+    return plot.save_figure(fig, path)
