@@ -77,6 +77,12 @@ def cupy_available() -> bool:
     return _import_cupy() is not None
 
 
+def cupy_error() -> str | None:
+    """Why CuPy is unusable (one sentence for an error or warning), or None when it works."""
+    _import_cupy()
+    return _cupy_error
+
+
 def set_backend(name: str) -> str:
     """Select where new arrays live: ``"numpy"``, ``"cupy"`` or ``"auto"``.
 

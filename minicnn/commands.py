@@ -123,7 +123,7 @@ def _choose_backend(name: str) -> str:
     if name == "auto" and chosen == "numpy" and importlib.util.find_spec("cupy") is not None:
         from . import backend  # CuPy is installed but unusable (often: the wrong CUDA wheel)
 
-        warnings.warn(f"--backend auto: {backend._cupy_error} Training on the CPU; `minicnn "
+        warnings.warn(f"--backend auto: {backend.cupy_error()} Training on the CPU; `minicnn "
                       f"info` says more, --backend numpy silences this.", stacklevel=2)
     return chosen
 
@@ -521,7 +521,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     else:
         from . import backend
 
-        print(f"cupy         unusable: {backend._cupy_error}")
+        print(f"cupy         unusable: {backend.cupy_error()}")
     env = os.environ.get("MINICNN_BACKEND", "")
     try:
         current = get_backend()

@@ -53,9 +53,6 @@ OPTIONAL = {"cupy", "cupyx", "matplotlib", "mpi4py", "threadpoolctl", "tqdm", "s
 FUNCTION_LEVEL_ALLOWED: dict[tuple[str, str], str] = {}
 # ``module._name`` read from another module, each with the reason it must (for now).
 PRIVATE_ATTRIBUTES_ALLOWED: dict[tuple[str, str], str] = {
-    ("minicnn.commands", "backend._cupy_error"):
-        "why CuPy is unusable, for `minicnn info` and --backend auto's warning: backend.py "
-        "has no public accessor for it yet",
 }
 
 

@@ -17,7 +17,7 @@ Batches, on the current backend, as float32::
 
 Modules: ``mnist`` (MNIST, Fashion-MNIST), ``cifar`` (CIFAR-10), ``download`` (folders,
 downloads, checksums, cache), ``normalize``, ``transforms``, ``loader``. This package depends
-only on ``minicnn.backend``.
+only on ``minicnn.backend`` and ``minicnn._io`` (atomic writes).
 """
 
 from .cifar import (

@@ -31,7 +31,6 @@ from .checkpoint import (
     CorruptCheckpointError,
     NewerCheckpointError,
     NotACheckpointError,
-    _atomic_write,  # noqa: F401 (the ladder writes its report through it)
     load,
     named_buffers,
     named_parameters,

@@ -162,10 +162,6 @@ def _rng_states(model: Layer, loader: Any) -> dict[str, Any]:
 
 # -- writing -----------------------------------------------------------------------------------
 
-# TRANSITION: training/__init__.py still re-exports this name; once that line is gone, so is
-# this one (every writer uses minicnn._io.atomic_write).
-_atomic_write = atomic_write
-
 
 def _json_array(value: Any) -> np.ndarray:
     """A 0-d str array holding JSON: loads with ``allow_pickle=False``."""

@@ -11,7 +11,7 @@ from ..backend import to_device
 from ..layers.base import Layer, Parameter
 
 
-def _default_loss(loss: Any) -> Any:
+def default_loss(loss: Any) -> Any:
     if loss is None:
         from ..losses import CrossEntropyLoss
 
@@ -20,7 +20,7 @@ def _default_loss(loss: Any) -> Any:
 
 
 @contextlib.contextmanager
-def _restored(model: Layer, training: bool, params: bool = True) -> Iterator[Layer]:
+def restored(model: Layer, training: bool, params: bool = True) -> Iterator[Layer]:
     """Run a block in mode ``training``; afterwards put back everything training changes:
     the parameters and their gradients, the buffers (BatchNorm's running statistics), every
     module's own mode and the Dropout generators.
@@ -42,7 +42,7 @@ def _restored(model: Layer, training: bool, params: bool = True) -> Iterator[Lay
         model.set_rng_states(rngs)
 
 
-def _make_optimizer(optimizer: Any, params: list[Parameter], lr: float) -> Any:
+def make_optimizer(optimizer: Any, params: list[Parameter], lr: float) -> Any:
     """``optimizer``: None (Adam) or a factory ``(params, lr) -> optimizer``."""
     if optimizer is None:
         from ..optim import Adam
@@ -55,14 +55,14 @@ def _make_optimizer(optimizer: Any, params: list[Parameter], lr: float) -> Any:
     return optimizer(params, lr)
 
 
-def _trainable(model: Layer, owner: str) -> list[Parameter]:
+def trainable_parameters(model: Layer, owner: str) -> list[Parameter]:
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"{owner}: the model has no trainable parameters")
     return params
 
 
-def _correct(logits: Any, y: Any) -> int:
+def count_correct(logits: Any, y: Any) -> int:
     """Σ_n [argmax_k logits_nk = y_n] (soft targets: their top class), read back as an int.
 
     The labels are brought to the logits' device first: a loader may yield NumPy labels

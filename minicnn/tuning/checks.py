@@ -12,7 +12,7 @@ from typing import Any
 
 from ..backend import get_array_module
 from ..layers.base import Layer
-from ._common import _correct, _default_loss, _make_optimizer, _restored, _trainable
+from ._common import count_correct, default_loss, make_optimizer, restored, trainable_parameters
 
 __all__ = ["InitialLossWarning", "InitialLossCheck", "check_initial_loss", "OverfitResult",
            "overfit_small_batch"]
@@ -93,12 +93,12 @@ def check_initial_loss(model: Layer, loader: Iterable, loss: Any = None, num_bat
     """
     from ..layers import Dropout
 
-    loss_fn = _default_loss(loss)
+    loss_fn = default_loss(loss)
     total, seen, num_classes = 0.0, 0, None
     # The loss the first training step sees: BatchNorm with batch statistics (its running
     # statistics are not estimated yet), but without Dropout's noise. The running statistics
-    # move meanwhile: _restored puts them (and the modes) back.
-    with _restored(model, training=True, params=False):
+    # move meanwhile: restored puts them (and the modes) back.
+    with restored(model, training=True, params=False):
         for m in model.modules():
             if isinstance(m, Dropout):
                 m.eval()
@@ -226,15 +226,15 @@ def overfit_small_batch(model: Layer, x: Any, y: Any = None, *, loss: Any = None
         ``reached``, ``steps``, ``loss``, ``acc``, ``losses`` (per step), ``num_samples``,
         ``model``.
     """
-    loss_fn = _default_loss(loss)
+    loss_fn = default_loss(loss)
     x, y = _small_sample(x, y, num_batches)
     net = copylib.deepcopy(model) if copy else model
-    opt = _make_optimizer(optimizer, _trainable(net, "overfit_small_batch"), lr)
+    opt = make_optimizer(optimizer, trainable_parameters(net, "overfit_small_batch"), lr)
 
     def evaluate() -> tuple[float, float]:
         with net.mode(training=False):
             logits = net.forward(x)
-            return float(loss_fn.forward(logits, y)), _correct(logits, y) / len(y)
+            return float(loss_fn.forward(logits, y)), count_correct(logits, y) / len(y)
 
     losses: list[float] = []
     step = 0
@@ -249,6 +249,6 @@ def overfit_small_batch(model: Layer, x: Any, y: Any = None, *, loss: Any = None
             losses.append(float(batch_loss))
             # Check in eval mode only when the training batch looks right (or at the end):
             # a second forward per step would double the cost.
-            if _correct(logits, y) / len(y) >= target_acc or step == int(steps):
+            if count_correct(logits, y) / len(y) >= target_acc or step == int(steps):
                 final_loss, acc = evaluate()
     return OverfitResult(bool(acc >= target_acc), step, final_loss, acc, losses, len(y), net)

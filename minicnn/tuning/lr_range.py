@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import plot
 from ..layers.base import Layer
-from ._common import _default_loss, _make_optimizer, _restored, _trainable
+from ._common import default_loss, make_optimizer, restored, trainable_parameters
 
 __all__ = ["LRRangeResult", "lr_range_test", "plot_lr_range"]
 
@@ -138,14 +138,15 @@ def lr_range_test(model: Layer, loader: Iterable, loss: Any = None, optimizer: A
         raise ValueError(f"lr_range_test: beta must be in [0, 1), got {beta}")
     if method not in ("steepest", "min/10"):
         raise ValueError(f"lr_range_test: method must be 'steepest' or 'min/10', got {method!r}")
-    loss_fn = _default_loss(loss)
+    loss_fn = default_loss(loss)
     schedule = lr_min * (lr_max / lr_min) ** (np.arange(int(steps)) / (int(steps) - 1))
     lrs: list[float] = []
     losses: list[float] = []
     smoothed: list[float] = []
     avg, best, diverged = 0.0, math.inf, False
-    with _restored(model, training=True):  # the model given comes back unchanged
-        opt = _make_optimizer(optimizer, _trainable(model, "lr_range_test"), float(schedule[0]))
+    with restored(model, training=True):  # the model given comes back unchanged
+        params = trainable_parameters(model, "lr_range_test")
+        opt = make_optimizer(optimizer, params, float(schedule[0]))
         batches = iter(loader)
         for k, lr in enumerate(schedule):
             try:
