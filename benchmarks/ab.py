@@ -87,7 +87,7 @@ def batchnorm_train_step_from_x_hat(x, gamma, beta, dout, eps=1e-5):
     x_hat, inv_std, mu, var = N.normalize(x, axes, eps)
     y = x_hat * gamma
     y += beta
-    dx, dbeta, dgamma = N.normalize_backward(dout, x_hat, gamma * inv_std, axes)
+    dx, dgamma, dbeta = N.normalize_backward(dout, x_hat, gamma * inv_std, axes)
     return y, dx
 
 
@@ -97,7 +97,7 @@ def batchnorm_train_step_from_x_c(x, gamma, beta, dout, eps=1e-5):
     x_c, inv_std, mu, var = N.center(x, axes, eps)
     y = x_c * (gamma * inv_std)
     y += beta
-    dx, dbeta, dgamma = N.normalize_backward_centered(dout, x_c, inv_std, gamma * inv_std,
+    dx, dgamma, dbeta = N.normalize_backward_centered(dout, x_c, inv_std, gamma * inv_std,
                                                       axes)
     return y, dx
 
@@ -166,20 +166,31 @@ def ab_conv_dx(batch: int, repeats: int, convs: str = "vgg") -> None:
     """Conv2d forward + backward, dx by col2im_matmul (KH·KW thin GEMMs and adds) vs by
     conv_input_grad (im2col of dout, one GEMM with the flipped kernel)."""
     from minicnn import layers as L
+    from minicnn.functional import conv as conv_f
+    from minicnn.layers import conv as conv_l
+
+    rule = conv_f.dx_by_flipped_conv
+
+    def never(*args: Any) -> bool:
+        return False
 
     rng = np.random.default_rng(0)
     for cin, cout, hw in VGG_CONVS if convs == "vgg" else SMALL_CONVS:
         x, dout = (rng.standard_normal((batch, hw, hw, c)).astype(np.float32).transpose(0, 3, 1, 2)
                    for c in (cin, cout))
         old, new = L.Conv2d(cin, cout, 3, padding=1), L.Conv2d(cin, cout, 3, padding=1)
-        old._dx_by_flipped_conv = lambda x_shape: False      # the instance takes the old path
 
-        def step(conv, x=x, dout=dout):
-            conv.forward(x)
-            conv.backward(dout)
+        def step(conv, choose, x=x, dout=dout):
+            # The rule, swapped for this step: "never" makes the layer take col2im_matmul.
+            conv_f.dx_by_flipped_conv = conv_l.dx_by_flipped_conv = choose
+            try:
+                conv.forward(x)
+                conv.backward(dout)
+            finally:
+                conv_f.dx_by_flipped_conv = conv_l.dx_by_flipped_conv = rule
 
-        cases = {"col2im_matmul": functools.partial(step, old),
-                 "conv_input_grad": functools.partial(step, new)}
+        cases = {"col2im_matmul": functools.partial(step, old, never),
+                 "conv_input_grad": functools.partial(step, new, rule)}
         report(f"conv {cin}->{cout} @{hw} fwd+bwd, batch {batch}", interleaved(cases, repeats),
                repeats)
 

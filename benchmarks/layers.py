@@ -5,7 +5,8 @@ For every 3x3 convolution it reports, side by side:
 - minicnn's Conv2d forward + backward (ms) and its achieved GFLOP/s;
 - the three GEMMs the layer needs (forward, dW, dcols) timed alone on the same matrix shapes:
   the physical limit of an im2col convolution ("GEMM floor") and the fraction of it reached;
-- the textbook NumPy implementation (benchmarks/textbook.py) and the speed-up over it;
+- the textbook NumPy implementation (``TextbookConv`` of minicnn/functional/reference.py) and the
+  speed-up over it;
 - PyTorch's conv2d forward + backward when torch is importable, and the ratio.
 
 Then max pooling, BatchNorm, ReLU and Linear at the shapes where the VGG uses them.
@@ -26,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import minicnn as mc  # noqa: E402
 from benchmarks.common import machine_info, save, time_it, torch_or_none  # noqa: E402
-from benchmarks.textbook import TextbookConv  # noqa: E402
 from minicnn import layers as L  # noqa: E402
+from minicnn.functional.reference import TextbookConv  # noqa: E402
 
 # (C_in, C_out, H=W) of the lectures' VGG-style CIFAR-10 net.
 CONV_SHAPES = [(3, 64, 32), (64, 64, 32), (64, 128, 16), (128, 128, 16), (128, 256, 8),

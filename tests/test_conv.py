@@ -1,5 +1,5 @@
-"""Conv2d and im2col/col2im: gradient checks, values against a naive loop and scipy, layouts,
-dtypes and errors."""
+"""Conv2d, im2col/col2im and functional/conv.py: gradient checks, values and gradients against
+the loop twins of minicnn.functional.reference and scipy, layouts, dtypes and errors."""
 
 from __future__ import annotations
 
@@ -11,6 +11,14 @@ from hypothesis import strategies as st
 
 from minicnn import layers as L
 from minicnn.backend import to_numpy
+from minicnn.functional import reference as ref
+from minicnn.functional.conv import (
+    conv2d_input_grad,
+    conv2d_weight_grad,
+    conv2d_weight_matrix,
+    dx_by_flipped_conv,
+    patch_workspace,
+)
 from minicnn.functional.im2col import (
     col2im,
     col2im_matmul,
@@ -22,30 +30,6 @@ from minicnn.functional.im2col import (
 )
 from minicnn.gradcheck import assert_gradients
 from minicnn.regularizers import L2
-
-
-def conv2d_reference(x, W, b, stride, pads):
-    """The definition, one multiply-add at a time (slow, but obviously right).
-
-    y[n, o, i, j] = b[o] + sum_{c, a, b'} W[o, c, a, b'] * x_padded[n, c, i*sh + a, j*sw + b']
-    """
-    (sh, sw), ((top, bottom), (left, right)) = stride, pads
-    x_p = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
-    N, C, Hp, Wp = x_p.shape
-    C_out, _, KH, KW = W.shape
-    Ho, Wo = (Hp - KH) // sh + 1, (Wp - KW) // sw + 1
-    y = np.zeros((N, C_out, Ho, Wo))
-    for n in range(N):
-        for o in range(C_out):
-            for i in range(Ho):
-                for j in range(Wo):
-                    total = 0.0 if b is None else b[o]
-                    for c in range(C):
-                        for a in range(KH):
-                            for bb in range(KW):
-                                total += W[o, c, a, bb] * x_p[n, c, i * sh + a, j * sw + bb]
-                    y[n, o, i, j] = total
-    return y
 
 
 def channels_last(x):
@@ -108,9 +92,122 @@ def test_conv_forward_matches_naive_loops(case, seed):
     y = conv.forward(x)
     W = conv.W.data.astype(np.float64)
     b = None if conv.b is None else conv.b.data.astype(np.float64)
-    expected = conv2d_reference(x, W, b, conv.stride, conv.pads)
+    expected = ref.conv2d_forward(x, W, b, conv.stride, conv.pads)
     assert y.shape == expected.shape
     np.testing.assert_allclose(y, expected, rtol=1e-10, atol=1e-10)
+
+
+@settings(max_examples=40)
+@given(case=conv_cases(max_size=6), seed=st.integers(0, 2**31 - 1), grow=st.sampled_from([0, 8]))
+def test_conv_backward_matches_naive_loops(case, seed, grow):
+    """dx, dW, db of Conv2d.backward = reference.conv2d_backward; grown to 8x8 with
+    C_out <= C_in, the stride-1 layers take dx by conv_input_grad."""
+    (C_in, C_out, kwargs), (N, _, H, W) = case
+    if grow:
+        C_out, H, W = min(C_out, C_in), max(H, grow), max(W, grow)
+    conv = make_conv((C_in, C_out, kwargs), seed).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, C_in, H, W))
+    dout = rng.standard_normal(conv.forward(x).shape)
+    dx = conv.backward(dout)
+    dx_ref, dW_ref, db_ref = ref.conv2d_backward(x, conv.W.data, dout, conv.stride, conv.pads)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(conv.W.grad, dW_ref, rtol=1e-10, atol=1e-10)
+    if conv.b is not None:
+        np.testing.assert_allclose(conv.b.grad, db_ref, rtol=1e-10, atol=1e-10)
+
+
+def dirty_workspace():
+    """A ``workspace(name, shape, dtype)`` that reuses its buffers, NaN-filled at first."""
+    buffers = {}
+
+    def workspace(name, shape, dtype):
+        buf = buffers.get(name)
+        if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype:
+            buf = buffers[name] = np.full(shape, np.nan, dtype)
+        return buf
+    return workspace
+
+
+@settings(max_examples=60)
+@given(case=conv_cases(), seed=st.integers(0, 2**31 - 1), grow=st.sampled_from([0, 8, 10]))
+def test_conv2d_input_grad_is_the_reference_dx(case, seed, grow):
+    """conv2d_input_grad, by either of its ways and with or without a (dirty, reused)
+    workspace, equals col2im(dout_mat @ W_mat) and the dx of reference.conv2d_backward."""
+    (C_in, C_out, kwargs), (N, _, H, W) = case
+    shape = (N, C_in, max(H, grow), max(W, grow))
+    k = kwargs["kernel_size"]
+    stride = kwargs["stride"]
+    pads = normalize_padding(kwargs["padding"], k, stride)
+    rng = np.random.default_rng(seed)
+    Ho, Wo = output_size(shape, k, stride, pads)
+    Wt = rng.standard_normal((C_out, C_in) + k)
+    dout = rng.standard_normal((N, C_out, Ho, Wo))
+    dout_mat, W_mat = dout.transpose(0, 2, 3, 1).reshape(-1, C_out), conv2d_weight_matrix(Wt)
+    expected = ref.conv2d_backward(np.zeros(shape), Wt, dout, stride, pads)[0]
+    np.testing.assert_allclose(col2im(dout_mat @ W_mat, shape, k, stride, pads), expected,
+                               rtol=1e-12, atol=1e-12)
+    workspace = dirty_workspace()
+    for ws in (None, workspace, workspace):   # the third call finds the second one's buffers
+        got = conv2d_input_grad(dout_mat, W_mat, shape, k, stride, pads, workspace=ws)
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+        assert got.transpose(0, 2, 3, 1).flags.c_contiguous      # stored channels-last
+
+
+@settings(max_examples=40)
+@given(case=conv_cases(), seed=st.integers(0, 2**31 - 1))
+def test_conv2d_weight_grad_and_weight_matrix_match_the_loops(case, seed):
+    """conv2d_weight_grad(dout_mat, im2col(x)) = the dW of reference.conv2d_backward, and
+    im2col(x) @ conv2d_weight_matrix(W)ᵀ = reference.conv2d_forward (without b)."""
+    (C_in, C_out, kwargs), shape = case
+    k, stride = kwargs["kernel_size"], kwargs["stride"]
+    pads = normalize_padding(kwargs["padding"], k, stride)
+    rng = np.random.default_rng(seed)
+    x, Wt = rng.standard_normal(shape), rng.standard_normal((C_out, C_in) + k)
+    cols, (Ho, Wo) = im2col(x, k, stride, pads)
+    dout = rng.standard_normal((shape[0], C_out, Ho, Wo))
+    dW = conv2d_weight_grad(dout.transpose(0, 2, 3, 1).reshape(-1, C_out), cols, Wt.shape)
+    assert dW.shape == Wt.shape and dW.flags.c_contiguous
+    np.testing.assert_allclose(dW, ref.conv2d_backward(x, Wt, dout, stride, pads)[1],
+                               rtol=1e-12, atol=1e-12)
+    y = (cols @ conv2d_weight_matrix(Wt).T).reshape(shape[0], Ho, Wo, C_out)
+    np.testing.assert_allclose(y.transpose(0, 3, 1, 2),
+                               ref.conv2d_forward(x, Wt, None, stride, pads),
+                               rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=40)
+@given(case=conv_cases(), seed=st.integers(0, 2**31 - 1))
+def test_im2col_and_col2im_match_the_loops(case, seed):
+    (_, _, kwargs), shape = case
+    k, stride = kwargs["kernel_size"], kwargs["stride"]
+    pads = normalize_padding(kwargs["padding"], k, stride)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape)
+    cols, _ = im2col(channels_last(x), k, stride, pads)
+    np.testing.assert_array_equal(cols, ref.im2col(x, k, stride, pads))
+    G = rng.standard_normal(cols.shape)
+    np.testing.assert_allclose(col2im(G, shape, k, stride, pads),
+                               ref.col2im(G, shape, k, stride, pads), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("stride, pad", [(1, 0), (1, 1), (2, 1)])
+def test_textbook_conv_matches_the_loops(stride, pad):
+    """The benchmarks' textbook baseline computes the same convolution (so its timings compare
+    like with like)."""
+    rng = np.random.default_rng(6)
+    x, W, b = (rng.standard_normal(s) for s in [(2, 3, 6, 5), (4, 3, 3, 3), (4,)])
+    pads = ((pad, pad), (pad, pad))
+    tb = ref.TextbookConv(W, b, stride, pad)
+    y = tb.forward(x)
+    np.testing.assert_allclose(y, ref.conv2d_forward(x, W, b, (stride, stride), pads),
+                               rtol=1e-12, atol=1e-12)
+    dout = rng.standard_normal(y.shape)
+    dx = tb.backward(dout)
+    for got, expected in zip((dx, tb.dW, tb.db),
+                             ref.conv2d_backward(x, W, dout, (stride, stride), pads),
+                             strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
 
 
 @settings(max_examples=30)
@@ -178,7 +275,7 @@ def test_backend_values_match_reference(xp):
     y = conv(xp.asarray(x_np))
     W = to_numpy(conv.W.data).astype(np.float64)
     b = to_numpy(conv.b.data).astype(np.float64)
-    np.testing.assert_allclose(to_numpy(y), conv2d_reference(x_np, W, b, (2, 1), conv.pads),
+    np.testing.assert_allclose(to_numpy(y), ref.conv2d_forward(x_np, W, b, (2, 1), conv.pads),
                                rtol=1e-5, atol=1e-5)
 
 
@@ -299,10 +396,35 @@ def test_conv_dx_shares_the_patch_buffer_and_a_second_backward_is_an_error():
     conv.forward(x)
     np.testing.assert_allclose(conv.backward(dout), dx, rtol=1e-6, atol=1e-6)
     assert conv._workspaces["cols"] is buffer       # no new allocation in the second step
-    first = L.Conv2d(3, 64, 3, padding=1)            # RGB: C_out > C_in keeps col2im_matmul
-    assert not first._dx_by_flipped_conv((2, 3, 32, 32))
-    assert not L.Conv2d(32, 64, 3, padding=1)._dx_by_flipped_conv((2, 32, 16, 16))  # widens
-    assert not conv._dx_by_flipped_conv((2, 6, 4, 4))  # 4x4: col2im_matmul measured faster
+    same = ((1, 1), (1, 1))
+    assert dx_by_flipped_conv((2, 6, 8, 8), 4, (3, 3), (1, 1), same)
+    # RGB: C_out > C_in keeps col2im_matmul
+    assert not dx_by_flipped_conv((2, 3, 32, 32), 64, (3, 3), (1, 1), same)
+    assert not dx_by_flipped_conv((2, 32, 16, 16), 64, (3, 3), (1, 1), same)  # widens
+    assert not dx_by_flipped_conv((2, 6, 4, 4), 4, (3, 3), (1, 1), same)  # 4x4: col2im_matmul
+    assert not dx_by_flipped_conv((2, 6, 9, 9), 4, (3, 3), (2, 2), same)  # stride 2
+    assert not dx_by_flipped_conv((2, 6, 8, 8), 4, (3, 3), (1, 1), ((3, 0), (0, 0)))  # pad > K-1
+
+
+def test_the_patch_buffer_is_sized_for_the_larger_patch_matrix():
+    """A 'valid' 3x3 conv on 10x10: dout's patches (N·10·10, 9·C_out) outgrow x's (N·8·8,
+    9·C_in), so the one buffer takes their size; without dx, only x's."""
+    x, dout = np.ones((2, 6, 10, 10), np.float32), np.ones((2, 6, 8, 8), np.float32)
+    for input_grad, size in [(True, 2 * 10 * 10 * 9 * 6), (False, 2 * 8 * 8 * 9 * 6)]:
+        conv = L.Conv2d(6, 6, 3)
+        conv.input_grad = input_grad
+        conv.forward(x)
+        buffer = conv._workspaces["cols"]
+        assert buffer.size == size
+        conv.backward(dout)
+        assert conv._workspaces["cols"] is buffer
+        workspace = patch_workspace(lambda name, shape, dtype: np.empty(shape, dtype), x.shape,
+                                    6, (3, 3), (1, 1), ((0, 0), (0, 0)), dx=input_grad)
+        assert workspace("cols", (3, 4), np.float32).base.size == size
+    widening = L.Conv2d(4, 6, 3, padding=1)          # dx by col2im_matmul: cols stays intact,
+    widening.forward(np.ones((2, 4, 8, 8)))           # so a second backward is fine
+    np.testing.assert_array_equal(widening.backward(np.ones((2, 6, 8, 8))),
+                                  widening.backward(np.ones((2, 6, 8, 8))))
 
 
 @settings(max_examples=60)

@@ -43,7 +43,7 @@ import scipy.signal
 import minicnn as mc
 from minicnn import layers as L
 from minicnn.functional.im2col import im2col
-from minicnn.layers.norm import batchnorm_backward_stepwise
+from minicnn.functional.reference import batchnorm_backward_stepwise
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "derivations"

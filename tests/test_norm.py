@@ -1,6 +1,7 @@
-"""Normalization layers (layers/batchnorm.py, layers/norm.py, functional/normalization.py):
-the lecture's BatchNorm example, gradient checks in train and eval
-mode over random shapes, running statistics, values against direct NumPy formulas, the
+"""Normalization layers (layers/batchnorm.py, layers/sync_batchnorm.py, layers/norm.py,
+functional/normalization.py): the lecture's BatchNorm example, gradient checks in train and
+eval mode over random shapes, running statistics, values and gradients against direct NumPy
+formulas and the stepwise twins of minicnn.functional.reference, the
 GroupNorm/LayerNorm/InstanceNorm equivalences, dtypes, memory layout and errors."""
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from hypothesis import strategies as st
 
 from minicnn import layers as L
 from minicnn.functional.normalization import (
-    batchnorm_backward_stepwise,
     center,
     normalize,
     normalize_backward,
     normalize_backward_centered,
+    normalize_backward_from_sums,
     reduce_sum,
 )
+from minicnn.functional.reference import batchnorm_backward_stepwise, batchnorm_forward
 from minicnn.gradcheck import assert_gradients
 
 seeds = st.integers(0, 2**31 - 1)
@@ -258,6 +260,87 @@ def test_stepwise_reference_equals_compact_backward(shape):
 
 
 @settings(max_examples=60)
+@given(shape=st.lists(st.integers(1, 5), min_size=2, max_size=4), seed=seeds)
+def test_batchnorm_train_step_equals_the_stepwise_twins(shape, seed):
+    """BatchNorm1d/2d in training mode, forward and backward, against
+    reference.batchnorm_forward and reference.batchnorm_backward_stepwise (float64)."""
+    assume(np.prod(shape) // shape[1] >= 2)
+    rng = np.random.default_rng(seed)
+    C = shape[1]
+    bn = random_affine((L.BatchNorm2d if len(shape) == 4 else L.BatchNorm1d)(C), rng)
+    bn.astype(np.float64)
+    x = rng.standard_normal(shape) * 3 + rng.standard_normal()
+    dout = rng.standard_normal(shape)
+    np.testing.assert_allclose(bn(x), batchnorm_forward(x, bn.gamma.data, bn.beta.data, bn.eps),
+                               rtol=1e-10, atol=1e-10)
+    dx = bn.backward(dout)
+    dx_ref, dgamma_ref, dbeta_ref = batchnorm_backward_stepwise(dout, x, bn.gamma.data, bn.eps)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(bn.gamma.grad, dgamma_ref, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(bn.beta.grad, dbeta_ref, rtol=1e-10, atol=1e-10)
+
+
+@settings(max_examples=60)
+@given(shape=st.lists(st.integers(1, 5), min_size=2, max_size=4), seed=seeds)
+def test_normalize_backward_returns_dx_dgamma_dbeta_as_the_stepwise_twin(shape, seed):
+    """Both closed forms return (dx, Σ dout·x_hat, Σ dout) = the twin's (dx, dgamma, dbeta)
+    for BatchNorm's axes; normalize_backward_from_sums gives the same dx from the sums."""
+    assume(np.prod(shape) // shape[1] >= 2)
+    rng = np.random.default_rng(seed)
+    axes = (0,) + tuple(range(2, len(shape)))
+    x, dout = rng.standard_normal(shape) * 2 + 1, rng.standard_normal(shape)
+    gamma = rng.uniform(0.5, 2.0, shape[1])
+    g = gamma.reshape((1, -1) + (1,) * (len(shape) - 2))
+    dx_ref, dgamma_ref, dbeta_ref = batchnorm_backward_stepwise(dout, x, gamma, 1e-5)
+    x_hat, inv_std, _, _ = normalize(x, axes, 1e-5)
+    x_c, _, _, _ = center(x, axes, 1e-5)
+    m = x.size // shape[1]
+    for dx, dgamma, dbeta in (normalize_backward(dout, x_hat, g * inv_std, axes),
+                              normalize_backward_centered(dout, x_c, inv_std, g * inv_std, axes)):
+        np.testing.assert_allclose(dx, dx_ref, rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(dgamma.ravel(), dgamma_ref, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(dbeta.ravel(), dbeta_ref, rtol=1e-10, atol=1e-10)
+    dx, dgamma, dbeta = normalize_backward(dout, x_hat, g * inv_std, axes)
+    np.testing.assert_array_equal(
+        normalize_backward_from_sums(dout, x_hat, g * inv_std, dgamma, dbeta, m), dx)
+
+
+class MirrorComm:
+    """A stand-in communicator of two ranks whose other rank holds the same batch: every
+    allreduce doubles. SyncBatchNorm2d on x then is BatchNorm2d on the batch [x; x]."""
+
+    size = 2
+
+    def allreduce(self, array, op="sum"):
+        array *= 2
+
+    def allreduce_numbers(self, values):
+        return [2 * v for v in values]
+
+
+def test_sync_batchnorm_synced_path_is_batchnorm_of_the_whole_batch():
+    rng = np.random.default_rng(16)
+    x, dout = rng.standard_normal((3, 4, 5, 2)) * 2 + 1, rng.standard_normal((3, 4, 5, 2))
+    sbn = random_affine(L.SyncBatchNorm2d(4, comm=MirrorComm()), rng).astype(np.float64)
+    bn = L.BatchNorm2d(4).astype(np.float64)
+    for p, q in zip(sbn.parameters(), bn.parameters(), strict=True):
+        q.data = p.data.copy()
+    y, y_all = sbn(x), bn(np.concatenate([x, x]))
+    np.testing.assert_allclose(y, y_all[:3], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(sbn.running_mean, bn.running_mean, rtol=1e-12)
+    np.testing.assert_allclose(sbn.running_var, bn.running_var, rtol=1e-12)
+    dx, dx_all = sbn.backward(dout), bn.backward(np.concatenate([dout, dout]))
+    np.testing.assert_allclose(dx, dx_all[:3], rtol=1e-10, atol=1e-12)
+    # gamma.grad and beta.grad are this rank's own sums: half the whole batch's.
+    np.testing.assert_allclose(sbn.gamma.grad, bn.gamma.grad / 2, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(sbn.beta.grad, bn.beta.grad / 2, rtol=1e-10, atol=1e-12)
+    dx_ref, dgamma_ref, dbeta_ref = batchnorm_backward_stepwise(
+        np.concatenate([dout, dout]), np.concatenate([x, x]), sbn.gamma.data, sbn.eps)
+    np.testing.assert_allclose(dx, dx_ref[:3], rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(sbn.gamma.grad, dgamma_ref / 2, rtol=1e-10, atol=1e-10)
+
+
+@settings(max_examples=60)
 @given(shape=st.lists(st.integers(1, 5), min_size=2, max_size=4), seed=seeds,
        mean=st.floats(-50, 50), std=st.floats(0.01, 20))
 def test_backward_from_centered_input_equals_backward_from_x_hat(shape, seed, mean, std):
@@ -273,7 +356,7 @@ def test_backward_from_centered_input_equals_backward_from_x_hat(shape, seed, me
     np.testing.assert_allclose(x_c * inv_std_c, x_hat, rtol=1e-12, atol=1e-12)
     expected = normalize_backward(dout, x_hat, scale * inv_std, axes)
     got = normalize_backward_centered(dout, x_c, inv_std_c, scale * inv_std_c, axes)
-    for g, e, name in zip(got, expected, ("dx", "sum_dout", "sum_dout_x_hat"), strict=True):
+    for g, e, name in zip(got, expected, ("dx", "sum_dout_x_hat", "sum_dout"), strict=True):
         np.testing.assert_allclose(g, e, rtol=1e-9, atol=1e-9, err_msg=name)
 
 
@@ -472,7 +555,6 @@ def test_batchnorm_old_import_paths_still_work():
 
     assert norm.BatchNorm2d is batchnorm.BatchNorm2d is L.BatchNorm2d
     assert norm.BatchNorm1d is batchnorm.BatchNorm1d is L.BatchNorm1d
-    assert norm.batchnorm_backward_stepwise is batchnorm_backward_stepwise
 
 
 def test_parameters_in_order():

@@ -1,4 +1,5 @@
-"""Pooling layers: gradient checks, values against a naive loop, ties, layouts, dtypes, errors."""
+"""Pooling layers and functional/pooling.py: gradient checks, values and gradients against the
+loop twins of minicnn.functional.reference, ties, layouts, dtypes, errors."""
 
 from __future__ import annotations
 
@@ -9,32 +10,20 @@ from hypothesis import strategies as st
 
 from minicnn import layers as L
 from minicnn.backend import to_numpy
+from minicnn.functional import reference as ref
+from minicnn.functional.im2col import col2im, normalize_padding, pad_channels_last, window_view
+from minicnn.functional.pooling import (
+    first_max,
+    first_max_mask,
+    max_pool_input_grad,
+    window_max,
+)
 from minicnn.gradcheck import assert_gradients
 
 
-def padded_windows(x, kernel, stride, padding, fill):
-    """The padded input, the output shape (N, C, Ho, Wo), and every window one at a time:
-    ``[(n, c, i, j, window), ...]`` with ``window = x_p[n, c, i*sh:i*sh + kh, j*sw:j*sw + kw]``."""
-    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
-    x_p = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=fill)
-    N, C, Hp, Wp = x_p.shape
-    Ho, Wo = (Hp - kh) // sh + 1, (Wp - kw) // sw + 1
-    windows = [(n, c, i, j, x_p[n, c, i * sh:i * sh + kh, j * sw:j * sw + kw])
-               for n in range(N) for c in range(C) for i in range(Ho) for j in range(Wo)]
-    return x_p, (N, C, Ho, Wo), windows
-
-
 def pool_reference(x, kernel, stride, padding, mode):
-    """Max or mean of each window, one window at a time (PyTorch's semantics).
-
-    Max pooling pads with -inf; average pooling pads with zeros that count in the mean.
-    """
-    _, out_shape, windows = padded_windows(x, kernel, stride, padding,
-                                           -np.inf if mode == "max" else 0.0)
-    y = np.zeros(out_shape)
-    for n, c, i, j, window in windows:
-        y[n, c, i, j] = window.max() if mode == "max" else window.mean()
-    return y
+    """reference.max_pool2d or reference.avg_pool2d."""
+    return (ref.max_pool2d if mode == "max" else ref.avg_pool2d)(x, kernel, stride, padding)
 
 
 def channels_last(x):
@@ -112,18 +101,6 @@ def test_maxpool_ties_give_the_gradient_to_the_first_max():
                                   [[[[1.0, 0.0], [0.0, 0.0]]]])
 
 
-def maxpool_backward_reference(x, dout, kernel, stride, padding):
-    """dx of max pooling, one window at a time: dout goes to the window's first max
-    (``argmax`` returns the first of tied entries, row-major, as PyTorch does)."""
-    (sh, sw), (ph, pw) = stride, padding
-    x_p, _, windows = padded_windows(x, kernel, stride, padding, -np.inf)
-    dx_p = np.zeros_like(x_p)
-    for n, c, i, j, window in windows:
-        a, b = np.unravel_index(np.argmax(window), window.shape)
-        dx_p[n, c, i * sh + a, j * sw + b] += dout[n, c, i, j]
-    return dx_p[:, :, ph:ph + x.shape[2], pw:pw + x.shape[3]]
-
-
 @settings(max_examples=100)
 @given(case=pool_cases(), seed=st.integers(0, 2**31 - 1), layout=st.booleans())
 def test_maxpool_backward_with_many_ties_matches_naive_loop(case, seed, layout):
@@ -136,8 +113,74 @@ def test_maxpool_backward_with_many_ties_matches_naive_loop(case, seed, layout):
     dout = rng.standard_normal(layer(x).shape)
     # allclose, not equal: where windows overlap the two add a pixel's shares in other orders.
     np.testing.assert_allclose(layer.backward(dout),
-                               maxpool_backward_reference(x, dout, kernel, stride, padding),
+                               ref.max_pool2d_backward(x, dout, kernel, stride, padding),
                                rtol=1e-12, atol=1e-15)
+
+
+@settings(max_examples=60)
+@given(case=pool_cases(), seed=st.integers(0, 2**31 - 1))
+def test_avgpool_backward_matches_naive_loop(case, seed):
+    kernel, stride, padding, shape = case
+    rng = np.random.default_rng(seed)
+    layer = L.AvgPool2d(kernel, stride, padding)
+    dout = rng.standard_normal(layer(rng.standard_normal(shape)).shape)
+    np.testing.assert_allclose(layer.backward(dout),
+                               ref.avg_pool2d_backward(dout, shape, kernel, stride, padding),
+                               rtol=1e-12, atol=1e-15)
+
+
+def pooling_windows(x, kernel, stride, padding):
+    """What MaxPool2d.forward hands to the functions of functional/pooling.py."""
+    pads = normalize_padding(padding, kernel, stride)
+    return window_view(pad_channels_last(x, pads, value=-np.inf), kernel, stride), pads
+
+
+@settings(max_examples=100)
+@given(case=pool_cases(), seed=st.integers(0, 2**31 - 1), layout=st.booleans())
+def test_pooling_functions_match_the_loops(case, seed, layout):
+    """window_max = reference.max_pool2d; max_pool_input_grad(first_max_mask(...)) =
+    reference.max_pool2d_backward, on inputs full of ties (values from {0, 1, 2})."""
+    kernel, stride, padding, shape = case
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 3, shape).astype(np.float64)
+    windows, pads = pooling_windows(channels_last(x) if layout else x, kernel, stride, padding)
+    out = window_max(windows)
+    np.testing.assert_array_equal(out.transpose(0, 3, 1, 2),
+                                  ref.max_pool2d(x, kernel, stride, padding))
+    is_max = first_max_mask(windows, out)
+    assert is_max.shape == (kernel[0] * kernel[1],) + out.shape
+    np.testing.assert_array_equal(is_max.sum(axis=0), 1)         # one max per window
+    dout = rng.standard_normal(out.transpose(0, 3, 1, 2).shape)
+    np.testing.assert_allclose(max_pool_input_grad(dout, is_max, shape, kernel, stride, pads),
+                               ref.max_pool2d_backward(x, dout, kernel, stride, padding),
+                               rtol=1e-12, atol=1e-15)
+
+
+@settings(max_examples=100)
+@given(case=pool_cases(), seed=st.integers(0, 2**31 - 1))
+def test_max_pool_input_grad_is_col2im_of_dout_times_the_mask(case, seed):
+    """For any mask (the tiled one-pass branch and the overlapping loop alike):
+    max_pool_input_grad = col2im(dout · is_max)."""
+    kernel, stride, padding, (N, C, H, W) = case
+    rng = np.random.default_rng(seed)
+    pads = normalize_padding(padding, kernel, stride)
+    Ho = (H + 2 * padding[0] - kernel[0]) // stride[0] + 1
+    Wo = (W + 2 * padding[1] - kernel[1]) // stride[1] + 1
+    kh, kw = kernel
+    is_max = rng.random((kh * kw, N, Ho, Wo, C)) < 0.4
+    dout = rng.standard_normal((N, C, Ho, Wo))
+    dcols = dout.transpose(0, 2, 3, 1)[:, :, :, None, None, :] * \
+        is_max.reshape(kh, kw, N, Ho, Wo, C).transpose(2, 3, 4, 0, 1, 5)
+    np.testing.assert_allclose(max_pool_input_grad(dout, is_max, (N, C, H, W), kernel, stride,
+                                                   pads),
+                               col2im(dcols, (N, C, H, W), kernel, stride, pads),
+                               rtol=1e-12, atol=1e-15)
+
+
+def test_first_max_keeps_the_first_true_of_each_window():
+    is_max = np.array([[1, 0, 0, 1], [1, 1, 0, 0], [0, 1, 0, 1]], dtype=bool)  # (K=3, 4 windows)
+    np.testing.assert_array_equal(first_max(is_max.copy()),
+                                  [[1, 0, 0, 1], [0, 1, 0, 0], [0, 0, 0, 0]])
 
 
 def test_maxpool_overlapping_windows_accumulate():

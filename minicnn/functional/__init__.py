@@ -4,6 +4,9 @@ One module per concern; a layer imports the functions it needs from the module i
 
     im2col.py         im2col / col2im / col2im_matmul, conv_input_grad, window views,
                       output_size
+    conv.py           Conv2d's pieces: W as a matrix, dW, dx by the route that is faster
+                      for the layer's shape, the shared patch buffer
+    pooling.py        max pooling's window max, first-max mask and dx
     normalization.py  normalize / normalize_backward: every normalization layer
     softmax.py        softmax / log-softmax (the cross-entropy loss)
     random_bits.py    counter-based random bits (Dropout's device masks)

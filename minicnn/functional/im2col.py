@@ -14,8 +14,11 @@ all its copies' gradients. A convolution's input gradient is
     dx    = col2im(dout_mat @ W_mat) = col2im_matmul(dout_mat, W_mat, ...)
 
 where ``col2im_matmul`` computes the same one kernel position at a time, without ever
-holding the KH·KW-times larger ``dout_mat @ W_mat``. ``output_size`` is the one "does the
-window fit" check of the convolution and pooling layers.
+holding the KH·KW-times larger ``dout_mat @ W_mat``, and ``conv_input_grad`` computes it for
+stride 1 as a convolution of dout with the flipped kernel (``minicnn.functional.conv`` chooses
+between the two). ``output_size`` is the one "does the window fit" check of the convolution
+and pooling layers. The loop versions of these functions, which the tests compare them with,
+are in ``minicnn.functional.reference``.
 
 Memory layout (why the columns are ordered (kh, kw, c), channels innermost)
 ---------------------------------------------------------------------------
@@ -196,6 +199,9 @@ def im2col(x: Any, kernel_size: tuple[int, int], stride: tuple[int, int],
         ``cols[(n, i, j), (a, b, c)] = x_padded[n, c, i*sh + a, j*sw + b]``: rows ordered
         (n, ho, wo), columns (kh, kw, c) with the channel innermost.
     (Ho, Wo) : the output size, ``floor((H + pads - K) / s) + 1``
+
+    Equals ``reference.im2col`` (a loop over every row and column), in one copy from the
+    strided ``window_view``.
     """
     xp = get_array_module(x)
     (top, bottom), (left, right) = padding
@@ -232,10 +238,11 @@ def col2im(cols: Any, x_shape: tuple[int, int, int, int], kernel_size: tuple[int
     -------
     dx : array (N, C, H, W), same dtype as ``cols``, stored channels-last
 
-    The loop runs over the KH·KW kernel positions, not over pixels (``window_slices``): for
-    a fixed (a, b), the pixels hit by all (n, i, j) form one strided slice of the padded
-    input, so each step is a single vectorised ``+=``; overlap between windows is handled by
-    the successive steps. This beats ``np.add.at`` by 3-11x.
+    Equals ``reference.col2im`` (a loop over every entry of cols). The loop here runs over the
+    KH·KW kernel positions, not over pixels (``window_slices``): for a fixed (a, b), the pixels
+    hit by all (n, i, j) form one strided slice of the padded input, so each step is a single
+    vectorised ``+=``; overlap between windows is handled by the successive steps (measured
+    faster than ``np.add.at``, see docs/benchmarks.md).
     """
     xp = get_array_module(cols)
     N, C, H, W = x_shape
@@ -270,6 +277,9 @@ def col2im_matmul(dout_mat: Any, W_mat: Any, x_shape: tuple[int, int, int, int],
                   kernel_size: tuple[int, int], stride: tuple[int, int], padding: Pads,
                   workspace: Any = None) -> Any:
     """= col2im(dout_mat @ W_mat), without the KH·KW-times larger matrix.
+
+    Equals ``col2im(dout_mat @ W_mat, x_shape, ...)`` and the dx of
+    ``reference.conv2d_backward``.
 
     The input gradient of a convolution: ``dcols = dout_mat @ W_mat`` has one row per output
     pixel and one column per kernel entry (kh, kw, c), and ``col2im`` adds each entry back
@@ -353,8 +363,8 @@ def conv_input_grad(dout: Any, W_mat: Any, x_shape: tuple[int, int, int, int],
                     kernel_size: tuple[int, int], padding: Pads, workspace: Any = None) -> Any:
     """dx of a stride-1 convolution as one convolution of dout with the flipped kernel.
 
-    = ``col2im_matmul`` for stride 1 (the tests check that they agree), computed as the
-    "transposed convolution" it is::
+    = ``col2im_matmul`` for stride 1 and the dx of ``reference.conv2d_backward`` (the tests
+    check that they agree), computed as the "transposed convolution" it is::
 
         dx[n, c, h, w] = Σ_{o, a, b} dout[n, o, h + top - a, w + left - b] · W[o, c, a, b]
                        = conv(pad(dout), W_flip)[n, c, h, w]
@@ -363,7 +373,7 @@ def conv_input_grad(dout: Any, W_mat: Any, x_shape: tuple[int, int, int, int],
     with dout padded by ``flipped_pads``. That is ``im2col(dout)`` (N·H·W, KH·KW·C_out) and a
     single GEMM with K = KH·KW·C_out, instead of KH·KW thin GEMMs (K = C_out) whose blocks
     are then added into dx slice by slice: the same FLOPs, but one efficient GEMM and no
-    read-modify-write passes over dx (1.1-1.3x faster at the VGG sizes, benchmarks/ab.py).
+    read-modify-write passes over dx (measured faster at the VGG sizes, docs/benchmarks.md).
     The price is the patch matrix of dout: KH·KW times dout's size (a workspace).
 
     Parameters

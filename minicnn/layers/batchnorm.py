@@ -7,11 +7,15 @@ Each channel is normalised over all other axes (N, H, W for images: m values per
     y     = gamma * x_hat + beta          gamma, beta (C,)
 
 with the batch's own statistics in training mode and the running averages of them in
-evaluation mode. The shared math (``center``, ``normalize_backward_centered``, the
-step-by-step reference ``batchnorm_backward_stepwise``) is in
-``minicnn.functional.normalization``;
-LayerNorm, GroupNorm and InstanceNorm2d, which normalise per sample, are in ``norm.py``.
-Derivation and the lecture's worked example: docs/derivations/batchnorm.md.
+evaluation mode. The shared math (``center``, ``normalize_backward_centered``, ``reduce_sum``)
+is in ``minicnn.functional.normalization``; the step-by-step twins the tests compare with
+(``batchnorm_forward``, ``batchnorm_backward_stepwise``) are in
+``minicnn.functional.reference``. LayerNorm, GroupNorm and InstanceNorm2d, which normalise per
+sample, are in ``norm.py``; SyncBatchNorm2d (statistics over all ranks) in
+``sync_batchnorm.py``.
+
+Derivation: docs/derivations/batchnorm.md
+Tests: tests/test_norm.py
 """
 
 from __future__ import annotations
@@ -55,12 +59,16 @@ class _BatchNorm(Layer):
     + beta is a fixed per-channel affine map, and its backward is
     dx = dout * gamma / sqrt(running_var + eps).
 
-    Backward in training mode (derivation: ``batchnorm_backward_stepwise``), Σ over the m
-    elements of a channel::
+    Backward in training mode (derived step by step in docs/derivations/batchnorm.md and
+    ``reference.batchnorm_backward_stepwise``), Σ over the m elements of a channel::
 
-        dbeta  = Σ dout
         dgamma = Σ dout * x_hat
+        dbeta  = Σ dout
         dx     = (gamma / (m sqrt(var + eps))) * (m dout - Σ dout - x_hat Σ dout * x_hat)
+               = (gamma / (m sqrt(var + eps))) * (m dout - dbeta - x_hat dgamma)
+
+    computed by ``normalize_backward_centered`` from the x - mu the forward kept (it never
+    writes x_hat).
 
     Backward uses the mode of its forward (a mode switch in between changes nothing).
 
@@ -141,16 +149,16 @@ class _BatchNorm(Layer):
         gamma = per_channel(self.gamma.data.astype(inv_std.dtype, copy=False), dout.ndim)
         if cache.batch_stats:
             # gamma is constant over the reduced axes: pass dout and fold gamma into the scale;
-            # the two sums come back as dbeta = Σ dout and dgamma = Σ dout * x_hat.
-            dx, dbeta, dgamma = normalize_backward_centered(dout, cache.x_c, inv_std,
+            # the two sums come back as dgamma = Σ dout * x_hat and dbeta = Σ dout.
+            dx, dgamma, dbeta = normalize_backward_centered(dout, cache.x_c, inv_std,
                                                             gamma * inv_std, axes)
         else:
             # Fixed statistics: y is an affine map of x.
             x_hat = cache.x - cache.mu
             x_hat *= inv_std
             dx = dout * (gamma * inv_std)
-            dbeta = reduce_sum(dout, axes)
-            dgamma = reduce_sum(dout, axes, x_hat)
+            dgamma = reduce_sum(dout, axes, x_hat)                 # Σ dout * x_hat
+            dbeta = reduce_sum(dout, axes)                         # Σ dout
         self.gamma.set_grad(dgamma.reshape(self.num_features))
         self.beta.set_grad(dbeta.reshape(self.num_features))
         return dx

@@ -1,22 +1,24 @@
-"""2-D convolution as im2col + one matrix multiply."""
+"""2-D convolution as im2col + one matrix multiply.
+
+Derivation: docs/derivations/conv2d_im2col.md
+Tests: tests/test_conv.py
+"""
 
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any
 
 from .. import init as initializers
 from ..backend import get_array_module
-from ..functional.im2col import (
-    col2im_matmul,
-    conv_input_grad,
-    flipped_pads,
-    im2col,
-    normalize_padding,
-    output_size,
-    pair,
+from ..functional.conv import (
+    conv2d_input_grad,
+    conv2d_weight_grad,
+    conv2d_weight_matrix,
+    dx_by_flipped_conv,
+    patch_workspace,
 )
+from ..functional.im2col import im2col, normalize_padding, output_size, pair
 from .base import Layer, Parameter, check_channels, check_float_input, check_ndim, new_array
 
 __all__ = ["Conv2d"]
@@ -79,13 +81,15 @@ class Conv2d(Layer):
     uses the same W); col2im adds each window entry's gradient back onto the input pixel it
     was copied from, summing where windows overlap.
 
-    The last two lines are one call, ``col2im_matmul(dout_mat, W_mat, ...)`` (in
-    ``minicnn.functional.im2col``): the same sum, one kernel position at a time, without
-    the KH·KW-times larger dcols matrix in memory. For stride 1 (the common 3×3 layers)
-    the same dx is computed faster as a convolution of dout with the flipped kernel,
-    ``conv_input_grad``: one im2col of dout and one GEMM, its patches written into the
-    memory of the forward's ``cols`` (dead once dW is computed; a second backward after
-    one forward is then an error).
+    The slow-but-obvious versions of all four are ``minicnn.functional.reference``'s
+    ``conv2d_forward`` and ``conv2d_backward`` (loops over every pixel). Two lines run by a
+    faster route, each behind a named function of ``minicnn.functional.conv``:
+    ``conv2d_weight_grad`` (dW_mat, computed as (colsᵀ @ dout_mat)ᵀ) and ``conv2d_input_grad``
+    (the last two lines, without the KH·KW-times larger dcols matrix: ``col2im_matmul``, one
+    kernel position at a time, or, for stride 1, ``conv_input_grad``, a convolution of dout
+    with the flipped kernel, chosen by ``dx_by_flipped_conv``). That one writes dout's patches
+    into the memory of the forward's ``cols`` (``patch_workspace``: one buffer for both, kept
+    across steps), so a second backward after the same forward is then an error.
 
     The output is stored channels-last (a view of the GEMM result, see
     ``minicnn.functional.im2col``); it is logically (N, C_out, Ho, Wo) like any other array.
@@ -93,7 +97,7 @@ class Conv2d(Layer):
     ``input_grad`` (attribute, default True): when False, ``backward`` computes only dW and
     db and returns None. Nothing needs dL/dx of the images, so ``fit`` switches it off for
     the network's first layer, as PyTorch does for an input that does not require grad;
-    it saves the dx loop of that layer (about a tenth of a small net's training step).
+    it saves that layer's dx computation.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1,
@@ -130,11 +134,12 @@ class Conv2d(Layer):
         check_channels("Conv2d", x, self.in_channels, self._expected())
         N = x.shape[0]
         Ho, Wo = output_size(x.shape, self.kernel_size, self.stride, self.pads, "Conv2d")
-        cols, _ = im2col(x, self.kernel_size, self.stride, self.pads,
-                         workspace=self._workspace(xp, tuple(x.shape), (Ho, Wo)))
-        # W in the (kh, kw, c) column order of cols: (C_out, KH·KW·C_in).
-        W_mat = self.W.data.astype(x.dtype, copy=False).transpose(0, 2, 3, 1)
-        W_mat = W_mat.reshape(self.out_channels, -1)
+        # The patch buffer lives across steps, shared with backward's dx (patch_workspace).
+        workspace = patch_workspace(functools.partial(self.workspace, xp), x.shape,
+                                    self.out_channels, self.kernel_size, self.stride, self.pads,
+                                    dx=self.input_grad)
+        cols, _ = im2col(x, self.kernel_size, self.stride, self.pads, workspace=workspace)
+        W_mat = conv2d_weight_matrix(self.W.data.astype(x.dtype, copy=False))
         out = cols @ W_mat.T                                  # (N·Ho·Wo, C_out)
         if self.b is not None:
             out += self.b.data.astype(x.dtype, copy=False)
@@ -148,63 +153,20 @@ class Conv2d(Layer):
             raise RuntimeError("Conv2d.backward: called a second time after one forward; its "
                                "patch matrix was reused for the first dx: run forward again")
         xp = get_array_module(cols)
-        (kh, kw), C_in, C_out = self.kernel_size, self.in_channels, self.out_channels
         # (N, C_out, Ho, Wo) -> rows (n, ho, wo) like cols; free when dout is channels-last.
-        dout_mat = dout.transpose(0, 2, 3, 1).reshape(-1, C_out)
-        # dW_mat = dout_matᵀ @ cols (C_out, KH·KW·C_in), computed as its transpose colsᵀ @
-        # dout_mat: as fast on a quiet CPU, and OpenBLAS's threads lose 1.3-2.8x less time
-        # when other processes compete for the cores (benchmarks/ab.py --only conv_dW).
+        dout_mat = dout.transpose(0, 2, 3, 1).reshape(-1, self.out_channels)
         if self.W.requires_grad:  # a frozen W (PatchWhitening, transfer learning): no dW
-            dW_mat = (cols.T @ dout_mat).T
-            dW = dW_mat.reshape(C_out, kh, kw, C_in).transpose(0, 3, 1, 2)
-            self.W.set_grad(xp.ascontiguousarray(dW))
+            self.W.set_grad(conv2d_weight_grad(dout_mat, cols, self.W.shape))  # dout_matᵀ @ cols
         if self.b is not None:
-            self.b.set_grad(dout_mat.sum(axis=0))              # db = Σ_rows dout_mat
+            self.b.set_grad(dout_mat.sum(axis=0))                  # db = Σ_rows dout_mat
         if not self.input_grad:
             return None
-        if self._dx_by_flipped_conv(x_shape):
-            # cols's memory now takes dout's patches: a second backward would need them.
-            self.cache = (None, W_mat, x_shape)
-            return conv_input_grad(dout, W_mat, x_shape, self.kernel_size, self.pads,
-                                   workspace=self._workspace(xp, x_shape, dout.shape[2:],
-                                                             pad_name="dout_pad"))
-        # dx = col2im(dout_mat @ W_mat), without the KH·KW-times larger matrix.
-        return col2im_matmul(dout_mat, W_mat, x_shape, self.kernel_size, self.stride,
-                             self.pads, workspace=functools.partial(self.workspace, xp))
-
-    def _dx_by_flipped_conv(self, x_shape: tuple[int, ...]) -> bool:
-        """dx by ``conv_input_grad`` (stride 1, padding at most K - 1), where it was measured
-        faster than ``col2im_matmul`` (benchmarks/ab.py --only conv_dx: 1.06-1.11x from 8×8
-        up, 0.91x at 4×4), and unless dout's patch matrix would be larger than the forward's
-        (C_out > C_in: a layer that widens, e.g. 32 -> 64, measured 0.84-0.88x with
-        ``--convs small``, or an RGB first layer, where the KH·KW thin GEMMs of
-        ``col2im_matmul`` need no such matrix)."""
-        return (self.stride == (1, 1) and flipped_pads(self.kernel_size, self.pads) is not None
-                and self.out_channels <= self.in_channels and min(x_shape[2:]) >= 8)
-
-    def _workspace(self, xp: Any, x_shape: tuple[int, ...], out_hw: tuple[int, int],
-                   pad_name: str = "x_pad") -> Any:
-        """The ``workspace`` callable for ``im2col`` in forward and ``conv_input_grad``.
-
-        Both patch matrices are views of one flat "cols" buffer, sized for the larger of the
-        two (the forward's x patches, (N·Ho·Wo, KH·KW·C_in), and dout's, (N·H·W, KH·KW·C_out),
-        when backward will compute dx that way), so it is allocated once, not per pass.
-        ``im2col``'s padded copy goes to its own buffer, named ``pad_name`` ("x_pad" in
-        forward, "dout_pad" in backward).
-        """
-        N, _, H, W = x_shape
-        (kh, kw), (Ho, Wo) = self.kernel_size, out_hw
-        size = N * Ho * Wo * kh * kw * self.in_channels
-        if self.input_grad and self._dx_by_flipped_conv(x_shape):
-            size = max(size, N * H * W * kh * kw * self.out_channels)
-
-        def workspace(name: str, shape: tuple[int, ...], dtype: Any) -> Any:
-            if name == "cols":
-                flat = self.workspace(xp, "cols", (size,), dtype)
-                return flat[:math.prod(shape)].reshape(shape)
-            return self.workspace(xp, pad_name if name == "x_pad" else name, shape, dtype)
-
-        return workspace
+        if dx_by_flipped_conv(x_shape, self.out_channels, self.kernel_size, self.stride,
+                              self.pads):
+            self.cache = (None, W_mat, x_shape)  # dx is about to write dout's patches over cols
+        # dx = col2im(dout_mat @ W_mat)
+        return conv2d_input_grad(dout_mat, W_mat, x_shape, self.kernel_size, self.stride,
+                                 self.pads, workspace=functools.partial(self.workspace, xp))
 
     def extra_repr(self) -> str:
         padding = self.padding if isinstance(self.padding, str) else tuple(self.padding)

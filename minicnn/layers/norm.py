@@ -20,15 +20,19 @@ InstanceNorm2d  (N, C, H, W)   H, W                        (sample, channel) (C,
 ==============  =============  ==========================  ================  ==============
 
 So they share one forward helper (``normalize``) and one backward helper
-(``normalize_backward``, the closed form derived in ``batchnorm_backward_stepwise``), both in
-``minicnn.functional.normalization``. BatchNorm alone keeps running statistics for evaluation
-mode and lives in its own file, ``batchnorm.py`` (re-exported here, its former home); the
-layers here normalise every sample by its own statistics, the same way in training and
-evaluation.
+(``normalize_backward``, the closed form derived in docs/derivations/batchnorm.md), both in
+``minicnn.functional.normalization``; the step-by-step twin the tests compare with is
+``minicnn.functional.reference.batchnorm_backward_stepwise``. BatchNorm alone keeps running
+statistics for evaluation mode and lives in its own file, ``batchnorm.py`` (re-exported here,
+its former home); the layers here normalise every sample by its own statistics, the same way
+in training and evaluation.
 
 The reductions and the element-wise operations work on any memory layout, so a
 channels-last input (a transposed view) is normalised without being copied first, and the
 outputs keep the input's layout (NumPy's element-wise default order 'K').
+
+Derivation: docs/derivations/normalization.md, docs/derivations/batchnorm.md
+Tests: tests/test_norm.py
 """
 
 from __future__ import annotations
@@ -37,9 +41,6 @@ from typing import Any
 
 import numpy as np
 
-from ..functional.normalization import (
-    batchnorm_backward_stepwise as batchnorm_backward_stepwise,  # re-exported (old home)
-)
 from ..functional.normalization import normalize, normalize_backward, per_channel
 from ._checks import check_eps, check_positive_int
 from .base import Layer, Parameter, check_channels, check_float_input, check_ndim, new_array
@@ -250,7 +251,7 @@ class InstanceNorm2d(Layer):
             dx, _, _ = normalize_backward(dout, x_hat, inv_std, (2, 3))
             return dx
         gamma = per_channel(self.gamma.data.astype(x_hat.dtype, copy=False), 4)
-        dx, sum_dout, sum_dout_x_hat = normalize_backward(
+        dx, sum_dout_x_hat, sum_dout = normalize_backward(
             dout, x_hat, gamma * inv_std, (2, 3))
         # The sums are per (n, c); the parameters are shared by the samples.
         self.gamma.set_grad(sum_dout_x_hat.sum(axis=0).reshape(self.num_features))

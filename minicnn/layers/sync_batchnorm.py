@@ -20,11 +20,11 @@ and the running statistics use the global mu and the unbiased var·M/(M-1), so t
 same on every rank.
 
 Backward: the global objective is J = Σ_r J_r and rank r holds dout_r = dJ/dy_r. BatchNorm's
-closed form (``minicnn.layers.norm.batchnorm_backward_stepwise``) needs two sums over the
-whole batch, so both are allreduced (allreduce 3, one 2C-vector)::
+closed form (docs/derivations/batchnorm.md) needs two sums over the whole batch, so both are
+allreduced (allreduce 3, one 2C-vector), and dx is ``normalize_backward_from_sums`` of them::
 
-    S1 = Σ_all Σ dout,   S2 = Σ_all Σ dout * x_hat
-    dx = (gamma / sqrt(var + eps)) * (dout - S1 / M - x_hat * S2 / M)
+    S_gamma = Σ_all Σ dout * x_hat,   S_beta = Σ_all Σ dout
+    dx = (gamma / sqrt(var + eps)) * (dout - x_hat * S_gamma / M - S_beta / M)
 
 ``gamma.grad`` and ``beta.grad`` are the rank's *own* sums Σ dout * x_hat and Σ dout: the
 gradient allreduce that follows (``minicnn.distributed``) averages them like every other
@@ -36,6 +36,9 @@ single-process ones.
 With no communicator (or one rank), or in evaluation mode, it is exactly ``BatchNorm2d``.
 It uses only BatchNorm2d's public attributes (gamma, beta, running_mean, running_var, eps,
 momentum, num_features, training), so it follows any change to BatchNorm2d's internals.
+
+Derivation: docs/derivations/batchnorm.md
+Tests: tests/test_distributed.py, tests/test_layer_contract.py
 """
 
 from __future__ import annotations
@@ -43,8 +46,8 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from ..backend import get_array_module
-from ..functional.normalization import reduce_sum
-from . import BatchNorm2d
+from ..functional.normalization import normalize_backward_from_sums, reduce_sum
+from .batchnorm import BatchNorm2d
 
 __all__ = ["SyncBatchNorm2d"]
 
@@ -140,20 +143,16 @@ class SyncBatchNorm2d(BatchNorm2d):
         xp = get_array_module(dout)
         x_hat, inv_std, count = cache
         sums = xp.empty(2 * C, dtype=x_hat.dtype)
-        sums[:C] = _channel_sum(dout)                 # Σ dout         (this rank)
-        sums[C:] = _channel_sum(dout, x_hat)          # Σ dout * x_hat (this rank)
+        sums[:C] = _channel_sum(dout, x_hat)          # Σ dout * x_hat (this rank): dgamma
+        sums[C:] = _channel_sum(dout)                 # Σ dout         (this rank): dbeta
         # The parameter gradients are this rank's own sums (averaged later with the others).
-        self.beta.set_grad(sums[:C].copy())
-        self.gamma.set_grad(sums[C:].copy())
-        self.comm.allreduce(sums, op="sum")
-        s1 = (sums[:C] * (1.0 / count)).reshape(1, C, 1, 1)
-        s2 = (sums[C:] * (1.0 / count)).reshape(1, C, 1, 1)
+        self.gamma.set_grad(sums[:C].copy())
+        self.beta.set_grad(sums[C:].copy())
+        self.comm.allreduce(sums, op="sum")           # now over all ranks
+        sum_dout_x_hat, sum_dout = sums[:C].reshape(1, C, 1, 1), sums[C:].reshape(1, C, 1, 1)
         gamma = self.gamma.data.astype(x_hat.dtype, copy=False).reshape(1, C, 1, 1)
-        dx = x_hat * (-s2)
-        dx += dout
-        dx -= s1
-        dx *= gamma * inv_std
-        return dx
+        return normalize_backward_from_sums(dout, x_hat, gamma * inv_std, sum_dout_x_hat,
+                                            sum_dout, count)
 
     def __getstate__(self) -> dict[str, Any]:
         """Copies and pickles leave the communicator behind (it belongs to this process)."""
