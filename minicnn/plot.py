@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,8 +36,15 @@ def matplotlib_available() -> bool:
     return True
 
 
+# Backends that open windows: without a display on Linux they fail at the first figure.
+_GUI_BACKENDS = ("tkagg", "tkcairo", "qtagg", "qtcairo", "qt5agg", "qt5cairo", "gtk3agg",
+                 "gtk3cairo", "gtk4agg", "gtk4cairo", "wxagg", "wxcairo", "wx")
+
+
 def pyplot() -> Any:
-    """``matplotlib.pyplot``, switched to the "Agg" backend when there is no display.
+    """``matplotlib.pyplot``; a window backend is switched to "Agg" on a Linux machine with no
+    display. Any other backend is left alone: Jupyter's inline backend keeps showing figures
+    (matplotlib itself already picks Agg when it finds no display at start).
 
     Raises ImportError with the install command when matplotlib is missing.
     """
@@ -45,8 +53,10 @@ def pyplot() -> Any:
     except ImportError:
         raise ImportError("minicnn.plot needs matplotlib: pip install 'minicnn[plot]' "
                           "(or pip install matplotlib)") from None
-    if not os.environ.get("DISPLAY") and matplotlib.get_backend().lower() not in ("agg",):
-        matplotlib.use("Agg")  # headless: draw to files only
+    headless = sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    if headless and matplotlib.get_backend().lower() in _GUI_BACKENDS:
+        matplotlib.use("Agg")  # draw to files only
     import matplotlib.pyplot as plt  # noqa: PLC0415 (optional dependency)
 
     return plt

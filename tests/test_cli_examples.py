@@ -236,3 +236,22 @@ def test_every_plot_writes_a_png(tmp_path):
     plt.close("all")
     with pytest.raises(ValueError, match="not \\(C, H, W\\)"):
         plot.plot_feature_maps(model, image, 8)  # after Flatten
+
+
+@pytest.mark.skipif(not plot.matplotlib_available(), reason="matplotlib not installed")
+def test_pyplot_keeps_a_non_window_backend_without_a_display(monkeypatch):
+    # A Jupyter kernel on a machine without DISPLAY (JupyterHub, VS Code remote) draws with a
+    # "module://" backend: pyplot() must not switch it to Agg, or no figure shows any more.
+    pytest.importorskip("matplotlib_inline")
+    import matplotlib
+
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    before = matplotlib.get_backend()
+    inline = "module://matplotlib_inline.backend_inline"
+    try:
+        matplotlib.use(inline)
+        plot.pyplot()
+        assert matplotlib.get_backend() == inline
+    finally:
+        matplotlib.use(before)
