@@ -13,21 +13,24 @@ from minicnn import layers as L
 from minicnn.backend import to_numpy
 from minicnn.functional import reference as ref
 from minicnn.functional.conv import (
+    BackwardPatches,
+    backward_from_dout,
+    conv2d_backward_patches,
     conv2d_input_grad,
     conv2d_weight_grad,
     conv2d_weight_matrix,
-    dx_by_flipped_conv,
-    patch_workspace,
 )
 from minicnn.functional.im2col import (
     col2im,
     col2im_matmul,
     conv_input_grad,
     flipped_pads,
+    flipped_patches,
     im2col,
     normalize_padding,
     output_size,
 )
+from minicnn.functional.scratch import scratch_nbytes, scratch_workspace
 from minicnn.gradcheck import assert_gradients
 from minicnn.regularizers import L2
 
@@ -73,10 +76,11 @@ def test_conv_gradcheck(case, seed):
 
 @settings(max_examples=30)
 @given(case=conv_cases(), seed=st.integers(0, 2**31 - 1), grow=st.integers(8, 10))
-def test_conv_gradcheck_with_dx_by_the_flipped_kernel(case, seed, grow):
-    """Inputs of 8x8 and more: the stride-1 layers take conv_input_grad for dx."""
+def test_conv_gradcheck_with_gradients_from_douts_patches(case, seed, grow):
+    """Inputs of 8x8 and more, C_out <= C_in: the stride-1 layers read dW and dx from dout's
+    patch matrix (dx by conv_input_grad), the others from x's (dx by col2im_matmul)."""
     (C_in, C_out, kwargs), (N, _, H, W) = case
-    C_out = min(C_out, C_in)  # a layer that widens takes col2im_matmul
+    C_out = min(C_out, C_in)
     conv = make_conv((C_in, C_out, kwargs), seed)
     shape = (N, C_in, max(H, grow), max(W, grow))
     x = np.random.default_rng(seed).standard_normal(shape)
@@ -100,8 +104,8 @@ def test_conv_forward_matches_naive_loops(case, seed):
 @settings(max_examples=40)
 @given(case=conv_cases(max_size=6), seed=st.integers(0, 2**31 - 1), grow=st.sampled_from([0, 8]))
 def test_conv_backward_matches_naive_loops(case, seed, grow):
-    """dx, dW, db of Conv2d.backward = reference.conv2d_backward; grown to 8x8 with
-    C_out <= C_in, the stride-1 layers take dx by conv_input_grad."""
+    """dx, dW, db of Conv2d.backward = reference.conv2d_backward, read from x's patches or
+    (stride 1, C_out <= C_in) from dout's; also grown to 8x8 with C_out <= C_in."""
     (C_in, C_out, kwargs), (N, _, H, W) = case
     if grow:
         C_out, H, W = min(C_out, C_in), max(H, grow), max(W, grow)
@@ -154,22 +158,48 @@ def test_conv2d_input_grad_is_the_reference_dx(case, seed, grow):
         assert got.transpose(0, 2, 3, 1).flags.c_contiguous      # stored channels-last
 
 
-@settings(max_examples=40)
-@given(case=conv_cases(), seed=st.integers(0, 2**31 - 1))
-def test_conv2d_weight_grad_and_weight_matrix_match_the_loops(case, seed):
-    """conv2d_weight_grad(dout_mat, im2col(x)) = the dW of reference.conv2d_backward, and
-    im2col(x) @ conv2d_weight_matrix(W)ᵀ = reference.conv2d_forward (without b)."""
+@settings(max_examples=60)
+@given(case=conv_cases(), seed=st.integers(0, 2**31 - 1), layout=st.sampled_from(["nchw", "nhwc"]))
+def test_backward_patches_and_weight_grad_match_the_loops(case, seed, layout):
+    """conv2d_backward_patches builds reference.im2col of x, or (stride 1, dx wanted, the rule
+    says so) of dout with the flipped padding; conv2d_weight_grad reads the dW of
+    reference.conv2d_backward from either (patches of x and, where they exist, of dout), for x
+    in either memory layout and a dirty, reused workspace; conv2d_input_grad reads its dx from
+    them. And im2col(x) @ conv2d_weight_matrix(W)ᵀ = reference.conv2d_forward (without b)."""
     (C_in, C_out, kwargs), shape = case
     k, stride = kwargs["kernel_size"], kwargs["stride"]
     pads = normalize_padding(kwargs["padding"], k, stride)
     rng = np.random.default_rng(seed)
     x, Wt = rng.standard_normal(shape), rng.standard_normal((C_out, C_in) + k)
+    x_in = channels_last(x) if layout == "nhwc" else x
     cols, (Ho, Wo) = im2col(x, k, stride, pads)
     dout = rng.standard_normal((shape[0], C_out, Ho, Wo))
-    dW = conv2d_weight_grad(dout.transpose(0, 2, 3, 1).reshape(-1, C_out), cols, Wt.shape)
-    assert dW.shape == Wt.shape and dW.flags.c_contiguous
-    np.testing.assert_allclose(dW, ref.conv2d_backward(x, Wt, dout, stride, pads)[1],
-                               rtol=1e-12, atol=1e-12)
+    dout_mat = dout.transpose(0, 2, 3, 1).reshape(-1, C_out)
+    dx_ref, dW_ref, _ = ref.conv2d_backward(x, Wt, dout, stride, pads)
+    workspace = dirty_workspace()
+    candidates = [BackwardPatches("x", cols)]
+    if stride == (1, 1) and flipped_pads(k, pads) is not None:
+        dcols = flipped_patches(dout, shape, k, pads)
+        np.testing.assert_array_equal(dcols, ref.im2col(dout, k, (1, 1), flipped_pads(k, pads)))
+        candidates.append(BackwardPatches("dout", dcols))
+    for weight_grad, input_grad in [(True, True), (True, False), (False, True)]:
+        built = conv2d_backward_patches(dout_mat, x_in, k, stride, pads, weight_grad,
+                                        input_grad, workspace=workspace)
+        from_dout = input_grad and backward_from_dout(shape, C_out, k, stride, pads)
+        if not from_dout and not weight_grad:
+            assert built is None
+            continue
+        assert built.of == ("dout" if from_dout else "x")
+        expected = next(c.cols for c in candidates if c.of == built.of)
+        # (built.cols is the workspace's: the next call overwrites it, so it is checked now)
+        np.testing.assert_array_equal(built.cols, expected)
+    for patches in candidates:
+        dW = conv2d_weight_grad(dout_mat, x_in, patches, k)
+        assert dW.shape == Wt.shape and dW.flags.c_contiguous
+        np.testing.assert_allclose(dW, dW_ref, rtol=1e-12, atol=1e-12)
+        dx = conv2d_input_grad(dout_mat, conv2d_weight_matrix(Wt), shape, k, stride, pads,
+                               patches=patches, workspace=workspace)
+        np.testing.assert_allclose(dx, dx_ref, rtol=1e-12, atol=1e-12)
     y = (cols @ conv2d_weight_matrix(Wt).T).reshape(shape[0], Ho, Wo, C_out)
     np.testing.assert_allclose(y.transpose(0, 3, 1, 2),
                                ref.conv2d_forward(x, Wt, None, stride, pads),
@@ -370,61 +400,86 @@ def test_flipped_pads_refuses_a_padding_beyond_the_kernel():
     assert flipped_pads((3, 3), ((1, 1), (1, 1))) == ((1, 1), (1, 1))
     assert flipped_pads((3, 2), ((0, 2), (1, 0))) == ((2, 0), (0, 1))
     assert flipped_pads((3, 3), ((3, 0), (0, 0))) is None
-    with pytest.raises(ValueError, match="conv_input_grad: padding"):
+    with pytest.raises(ValueError, match="flipped_patches: padding"):
         conv_input_grad(np.zeros((1, 1, 5, 3)), np.zeros((1, 1)), (1, 1, 3, 3), (1, 1),
                         ((1, 1), (0, 0)))
 
 
-def test_conv_dx_shares_the_patch_buffer_and_a_second_backward_is_an_error():
-    """A stride-1 3x3 conv computes dx by the flipped convolution, writing dout's patches into
-    the forward's patch buffer: one buffer across steps, and a clear error (not a wrong dW)
-    when backward runs twice after one forward."""
+def test_conv_keeps_its_input_not_the_patch_matrix_and_backward_can_run_twice():
+    """The cache holds x itself (a reference, no copy) and the weights; cols, dout's patches
+    and the padded copies are the arena's scratch. So a second backward after one forward
+    computes the same gradients again (the first one overwrote nothing the cache needs)."""
     rng = np.random.default_rng(0)
     conv = L.Conv2d(6, 4, 3, padding=1)
     x = rng.standard_normal((2, 6, 8, 8)).astype(np.float32)
     dout = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
     conv.forward(x)
+    cached_x, cached_W = conv.cache
+    assert cached_x is x and cached_W is conv.W.data
+    assert backward_from_dout(x.shape, 4, (3, 3), (1, 1), conv.pads)   # dout's patches
     dx = conv.backward(dout)
-    buffer = conv._workspaces["cols"]
-    assert buffer.size == 2 * 8 * 8 * 9 * 6          # x's patches, the larger (C_in > C_out)
+    dW, db = conv.W.grad.copy(), conv.b.grad.copy()
     expected = col2im_matmul(dout.transpose(0, 2, 3, 1).reshape(-1, 4),
                              conv.W.data.transpose(0, 2, 3, 1).reshape(4, -1), x.shape, (3, 3),
                              (1, 1), ((1, 1), (1, 1)))
     np.testing.assert_allclose(dx, expected, rtol=1e-5, atol=1e-5)
-    with pytest.raises(RuntimeError, match="Conv2d.backward: called a second time"):
-        conv.backward(dout)
-    conv.forward(x)
-    np.testing.assert_allclose(conv.backward(dout), dx, rtol=1e-6, atol=1e-6)
-    assert conv._workspaces["cols"] is buffer       # no new allocation in the second step
+    np.testing.assert_array_equal(conv.backward(dout), dx)              # again: the same
+    np.testing.assert_array_equal(conv.W.grad, dW)
+    np.testing.assert_array_equal(conv.b.grad, db)
+    assert not hasattr(conv, "_workspaces")                             # no per-layer buffers
+
+
+def test_the_backward_route_rule():
     same = ((1, 1), (1, 1))
-    assert dx_by_flipped_conv((2, 6, 8, 8), 4, (3, 3), (1, 1), same)
-    # RGB: C_out > C_in keeps col2im_matmul
-    assert not dx_by_flipped_conv((2, 3, 32, 32), 64, (3, 3), (1, 1), same)
-    assert not dx_by_flipped_conv((2, 32, 16, 16), 64, (3, 3), (1, 1), same)  # widens
-    assert not dx_by_flipped_conv((2, 6, 4, 4), 4, (3, 3), (1, 1), same)  # 4x4: col2im_matmul
-    assert not dx_by_flipped_conv((2, 6, 9, 9), 4, (3, 3), (2, 2), same)  # stride 2
-    assert not dx_by_flipped_conv((2, 6, 8, 8), 4, (3, 3), (1, 1), ((3, 0), (0, 0)))  # pad > K-1
+    assert backward_from_dout((2, 6, 8, 8), 4, (3, 3), (1, 1), same)
+    assert backward_from_dout((2, 6, 4, 4), 6, (3, 3), (1, 1), same)            # small images too
+    # A layer that widens reads x's patches and takes col2im_matmul (RGB: 21 times narrower)
+    assert not backward_from_dout((2, 32, 16, 16), 64, (3, 3), (1, 1), same)
+    assert not backward_from_dout((2, 3, 32, 32), 64, (3, 3), (1, 1), same)
+    assert not backward_from_dout((2, 6, 9, 9), 4, (3, 3), (2, 2), same)        # stride 2
+    assert not backward_from_dout((2, 6, 8, 8), 4, (3, 3), (1, 1), ((3, 0), (0, 0)))  # pad > K-1
 
 
-def test_the_patch_buffer_is_sized_for_the_larger_patch_matrix():
-    """A 'valid' 3x3 conv on 10x10: dout's patches (N·10·10, 9·C_out) outgrow x's (N·8·8,
-    9·C_in), so the one buffer takes their size; without dx, only x's."""
+def test_layers_sharing_the_arena_do_not_disturb_each_other():
+    """Two convolutions of different shapes, interleaved as in a model (forward A, forward B,
+    backward B, backward A), give the gradients each gives alone: B's scratch overwrote A's
+    patch matrix, which A's backward builds again from its input."""
+    rng = np.random.default_rng(1)
+    a, b = L.Conv2d(3, 5, 3, padding=1), L.Conv2d(5, 5, (2, 3), stride=(1, 2))
+    for conv in (a, b):
+        conv.b.data = rng.standard_normal(5).astype(np.float32)
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    x = rng.standard_normal((2, 3, 9, 9))
+    h = a.forward(x)
+    y = b.forward(h)
+    dy = rng.standard_normal(y.shape)
+    dh = b.backward(dy)
+    dx = a.backward(dh)
+    for conv, inp, d, grad in [(a, x, dh, dx), (b, h, dy, dh)]:
+        dx_ref, dW_ref, db_ref = ref.conv2d_backward(inp, conv.W.data, d, conv.stride, conv.pads)
+        np.testing.assert_allclose(grad, dx_ref, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(conv.W.grad, dW_ref, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(conv.b.grad, db_ref, rtol=1e-10, atol=1e-10)
+
+
+def test_the_patch_buffer_is_the_arenas_sized_for_the_largest_patch_matrix():
+    """After one step the arena's "cols" buffer holds the largest patch matrix of the step (a
+    'valid' 3x3 conv on 10x10: dout's patches (N·10·10, 9·C_out) outgrow x's (N·8·8, 9·C_in)),
+    and the next step reuses it: the same memory, nothing allocated."""
+    xp = np
+    workspace = scratch_workspace(xp)
+    workspace("cols", (1,), np.float32)   # make sure the buffer exists, then read its size
     x, dout = np.ones((2, 6, 10, 10), np.float32), np.ones((2, 6, 8, 8), np.float32)
-    for input_grad, size in [(True, 2 * 10 * 10 * 9 * 6), (False, 2 * 8 * 8 * 9 * 6)]:
-        conv = L.Conv2d(6, 6, 3)
-        conv.input_grad = input_grad
-        conv.forward(x)
-        buffer = conv._workspaces["cols"]
-        assert buffer.size == size
-        conv.backward(dout)
-        assert conv._workspaces["cols"] is buffer
-        workspace = patch_workspace(lambda name, shape, dtype: np.empty(shape, dtype), x.shape,
-                                    6, (3, 3), (1, 1), ((0, 0), (0, 0)), dx=input_grad)
-        assert workspace("cols", (3, 4), np.float32).base.size == size
-    widening = L.Conv2d(4, 6, 3, padding=1)          # dx by col2im_matmul: cols stays intact,
-    widening.forward(np.ones((2, 4, 8, 8)))           # so a second backward is fine
-    np.testing.assert_array_equal(widening.backward(np.ones((2, 6, 8, 8))),
-                                  widening.backward(np.ones((2, 6, 8, 8))))
+    conv = L.Conv2d(6, 6, 3)
+    conv.forward(x)
+    conv.backward(dout)
+    cols = workspace("cols", (1,), np.float32)
+    assert cols.base.size >= 4 * 2 * 10 * 10 * 9 * 6
+    held = scratch_nbytes(xp)
+    conv.forward(x)
+    conv.backward(dout)
+    assert workspace("cols", (1,), np.float32).base is cols.base     # no new allocation
+    assert scratch_nbytes(xp) == held
 
 
 @settings(max_examples=60)

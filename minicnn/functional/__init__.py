@@ -2,10 +2,12 @@
 
 One module per concern; a layer imports the functions it needs from the module itself::
 
-    im2col.py         im2col / col2im / col2im_matmul, conv_input_grad, window views,
-                      output_size
-    conv.py           Conv2d's pieces: W as a matrix, dW, dx by the route that is faster
-                      for the layer's shape, the shared patch buffer
+    im2col.py         im2col / col2im / col2im_matmul, flipped_patches, conv_input_grad,
+                      window views, output_size
+    conv.py           Conv2d's pieces: W as a matrix, the backward's one patch matrix (of x
+                      or of dout), dW and dx read from it
+    scratch.py        the scratch arena: one buffer per name, shared by all layers, for
+                      temporaries that die with their pass (patch matrices, padded copies)
     pooling.py        max pooling's window max, first-max mask and dx
     normalization.py  normalize / normalize_backward: every normalization layer
     softmax.py        softmax / log-softmax (the cross-entropy loss)

@@ -9,24 +9,38 @@
     db     = Σ_rows dout_mat
     dx     = col2im(dout_mat @ W_mat)     conv2d_input_grad
 
-``conv2d_input_grad`` chooses how dx is computed (``col2im_matmul`` or, for stride 1, the
-flipped-kernel convolution ``conv_input_grad``: ``dx_by_flipped_conv`` is the rule) and
-``patch_workspace`` sizes the one patch buffer that the forward's ``im2col`` of x and the
-backward's ``im2col`` of dout share. Each function names the simple function of
-``minicnn.functional.reference`` it equals; tests/test_conv.py compares them.
+cols is KH·KW times the input, so the layer does not keep it from forward to backward: it
+keeps x, and the backward builds one patch matrix again (``conv2d_backward_patches``), into
+the scratch arena (``minicnn.functional.scratch``), from which both gradients are read:
+
+- for stride 1, when dx is wanted (``backward_from_dout``), the patch matrix of *dout*
+  (``flipped_patches``): dx is a convolution of dout with the flipped kernel
+  (``conv_input_grad``), and dW, a correlation of x with dout, is xᵀ times the same matrix;
+- otherwise cols = im2col(x) itself, and dx goes one kernel position at a time
+  (``col2im_matmul``).
+
+Each function names the simple function of ``minicnn.functional.reference`` it equals;
+tests/test_conv.py compares them.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..backend import get_array_module
-from .im2col import Pads, col2im_matmul, conv_input_grad, flipped_pads, output_size
+from .im2col import (
+    Pads,
+    col2im_matmul,
+    conv_input_grad,
+    flipped_pads,
+    flipped_patches,
+    im2col,
+    output_size,
+)
 
-__all__ = ["conv2d_weight_matrix", "conv2d_weight_grad", "dx_by_flipped_conv",
-           "patch_workspace", "conv2d_input_grad"]
+__all__ = ["conv2d_weight_matrix", "BackwardPatches", "backward_from_dout",
+           "conv2d_backward_patches", "conv2d_weight_grad", "conv2d_input_grad"]
 
 Workspace = Callable[[str, tuple[int, ...], Any], Any]
 
@@ -37,36 +51,27 @@ def conv2d_weight_matrix(W: Any) -> Any:
     return W.transpose(0, 2, 3, 1).reshape(W.shape[0], -1)
 
 
-def conv2d_weight_grad(dout_mat: Any, cols: Any, W_shape: tuple[int, int, int, int]) -> Any:
-    """dW = dout_matᵀ @ cols, reordered to W's layout (C_out, C_in, KH, KW), C-contiguous.
+class BackwardPatches(NamedTuple):
+    """The one patch matrix a convolution's backward reads its gradients from.
 
-    Equals the dW of ``reference.conv2d_backward``:
-    ``dW[o, c, a, b] = Σ_{n, i, j} dout[n, o, i, j] · x̃[n, c, i·sh + a, j·sw + b]``.
-
-    Computed as the transpose of colsᵀ @ dout_mat, the same product: as fast on a quiet CPU,
-    and less slowed down when other processes compete for the cores (docs/benchmarks.md).
-
-    Parameters
-    ----------
-    dout_mat : array (N·Ho·Wo, C_out), rows in the order of ``cols``
-    cols : array (N·Ho·Wo, KH·KW·C_in), the forward's ``im2col(x)``
-    W_shape : (C_out, C_in, KH, KW)
+    ``of == "x"``: ``cols = im2col(x)`` (N·Ho·Wo, KH·KW·C_in), the forward's patch matrix.
+    ``of == "dout"``: ``flipped_patches(dout)`` (N·H·W, KH·KW·C_out), stride 1 only.
+    ``cols`` is scratch (the arena's "cols" buffer): dead when the backward returns.
     """
-    xp = get_array_module(cols)
-    C_out, C_in, kh, kw = W_shape
-    dW_mat = (cols.T @ dout_mat).T                                # (C_out, KH·KW·C_in)
-    return xp.ascontiguousarray(dW_mat.reshape(C_out, kh, kw, C_in).transpose(0, 3, 1, 2))
+
+    of: str
+    cols: Any
 
 
-def dx_by_flipped_conv(x_shape: tuple[int, ...], C_out: int, kernel_size: tuple[int, int],
+def backward_from_dout(x_shape: tuple[int, ...], C_out: int, kernel_size: tuple[int, int],
                        stride: tuple[int, int], padding: Pads) -> bool:
-    """Whether ``conv2d_input_grad`` computes dx by ``conv_input_grad`` (else ``col2im_matmul``).
+    """Whether a backward that wants dx reads both gradients from dout's patches (else x's).
 
-    The flipped-kernel convolution needs stride 1 and a padding of at most K - 1
-    (``flipped_pads``). It is taken where it was measured faster (docs/benchmarks.md): inputs
-    of 8×8 and more, and unless dout's patch matrix (N·H·W, KH·KW·C_out) would be larger than
-    the forward's (C_out > C_in: a layer that widens, or an RGB first layer, where the KH·KW
-    thin GEMMs of ``col2im_matmul`` need no such matrix).
+    dout's patches (``flipped_patches``) need stride 1 and a padding of at most K - 1
+    (``flipped_pads``). They are taken where that was measured faster (docs/benchmarks.md):
+    unless the layer widens (C_out > C_in), when they would be wider than x's (by
+    C_out / C_in: 21 times for an RGB first layer), and x's patches with ``col2im_matmul``
+    for dx (KH·KW thin GEMMs) win, in time and in scratch memory.
 
     Parameters
     ----------
@@ -75,51 +80,90 @@ def dx_by_flipped_conv(x_shape: tuple[int, ...], C_out: int, kernel_size: tuple[
     kernel_size, stride, padding : the layer's (KH, KW), (sh, sw), ((top, bottom), (left, right))
     """
     return (stride == (1, 1) and flipped_pads(kernel_size, padding) is not None
-            and C_out <= x_shape[1] and min(x_shape[2:]) >= 8)
+            and C_out <= x_shape[1])
 
 
-def patch_workspace(workspace: Workspace, x_shape: tuple[int, ...], C_out: int,
-                    kernel_size: tuple[int, int], stride: tuple[int, int], padding: Pads,
-                    dx: bool = True, pad_name: str = "x_pad") -> Workspace:
-    """The ``workspace`` callable for the ``im2col`` of a convolution's forward and backward.
+def conv2d_backward_patches(dout_mat: Any, x: Any, kernel_size: tuple[int, int],
+                            stride: tuple[int, int], padding: Pads, weight_grad: bool = True,
+                            input_grad: bool = True,
+                            workspace: Workspace | None = None) -> BackwardPatches | None:
+    """The patch matrix a convolution's backward needs, built now: of dout or of x.
 
-    Both patch matrices, the forward's of x (N·Ho·Wo, KH·KW·C_in) and, when dx is computed by
-    ``conv_input_grad``, the backward's of dout (N·H·W, KH·KW·C_out), are views of one flat
-    "cols" buffer sized for the larger of the two, so it is allocated once, not per pass (the
-    backward's patches overwrite the forward's, which are dead once dW is computed).
-    ``im2col``'s padded copy goes to its own buffer, named ``pad_name`` ("x_pad" in forward,
-    "dout_pad" in backward); any other name is passed through.
+    With dx wanted and ``backward_from_dout``: ``BackwardPatches("dout",
+    flipped_patches(dout))``, which equals ``reference.im2col(dout, kernel_size, (1, 1),
+    flipped_pads(kernel_size, padding))``; dW and dx are both read from it. Else, with dW
+    wanted: ``BackwardPatches("x", im2col(x))``, which equals ``reference.im2col(x, ...)``
+    (the forward's cols, built again instead of kept). None when neither gradient is wanted.
 
     Parameters
     ----------
-    workspace : callable ``(name, shape, dtype) -> array``
-        The layer's buffers (``functools.partial(layer.workspace, xp)``).
-    x_shape : (N, C_in, H, W), the layer's input shape
-    C_out : int
+    dout_mat : array (N·Ho·Wo, C_out), dL/dout with rows (n, ho, wo)
+    x : array (N, C_in, H, W), the forward's input, any memory layout
     kernel_size, stride, padding : the layer's
-    dx : bool
-        Whether the backward will compute dx (``Conv2d.input_grad``); if not, the buffer is
-        sized for the forward's patches alone.
-    pad_name : str
+    weight_grad, input_grad : which gradients the backward computes
+    workspace : callable ``(name, shape, dtype) -> array``, optional
+        Where the matrix and its padded source go ("cols", "x_pad"): ``scratch_workspace(xp)``,
+        the arena every layer shares. None allocates them.
     """
-    N, C_in, H, W = x_shape
-    (kh, kw) = kernel_size
-    Ho, Wo = output_size(x_shape, kernel_size, stride, padding)
-    size = N * Ho * Wo * kh * kw * C_in
-    if dx and dx_by_flipped_conv(x_shape, C_out, kernel_size, stride, padding):
-        size = max(size, N * H * W * kh * kw * C_out)
+    C_out = dout_mat.shape[1]
+    if input_grad and backward_from_dout(x.shape, C_out, kernel_size, stride, padding):
+        N = x.shape[0]
+        Ho, Wo = output_size(x.shape, kernel_size, stride, padding)
+        dout = dout_mat.reshape(N, Ho, Wo, C_out).transpose(0, 3, 1, 2)   # a view
+        return BackwardPatches("dout", flipped_patches(dout, x.shape, kernel_size, padding,
+                                                       workspace=workspace))
+    if weight_grad:
+        cols, _ = im2col(x, kernel_size, stride, padding, workspace=workspace)
+        return BackwardPatches("x", cols)
+    return None
 
-    def buffers(name: str, shape: tuple[int, ...], dtype: Any) -> Any:
-        if name == "cols":
-            flat = workspace("cols", (size,), dtype)
-            return flat[:math.prod(shape)].reshape(shape)
-        return workspace(pad_name if name == "x_pad" else name, shape, dtype)
 
-    return buffers
+def conv2d_weight_grad(dout_mat: Any, x: Any, patches: BackwardPatches,
+                       kernel_size: tuple[int, int]) -> Any:
+    """dW = dout_matᵀ @ im2col(x), in W's layout (C_out, C_in, KH, KW), C-contiguous.
+
+    Equals the dW of ``reference.conv2d_backward``::
+
+        dW[o, c, a, b] = Σ_{n, i, j} dout[n, o, i, j] · x̃[n, c, i·sh + a, j·sw + b]
+
+    read from ``patches`` (``conv2d_backward_patches``):
+
+    - of x: cols itself, dW_mat = dout_matᵀ @ cols, computed as (colsᵀ @ dout_mat)ᵀ, the
+      same product: as fast on a quiet CPU, and less slowed down when other processes
+      compete for the cores (docs/benchmarks.md);
+    - of dout (stride 1): the same sum taken over the input pixels instead of the output
+      pixels. Row (n, h, w) of ``dcols = flipped_patches(dout)`` holds, at column
+      (KH-1-a, KW-1-b, o), the dout[n, o, i, j] whose window reads x[n, c, h, w] at kernel
+      offset (a, b) (zero where there is none), so with x_mat = x as rows (N·H·W, C_in)::
+
+          dW[o, c, a, b] = Σ_{n, h, w} x_mat[(n, h, w), c] · dcols[(n, h, w), (KH-1-a, KW-1-b, o)]
+                         = (x_matᵀ @ dcols)[c, (KH-1-a, KW-1-b, o)]
+
+      (the padding's zeros drop out on both sides), computed as (dcolsᵀ @ x_mat)ᵀ.
+
+    Parameters
+    ----------
+    dout_mat : array (N·Ho·Wo, C_out), rows (n, ho, wo)
+    x : array (N, C_in, H, W), the forward's input, any memory layout (channels-last makes
+        x_mat a view)
+    patches : ``BackwardPatches`` built for this backward
+    kernel_size : (KH, KW)
+    """
+    xp = get_array_module(x)
+    C_out, C_in, (kh, kw) = dout_mat.shape[1], x.shape[1], kernel_size
+    if patches.of == "x":
+        dW_mat = (patches.cols.T @ dout_mat).T                    # (C_out, KH·KW·C_in)
+        dW = dW_mat.reshape(C_out, kh, kw, C_in).transpose(0, 3, 1, 2)
+    else:
+        x_mat = x.transpose(0, 2, 3, 1).reshape(-1, C_in)        # (N·H·W, C_in)
+        G = (patches.cols.T @ x_mat).T                            # (C_in, KH·KW·C_out)
+        dW = G.reshape(C_in, kh, kw, C_out)[:, ::-1, ::-1, :].transpose(3, 0, 1, 2)
+    return xp.ascontiguousarray(dW)
 
 
 def conv2d_input_grad(dout_mat: Any, W_mat: Any, x_shape: tuple[int, int, int, int],
                       kernel_size: tuple[int, int], stride: tuple[int, int], padding: Pads,
+                      patches: BackwardPatches | None = None,
                       workspace: Workspace | None = None) -> Any:
     """dx = col2im(dout_mat @ W_mat): the input gradient of a convolution.
 
@@ -129,11 +173,11 @@ def conv2d_input_grad(dout_mat: Any, W_mat: Any, x_shape: tuple[int, int, int, i
         dx[n, c, h, w] = Σ_{o, i, j} dout[n, o, i, j] · W[o, c, h + top - i·sh, w + left - j·sw]
 
     (the sum over the (i, j) whose kernel index lies inside the kernel). Computed without the
-    KH·KW-times larger dcols = dout_mat @ W_mat, in one of two ways (``dx_by_flipped_conv``):
+    KH·KW-times larger dcols = dout_mat @ W_mat, in one of two ways:
 
     - ``conv_input_grad``: for stride 1, dx is a convolution of dout with the flipped kernel,
-      one ``im2col`` of dout and one GEMM. Its patches go into the forward's patch buffer
-      (``patch_workspace``), so the forward's ``cols`` are overwritten.
+      one GEMM of dout's patch matrix, taken when ``patches`` are dout's (or, without
+      ``patches``, when ``backward_from_dout`` says so: then the matrix is built here);
     - ``col2im_matmul``: one kernel position at a time, KH·KW thin GEMMs each added into a
       strided slice of dx.
 
@@ -144,22 +188,27 @@ def conv2d_input_grad(dout_mat: Any, W_mat: Any, x_shape: tuple[int, int, int, i
     W_mat : array (C_out, KH·KW·C_in), the weights in ``im2col``'s (kh, kw, c) column order
     x_shape : (N, C_in, H, W), the input's shape
     kernel_size, stride, padding : as given to ``im2col``
+    patches : ``BackwardPatches``, optional
+        What ``conv2d_backward_patches`` built for this backward.
     workspace : callable ``(name, shape, dtype) -> array``, optional
-        The layer's buffers, reused from step to step (``functools.partial(layer.workspace,
-        xp)``); the same one the forward's ``patch_workspace`` wrapped.
+        Scratch buffers that die with this call (``scratch_workspace(xp)``, the arena every
+        layer shares): "dcols_block" for ``col2im_matmul``; "x_pad" and "cols" when dout's
+        patches are built here. None allocates them.
 
     Returns
     -------
     dx : array (N, C_in, H, W), dout_mat's dtype, stored channels-last (C-contiguous NHWC)
     """
     C_out = W_mat.shape[0]
-    if dx_by_flipped_conv(x_shape, C_out, kernel_size, stride, padding):
+    if patches is None:
+        from_dout = backward_from_dout(x_shape, C_out, kernel_size, stride, padding)
+    else:
+        from_dout = patches.of == "dout"
+    if from_dout:
         N = x_shape[0]
         Ho, Wo = output_size(x_shape, kernel_size, stride, padding)
         dout = dout_mat.reshape(N, Ho, Wo, C_out).transpose(0, 3, 1, 2)   # a view
-        if workspace is not None:
-            workspace = patch_workspace(workspace, x_shape, C_out, kernel_size, stride, padding,
-                                        pad_name="dout_pad")
-        return conv_input_grad(dout, W_mat, x_shape, kernel_size, padding, workspace=workspace)
+        return conv_input_grad(dout, W_mat, x_shape, kernel_size, padding, workspace=workspace,
+                               dcols=None if patches is None else patches.cols)
     return col2im_matmul(dout_mat, W_mat, x_shape, kernel_size, stride, padding,
                          workspace=workspace)

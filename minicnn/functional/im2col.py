@@ -41,7 +41,8 @@ from ..backend import get_array_module
 
 __all__ = [
     "pair", "normalize_padding", "output_size", "window_slices", "pad_channels_last",
-    "window_view", "im2col", "col2im", "col2im_matmul", "flipped_pads", "conv_input_grad",
+    "window_view", "im2col", "col2im", "col2im_matmul", "flipped_pads", "flipped_patches",
+    "conv_input_grad",
 ]
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
@@ -142,7 +143,7 @@ def pad_channels_last(x: Any, padding: Pads, value: float = 0.0, out: Any = None
     assigned: one copy, in the layout ``im2col`` reads fastest (``np.pad`` would produce
     C-order NCHW instead). Without padding ``x`` itself is returned.
 
-    ``out``, optional: a C-contiguous (N, Hp, Wp, C) buffer to reuse (a layer's workspace);
+    ``out``, optional: a C-contiguous (N, Hp, Wp, C) buffer to reuse (scratch memory);
     only its border is filled with ``value`` and its interior overwritten.
     """
     (top, bottom), (left, right) = padding
@@ -188,10 +189,11 @@ def im2col(x: Any, kernel_size: tuple[int, int], stride: tuple[int, int],
     kernel_size, stride : (KH, KW), (sh, sw)
     padding : ((top, bottom), (left, right)), zeros
     workspace : callable, optional
-        ``workspace(name, shape, dtype)`` returns a reusable buffer (``Layer.workspace``).
-        Writing the padded input and the patch matrix into buffers that live across steps
-        avoids allocating (and page-faulting) ~100 MB per layer per step; the result is the
-        same.
+        ``workspace(name, shape, dtype)`` returns a reusable buffer: the scratch arena that
+        all layers share (``minicnn.functional.scratch``), asked for "x_pad" (the padded
+        copy, only when there is padding) and "cols" (the result). Writing into memory
+        already touched avoids allocating (and page-faulting) ~100 MB per layer per step; the
+        result is the same. The returned cols is then that buffer: valid until its next user.
 
     Returns
     -------
@@ -312,8 +314,8 @@ def col2im_matmul(dout_mat: Any, W_mat: Any, x_shape: tuple[int, int, int, int],
     x_shape : (N, C_in, H, W), the input's shape
     kernel_size, stride, padding : as given to ``im2col``
     workspace : callable, optional
-        ``workspace(name, shape, dtype)`` for the (N·Ho·Wo, C_in) block, reused from step
-        to step (``Layer.workspace``).
+        ``workspace(name, shape, dtype)`` for the (N·Ho·Wo, C_in) block ("dcols_block"),
+        dead when this returns (the scratch arena, ``minicnn.functional.scratch``).
 
     Returns
     -------
@@ -359,8 +361,41 @@ def flipped_pads(kernel_size: tuple[int, int], padding: Pads) -> Pads | None:
     return pads if min(min(pair_) for pair_ in pads) >= 0 else None
 
 
+def flipped_patches(dout: Any, x_shape: tuple[int, int, int, int], kernel_size: tuple[int, int],
+                    padding: Pads, workspace: Any = None) -> Any:
+    """The patch matrix of dout padded by ``flipped_pads``: ``im2col`` of a stride-1 dout.
+
+    ``dcols[(n, h, w), (a, b, o)] = dout[n, o, h + top - (KH-1-a), w + left - (KW-1-b)]``
+    (zero outside dout), (N·H·W, KH·KW·C_out): one row per *input* pixel, the dout entries
+    whose windows read it, with the kernel offsets flipped. Equals
+    ``reference.im2col(dout, kernel_size, (1, 1), flipped_pads(kernel_size, padding))``.
+    ``conv_input_grad`` reads dx from it, and ``minicnn.functional.conv.conv2d_weight_grad``
+    can read dW from it.
+
+    Parameters
+    ----------
+    dout : array (N, C_out, Ho, Wo), any memory layout (Ho, Wo = the stride-1 output size)
+    x_shape : (N, C_in, H, W), the input's shape
+    kernel_size : (KH, KW)
+    padding : ((top, bottom), (left, right)) of the forward pass; ``flipped_pads`` must not
+        be None for it
+    workspace : callable, optional
+        As for ``im2col`` (its "x_pad" and "cols" buffers, here dout's).
+    """
+    pads = flipped_pads(kernel_size, padding)
+    if pads is None:
+        raise ValueError(f"flipped_patches: padding {padding} exceeds kernel size - 1 "
+                         f"for kernel {kernel_size}; use col2im_matmul")
+    cols, (Ho, Wo) = im2col(dout, kernel_size, (1, 1), pads, workspace=workspace)
+    if (Ho, Wo) != tuple(x_shape[2:]):
+        raise ValueError(f"flipped_patches: dout of shape {tuple(dout.shape)} does not belong "
+                         f"to a stride-1 convolution of an input of shape {tuple(x_shape)}")
+    return cols
+
+
 def conv_input_grad(dout: Any, W_mat: Any, x_shape: tuple[int, int, int, int],
-                    kernel_size: tuple[int, int], padding: Pads, workspace: Any = None) -> Any:
+                    kernel_size: tuple[int, int], padding: Pads, workspace: Any = None,
+                    dcols: Any = None) -> Any:
     """dx of a stride-1 convolution as one convolution of dout with the flipped kernel.
 
     = ``col2im_matmul`` for stride 1 and the dx of ``reference.conv2d_backward`` (the tests
@@ -370,11 +405,12 @@ def conv_input_grad(dout: Any, W_mat: Any, x_shape: tuple[int, int, int, int],
                        = conv(pad(dout), W_flip)[n, c, h, w]
         W_flip[c, o, a, b] = W[o, c, KH-1-a, KW-1-b]          (C_in, C_out, KH, KW)
 
-    with dout padded by ``flipped_pads``. That is ``im2col(dout)`` (N·H·W, KH·KW·C_out) and a
-    single GEMM with K = KH·KW·C_out, instead of KH·KW thin GEMMs (K = C_out) whose blocks
-    are then added into dx slice by slice: the same FLOPs, but one efficient GEMM and no
-    read-modify-write passes over dx (measured faster at the VGG sizes, docs/benchmarks.md).
-    The price is the patch matrix of dout: KH·KW times dout's size (a workspace).
+    with dout padded by ``flipped_pads``. That is ``flipped_patches(dout)`` (N·H·W,
+    KH·KW·C_out) and a single GEMM with K = KH·KW·C_out, instead of KH·KW thin GEMMs
+    (K = C_out) whose blocks are then added into dx slice by slice: the same FLOPs, but one
+    efficient GEMM and no read-modify-write passes over dx (measured faster at the VGG sizes,
+    docs/benchmarks.md). The price is the patch matrix of dout: KH·KW times dout's size
+    (scratch memory).
 
     Parameters
     ----------
@@ -385,7 +421,11 @@ def conv_input_grad(dout: Any, W_mat: Any, x_shape: tuple[int, int, int, int],
     padding : ((top, bottom), (left, right)) of the forward pass; ``flipped_pads`` must not
         be None for it
     workspace : callable, optional
-        As for ``im2col`` (its "x_pad" and "cols" buffers).
+        As for ``im2col`` (its "x_pad" and "cols" buffers, here dout's), dead when this
+        returns.
+    dcols : array, optional
+        ``flipped_patches(dout, ...)`` when the caller has built it already (then ``dout``
+        is only read for its shape).
 
     Returns
     -------
@@ -394,16 +434,10 @@ def conv_input_grad(dout: Any, W_mat: Any, x_shape: tuple[int, int, int, int],
     N, C_in, H, W = x_shape
     (kh, kw) = kernel_size
     C_out = W_mat.shape[0]
-    pads = flipped_pads(kernel_size, padding)
-    if pads is None:
-        raise ValueError(f"conv_input_grad: padding {padding} exceeds kernel size - 1 "
-                         f"for kernel {kernel_size}; use col2im_matmul")
-    cols, (Ho, Wo) = im2col(dout, kernel_size, (1, 1), pads, workspace=workspace)
-    if (Ho, Wo) != (H, W):
-        raise ValueError(f"conv_input_grad: dout of shape {tuple(dout.shape)} does not belong "
-                         f"to a stride-1 convolution of an input of shape {tuple(x_shape)}")
+    if dcols is None:
+        dcols = flipped_patches(dout, x_shape, kernel_size, padding, workspace=workspace)
     # W_flip in the (kh, kw, o) column order of dout's patches: (C_in, KH·KW·C_out), a copy.
     W_flip = W_mat.reshape(C_out, kh, kw, C_in)[:, ::-1, ::-1, :].transpose(3, 1, 2, 0)
     W_flip = W_flip.reshape(C_in, kh * kw * C_out)
-    dx = cols @ W_flip.T                                      # (N·H·W, C_in)
+    dx = dcols @ W_flip.T                                     # (N·H·W, C_in)
     return dx.reshape(N, H, W, C_in).transpose(0, 3, 1, 2)    # stored channels-last

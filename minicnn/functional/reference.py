@@ -474,3 +474,55 @@ def batchnorm_backward_stepwise(dout: Any, x: Any, gamma: Any,
            + dvar * (-2.0 * xmu).sum(axis=axes, keepdims=True) / m)           # (5)(3)
     dx = dx_hat / std + dvar * 2.0 * xmu / m + dmu / m                        # (2)(3)(1)
     return dx, dgamma, dbeta
+
+
+# -- Winograd convolution (docs/derivations/winograd.md) --------------------------------------
+
+def winograd_conv2d_tiles(x: Any, W: Any, padding: Pads, BT: Any, G: Any,
+                          AT: Any) -> np.ndarray:
+    """Winograd's F(m×m, 3×3) as the textbook writes it: one tile, one channel pair at a time.
+
+    For every m×m output tile, every output channel o and input channel c::
+
+        Y_tile[o] += Aᵀ [ (G g Gᵀ) ⊙ (Bᵀ d B) ] A      g = W[o, c] (3×3), d the α×α input
+                                                     tile of channel c (α = m + 2)
+
+    with the tiles of the zero-padded input taken every m pixels (zeros past its end) and the
+    outputs past Ho, Wo dropped. It equals ``conv2d_forward(x, W, None, (1, 1), padding)``
+    for any correct (Bᵀ, G, Aᵀ), and is the twin of ``minicnn.functional.winograd``'s
+    ``winograd_conv2d``, which computes the same sums as GEMMs over all tiles and channels.
+
+    Parameters
+    ----------
+    x : array (N, C_in, H, W)
+    W : array (C_out, C_in, 3, 3)
+    padding : ((top, bottom), (left, right))
+    BT, G, AT : arrays (α, α), (α, 3), (m, α): the transforms (``winograd.BT[m]`` etc.)
+
+    Returns
+    -------
+    y : float64 array (N, C_out, Ho, Wo), Ho = H + top + bottom - 2
+    """
+    BT, G, AT = (np.asarray(a, dtype=np.float64) for a in (BT, G, AT))
+    m, alpha = AT.shape
+    x_p = _pad(x, padding)
+    W = np.asarray(W, dtype=np.float64)
+    N, C_in, Hp, Wp = x_p.shape
+    C_out = W.shape[0]
+    Ho, Wo = _out_size(Hp, 3, 1), _out_size(Wp, 3, 1)
+    th, tw = -(-Ho // m), -(-Wo // m)
+    x_p = np.pad(x_p, ((0, 0), (0, 0), (0, th * m + 2 - Hp), (0, tw * m + 2 - Wp)))
+    y = np.zeros((N, C_out, th * m, tw * m))
+    for n in range(N):
+        for ti in range(th):
+            for tj in range(tw):
+                for o in range(C_out):
+                    for c in range(C_in):
+                        d = x_p[n, c, ti * m:ti * m + alpha, tj * m:tj * m + alpha]
+                        u = G @ W[o, c] @ G.T                  # (α, α)
+                        v = BT @ d @ BT.T                      # (α, α)
+                        y[n, o, ti * m:(ti + 1) * m, tj * m:(tj + 1) * m] += AT @ (u * v) @ AT.T
+    return y[:, :, :Ho, :Wo]
+
+
+__all__ += ["winograd_conv2d_tiles"]

@@ -15,8 +15,22 @@ The layer contract (what every layer in ``minicnn.layers`` does, and a new one m
   running statistics) are attributes named in the class attribute ``_buffer_names``. One walk
   (``named_modules``) finds them all, in definition order; everything else — ``parameters``,
   ``state_dict``, ``to``, ``astype``, ``train``/``eval`` — is built on it;
-- large scratch arrays reused from step to step come from ``self.workspace(...)``; they, and
-  the cache, are dropped when a layer is pickled or deep-copied (``__getstate__``);
+- what a layer keeps from forward to backward (its ``cache``) is what backward needs, no
+  more: a reference to its input or its output (free: the layers around hold them anyway)
+  and to the weights it used; arrays of at most the input's or the output's size made in
+  forward (BatchNorm's x - mu, Dropout's mask, max pooling's y); per-channel statistics.
+  In bytes: at most its input plus its output (twice its input for a convolution), the
+  parameters not counted. Never a scratch buffer, and nothing that grows with the kernel: a
+  convolution keeps x, not its KH·KW-times larger patch matrix, and builds a patch matrix
+  again in backward. ``tests/test_memory.py`` measures every exported layer against this
+  bound. Since a layer may keep its input by reference, no layer modifies its input in
+  place, and a caller must not either before the backward;
+- large temporaries that die with their pass (a patch matrix, a padded copy) come from the
+  scratch arena that all layers share (``minicnn.functional.scratch``: ``scratch(xp, name,
+  shape, dtype)``, also ``self.workspace(xp, name, shape, dtype)``): valid until the next
+  request for the same name, so never kept in the cache nor returned to the caller. A model
+  then holds its largest layer's scratch once, not every layer's;
+- the cache is dropped when a layer is pickled or deep-copied (``__getstate__``);
 - ``train()`` / ``eval()`` set the mode (BatchNorm and Dropout behave differently);
   ``with model.mode(training=False):`` sets it for a block and restores every module's own
   mode afterwards.
@@ -37,13 +51,14 @@ from typing import Any
 import numpy as np
 
 from ..backend import get_array_module, get_cupy, get_xp, to_numpy
+from ..functional.scratch import scratch
 from .summary import summary
 
 __all__ = ["Parameter", "Layer", "evaluating", "check_float_input", "check_ndim",
            "check_channels", "new_array"]
 
-# Attributes that hold per-step scratch state: never pickled, copied or saved.
-_TRANSIENT = ("cache", "_workspaces")
+# Attributes that hold per-step state: never pickled, copied or saved.
+_TRANSIENT = ("cache",)
 
 
 class Parameter:
@@ -276,28 +291,25 @@ class Layer:
 
     # -- scratch memory --------------------------------------------------------------------
     def workspace(self, xp: Any, name: str, shape: tuple[int, ...], dtype: Any) -> Any:
-        """A scratch buffer owned by this layer, reused from step to step.
+        """A scratch buffer for the pass now running: ``scratch(xp, name, shape, dtype)`` of
+        ``minicnn.functional.scratch``, the arena every layer shares.
 
         Large temporaries (a convolution's patch matrix is ~100 MB) cost as much to allocate
-        as to fill: fresh memory is page-faulted in on first touch. A layer that needs the
-        same shape every step asks for it here instead. The content is undefined; only the
-        layer itself may keep references to it (never return a workspace to the caller).
-        ``xp`` is the array module of the input (NumPy or CuPy).
+        as to fill: fresh memory is page-faulted in on first touch. The arena hands out memory
+        already touched, one buffer per name for all layers. The content is undefined and the
+        buffer is valid until the next request for ``name`` (the next layer's pass): never
+        keep it in ``self.cache`` and never return it to the caller. ``xp`` is the array
+        module of the input (NumPy or CuPy).
         """
-        buffers = self.__dict__.setdefault("_workspaces", {})
-        buf = buffers.get(name)
-        if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype or \
-                get_array_module(buf) is not xp:
-            buf = buffers[name] = xp.empty(shape, dtype=dtype)
-        return buf
+        return scratch(xp, name, shape, dtype)
 
     def __getstate__(self) -> dict[str, Any]:
-        """Pickle / deep-copy without the per-step cache and workspaces (they may hold device
-        arrays and are rebuilt by the next forward)."""
+        """Pickle / deep-copy without the per-step cache (it may hold device arrays and is
+        rebuilt by the next forward)."""
         state = dict(self.__dict__)
         for key in _TRANSIENT:
             if key in state:
-                state[key] = None if key == "cache" else {}
+                state[key] = None
         return state
 
     # -- modes -----------------------------------------------------------------------------

@@ -6,19 +6,18 @@ Tests: tests/test_conv.py
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 from .. import init as initializers
 from ..backend import get_array_module
 from ..functional.conv import (
+    conv2d_backward_patches,
     conv2d_input_grad,
     conv2d_weight_grad,
     conv2d_weight_matrix,
-    dx_by_flipped_conv,
-    patch_workspace,
 )
 from ..functional.im2col import im2col, normalize_padding, output_size, pair
+from ..functional.scratch import scratch_workspace
 from .base import Layer, Parameter, check_channels, check_float_input, check_ndim, new_array
 
 __all__ = ["Conv2d"]
@@ -84,12 +83,19 @@ class Conv2d(Layer):
     The slow-but-obvious versions of all four are ``minicnn.functional.reference``'s
     ``conv2d_forward`` and ``conv2d_backward`` (loops over every pixel). Two lines run by a
     faster route, each behind a named function of ``minicnn.functional.conv``:
-    ``conv2d_weight_grad`` (dW_mat, computed as (colsᵀ @ dout_mat)ᵀ) and ``conv2d_input_grad``
-    (the last two lines, without the KH·KW-times larger dcols matrix: ``col2im_matmul``, one
-    kernel position at a time, or, for stride 1, ``conv_input_grad``, a convolution of dout
-    with the flipped kernel, chosen by ``dx_by_flipped_conv``). That one writes dout's patches
-    into the memory of the forward's ``cols`` (``patch_workspace``: one buffer for both, kept
-    across steps), so a second backward after the same forward is then an error.
+    ``conv2d_weight_grad`` (dW_mat) and ``conv2d_input_grad`` (the last two lines, without the
+    KH·KW-times larger dcols matrix: ``col2im_matmul``, one kernel position at a time, or, for
+    stride 1, ``conv_input_grad``, a convolution of dout with the flipped kernel).
+
+    Memory: cols is KH·KW times the input (nine times for 3×3), so it is not kept from
+    forward to backward. The cache holds x (a reference to the input, which the layer before
+    holds anyway) and the weights it met. The backward builds one patch matrix again
+    (``conv2d_backward_patches``) and reads both gradients from it: cols itself, or, for
+    stride 1, the patch matrix of dout, from which dx is the flipped-kernel convolution and
+    dW the sum of x times dout over the input pixels. The patch matrices and padded copies
+    are scratch: they go to the arena that all layers share (``minicnn.functional.scratch``),
+    so a model holds one patch buffer, the size of its largest layer's, however many
+    convolutions it has.
 
     The output is stored channels-last (a view of the GEMM result, see
     ``minicnn.functional.im2col``); it is logically (N, C_out, Ho, Wo) like any other array.
@@ -134,39 +140,39 @@ class Conv2d(Layer):
         check_channels("Conv2d", x, self.in_channels, self._expected())
         N = x.shape[0]
         Ho, Wo = output_size(x.shape, self.kernel_size, self.stride, self.pads, "Conv2d")
-        # The patch buffer lives across steps, shared with backward's dx (patch_workspace).
-        workspace = patch_workspace(functools.partial(self.workspace, xp), x.shape,
-                                    self.out_channels, self.kernel_size, self.stride, self.pads,
-                                    dx=self.input_grad)
-        cols, _ = im2col(x, self.kernel_size, self.stride, self.pads, workspace=workspace)
-        W_mat = conv2d_weight_matrix(self.W.data.astype(x.dtype, copy=False))
+        # cols is scratch: the arena's patch buffer, dead when forward returns.
+        cols, _ = im2col(x, self.kernel_size, self.stride, self.pads,
+                         workspace=scratch_workspace(xp))
+        W = self.W.data.astype(x.dtype, copy=False)
+        W_mat = conv2d_weight_matrix(W)
         out = cols @ W_mat.T                                  # (N·Ho·Wo, C_out)
         if self.b is not None:
             out += self.b.data.astype(x.dtype, copy=False)
-        self.cache = (cols, W_mat, tuple(x.shape))  # arrays and shapes only (no module)
+        self.cache = (x, W)  # the input (not its KH·KW-times larger cols) and the weights used
         # Logically (N, C_out, Ho, Wo), physically NHWC: a view, no transpose copy.
         return out.reshape(N, Ho, Wo, self.out_channels).transpose(0, 3, 1, 2)
 
     def backward(self, dout: Any) -> Any:
-        cols, W_mat, x_shape = self.cached()
-        if cols is None:
-            raise RuntimeError("Conv2d.backward: called a second time after one forward; its "
-                               "patch matrix was reused for the first dx: run forward again")
-        xp = get_array_module(cols)
+        x, W = self.cached()
+        workspace = scratch_workspace(get_array_module(x))
         # (N, C_out, Ho, Wo) -> rows (n, ho, wo) like cols; free when dout is channels-last.
         dout_mat = dout.transpose(0, 2, 3, 1).reshape(-1, self.out_channels)
+        # cols was not kept: both gradients read one patch matrix built now, cols = im2col(x)
+        # or (stride 1) dout's, in the scratch arena.
+        patches = conv2d_backward_patches(dout_mat, x, self.kernel_size, self.stride, self.pads,
+                                          weight_grad=self.W.requires_grad,
+                                          input_grad=self.input_grad, workspace=workspace)
         if self.W.requires_grad:  # a frozen W (PatchWhitening, transfer learning): no dW
-            self.W.set_grad(conv2d_weight_grad(dout_mat, cols, self.W.shape))  # dout_matᵀ @ cols
+            # dW_mat = dout_matᵀ @ cols
+            self.W.set_grad(conv2d_weight_grad(dout_mat, x, patches, self.kernel_size))
         if self.b is not None:
             self.b.set_grad(dout_mat.sum(axis=0))                  # db = Σ_rows dout_mat
         if not self.input_grad:
             return None
-        if dx_by_flipped_conv(x_shape, self.out_channels, self.kernel_size, self.stride,
-                              self.pads):
-            self.cache = (None, W_mat, x_shape)  # dx is about to write dout's patches over cols
+        W_mat = conv2d_weight_matrix(W)
         # dx = col2im(dout_mat @ W_mat)
-        return conv2d_input_grad(dout_mat, W_mat, x_shape, self.kernel_size, self.stride,
-                                 self.pads, workspace=functools.partial(self.workspace, xp))
+        return conv2d_input_grad(dout_mat, W_mat, x.shape, self.kernel_size, self.stride,
+                                 self.pads, patches=patches, workspace=workspace)
 
     def extra_repr(self) -> str:
         padding = self.padding if isinstance(self.padding, str) else tuple(self.padding)

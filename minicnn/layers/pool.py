@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..backend import get_array_module
 from ..functional.im2col import (
     col2im,
     normalize_padding,
@@ -23,6 +24,7 @@ from ..functional.im2col import (
     window_view,
 )
 from ..functional.pooling import first_max_mask, max_pool_input_grad, window_max
+from ..functional.scratch import scratch
 from .base import Layer, check_float_input, check_ndim
 
 __all__ = ["MaxPool2d", "AvgPool2d", "GlobalAvgPool2d"]
@@ -87,25 +89,38 @@ class MaxPool2d(_Pool2d):
         dx̃ = col2im(dout · is_max)
 
     On ties only the first such position (row-major window order) gets dout, as in PyTorch.
-    The max is found again in backward (``first_max_mask``), not stored by the forward.
+    The max is found again in backward (``first_max_mask``), not stored by the forward,
+    which keeps x (a reference) and y; a padded copy of x is scratch, made again in backward.
 
     The loop versions are ``reference.max_pool2d`` and ``reference.max_pool2d_backward``.
     """
 
     def forward(self, x: Any) -> Any:
         self._check(x)
-        x_p = pad_channels_last(x, self.pads, value=float("-inf"))
+        x_p = self._padded(x)                     # x padded with -inf (scratch), or x itself
         windows = window_view(x_p, self.kernel_size, self.stride)  # (N, Ho, Wo, KH, KW, C)
         out = window_max(windows)                 # y = max over (KH, KW): (N, Ho, Wo, C)
-        self.cache = (windows, out, x.shape)
+        self.cache = (x, out)  # the input (a reference) and y; the padded copy was scratch
         return out.transpose(0, 3, 1, 2)  # (N, C, Ho, Wo), stored channels-last
 
     def backward(self, dout: Any) -> Any:
-        windows, out, x_shape = self.cached()
+        x, out = self.cached()
+        windows = window_view(self._padded(x), self.kernel_size, self.stride)
         is_max = first_max_mask(windows, out)              # (KH·KW, N, Ho, Wo, C) bool
         # dx = col2im(dout · is_max), the padding cropped
-        return max_pool_input_grad(dout, is_max, x_shape, self.kernel_size, self.stride,
+        return max_pool_input_grad(dout, is_max, x.shape, self.kernel_size, self.stride,
                                    self.pads)
+
+    def _padded(self, x: Any) -> Any:
+        """x padded with -inf (x itself without padding); the padded copy is scratch
+        (``minicnn.functional.scratch``): dead when the pass that asked for it returns."""
+        (top, bottom), (left, right) = self.pads
+        if not (top or bottom or left or right):
+            return x
+        N, C, H, W = x.shape
+        buf = scratch(get_array_module(x), "x_pad", (N, H + top + bottom, W + left + right, C),
+                      x.dtype)
+        return pad_channels_last(x, self.pads, value=float("-inf"), out=buf)
 
 
 class AvgPool2d(_Pool2d):
