@@ -410,12 +410,12 @@ def test_conv_keeps_its_input_not_the_patch_matrix_and_backward_can_run_twice():
     and the padded copies are the arena's scratch. So a second backward after one forward
     computes the same gradients again (the first one overwrote nothing the cache needs)."""
     rng = np.random.default_rng(0)
-    conv = L.Conv2d(6, 4, 3, padding=1)
+    conv = L.Conv2d(6, 4, 3, padding=1, algorithm="im2col")
     x = rng.standard_normal((2, 6, 8, 8)).astype(np.float32)
     dout = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
     conv.forward(x)
-    cached_x, cached_W = conv.cache
-    assert cached_x is x and cached_W is conv.W.data
+    cached_x, cached_W, winograd = conv.cache
+    assert cached_x is x and cached_W is conv.W.data and winograd is None
     assert backward_from_dout(x.shape, 4, (3, 3), (1, 1), conv.pads)   # dout's patches
     dx = conv.backward(dout)
     dW, db = conv.W.grad.copy(), conv.b.grad.copy()

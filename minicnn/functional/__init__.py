@@ -4,8 +4,10 @@ One module per concern; a layer imports the functions it needs from the module i
 
     im2col.py         im2col / col2im / col2im_matmul, flipped_patches, conv_input_grad,
                       window views, output_size
-    conv.py           Conv2d's pieces: W as a matrix, the backward's one patch matrix (of x
-                      or of dout), dW and dx read from it
+    conv.py           Conv2d's pieces: which algorithm (conv2d_algorithm), W as a matrix,
+                      the backward's one patch matrix (of x or of dout), dW and dx from it
+    winograd.py       Winograd's F(2×2, 3×3) and F(4×4, 3×3): forward and backward of a 3×3
+                      stride-1 convolution with fewer multiplies; the measured "auto" rule
     scratch.py        the scratch arena: one buffer per name, shared by all layers, for
                       temporaries that die with their pass (patch matrices, padded copies)
     pooling.py        max pooling's window max, first-max mask and dx

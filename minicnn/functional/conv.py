@@ -38,9 +38,13 @@ from .im2col import (
     im2col,
     output_size,
 )
+from .winograd import winograd_applies, winograd_is_faster
 
-__all__ = ["conv2d_weight_matrix", "BackwardPatches", "backward_from_dout",
-           "conv2d_backward_patches", "conv2d_weight_grad", "conv2d_input_grad"]
+__all__ = ["CONV_ALGORITHMS", "conv2d_algorithm", "conv2d_weight_matrix", "BackwardPatches",
+           "backward_from_dout", "conv2d_backward_patches", "conv2d_weight_grad",
+           "conv2d_input_grad"]
+
+CONV_ALGORITHMS = ("auto", "im2col", "winograd")
 
 Workspace = Callable[[str, tuple[int, ...], Any], Any]
 
@@ -212,3 +216,24 @@ def conv2d_input_grad(dout_mat: Any, W_mat: Any, x_shape: tuple[int, int, int, i
                                dcols=None if patches is None else patches.cols)
     return col2im_matmul(dout_mat, W_mat, x_shape, kernel_size, stride, padding,
                          workspace=workspace)
+
+
+def conv2d_algorithm(algorithm: str, x_shape: tuple[int, ...], C_out: int,
+                     kernel_size: tuple[int, int], stride: tuple[int, int],
+                     padding: Pads) -> int | None:
+    """How a ``Conv2d`` computes its output for an input of ``x_shape``: None for im2col + one
+    GEMM (the formula of docs/derivations/conv2d_im2col.md), or m for Winograd's F(m×m, 3×3)
+    (``minicnn.functional.winograd``: the same y with fewer multiplies, docs/derivations/
+    winograd.md). Both equal ``reference.conv2d_forward``.
+
+    ``algorithm`` is the layer's setting: "im2col" always None; "winograd" F(4×4, 3×3) (the
+    layer checked at construction that ``winograd_applies``); "auto" Winograd where it applies
+    and was measured faster (``winograd_is_faster``), else im2col.
+    """
+    if algorithm == "im2col" or not winograd_applies(kernel_size, stride, padding):
+        return None
+    if algorithm == "winograd":
+        return 4
+    N, C_in = x_shape[0], x_shape[1]
+    Ho, Wo = output_size(x_shape, kernel_size, stride, padding)
+    return winograd_is_faster(C_in, C_out, Ho, Wo, N)

@@ -19,6 +19,8 @@ Pooling (docs/derivations/pooling.md): ``padded_windows``, ``max_pool2d``,
 ``max_pool2d_backward``, ``avg_pool2d``, ``avg_pool2d_backward``.
 Batch normalization (docs/derivations/batchnorm.md): ``batchnorm_forward``,
 ``batchnorm_backward_stepwise``.
+Winograd convolution (docs/derivations/winograd.md): ``winograd_conv2d_tiles``, one tile and
+one channel pair at a time.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ __all__ = [
     "im2col", "col2im", "conv2d_forward", "conv2d_backward",
     "padded_windows", "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
     "batchnorm_forward", "batchnorm_backward_stepwise",
-    "textbook_im2col", "textbook_col2im", "TextbookConv",
+    "textbook_im2col", "textbook_col2im", "TextbookConv", "winograd_conv2d_tiles",
 ]
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
@@ -524,5 +526,3 @@ def winograd_conv2d_tiles(x: Any, W: Any, padding: Pads, BT: Any, G: Any,
                         y[n, o, ti * m:(ti + 1) * m, tj * m:(tj + 1) * m] += AT @ (u * v) @ AT.T
     return y[:, :, :Ho, :Wo]
 
-
-__all__ += ["winograd_conv2d_tiles"]

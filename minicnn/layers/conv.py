@@ -1,7 +1,7 @@
-"""2-D convolution as im2col + one matrix multiply.
+"""2-D convolution as im2col + one matrix multiply (or, for 3×3 stride-1 layers, Winograd).
 
-Derivation: docs/derivations/conv2d_im2col.md
-Tests: tests/test_conv.py
+Derivation: docs/derivations/conv2d_im2col.md, docs/derivations/winograd.md
+Tests: tests/test_conv.py, tests/test_winograd.py
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from typing import Any
 from .. import init as initializers
 from ..backend import get_array_module
 from ..functional.conv import (
+    CONV_ALGORITHMS,
+    conv2d_algorithm,
     conv2d_backward_patches,
     conv2d_input_grad,
     conv2d_weight_grad,
@@ -18,6 +20,7 @@ from ..functional.conv import (
 )
 from ..functional.im2col import im2col, normalize_padding, output_size, pair
 from ..functional.scratch import scratch_workspace
+from ..functional.winograd import winograd_applies, winograd_conv2d, winograd_conv2d_backward
 from .base import Layer, Parameter, check_channels, check_float_input, check_ndim, new_array
 
 __all__ = ["Conv2d"]
@@ -42,6 +45,13 @@ class Conv2d(Layer):
         fan_out = C_out·KH·KW. b starts at zero.
     kernel_regularizer : optional
         A penalty such as ``minicnn.regularizers.L2(1e-4)`` attached to W.
+    algorithm : "auto", "im2col" or "winograd", default "auto"
+        How y is computed; every choice gives the same y and gradients (to float rounding).
+        "im2col" is the formula below. "winograd" is Winograd's F(4×4, 3×3) (3×3 stride-1
+        layers only: fewer multiplies, a float32 error about ten times im2col's;
+        docs/derivations/winograd.md). "auto" takes Winograd where it applies and was
+        measured faster for the input's shape (``functional.conv.conv2d_algorithm``),
+        else im2col.
 
     Attributes
     ----------
@@ -108,7 +118,7 @@ class Conv2d(Layer):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1,
                  padding: Any = 0, bias: bool = True, init: Any = "he_normal",
-                 kernel_regularizer: Any = None):
+                 kernel_regularizer: Any = None, algorithm: str = "auto"):
         super().__init__()
         if int(in_channels) < 1 or int(out_channels) < 1:
             raise ValueError(f"Conv2d: in_channels and out_channels must be >= 1, got "
@@ -122,6 +132,15 @@ class Conv2d(Layer):
         self.padding = padding if isinstance(padding, str) else pair(padding, "padding",
                                                                      "Conv2d")
         self.pads = normalize_padding(padding, self.kernel_size, self.stride, "Conv2d")
+        if algorithm not in CONV_ALGORITHMS:
+            raise ValueError(f"Conv2d: algorithm must be one of {CONV_ALGORITHMS}, got "
+                             f"{algorithm!r}")
+        if algorithm == "winograd" and not winograd_applies(self.kernel_size, self.stride,
+                                                            self.pads):
+            raise ValueError(f"Conv2d: algorithm='winograd' needs a 3×3 kernel, stride 1 and "
+                             f"padding at most 2, got kernel_size={self.kernel_size}, "
+                             f"stride={self.stride}, padding={padding!r}")
+        self.algorithm = algorithm
         kh, kw = self.kernel_size
         shape = (self.out_channels, self.in_channels, kh, kw)
         fan_in, fan_out = self.in_channels * kh * kw, self.out_channels * kh * kw
@@ -140,20 +159,26 @@ class Conv2d(Layer):
         check_channels("Conv2d", x, self.in_channels, self._expected())
         N = x.shape[0]
         Ho, Wo = output_size(x.shape, self.kernel_size, self.stride, self.pads, "Conv2d")
+        W = self.W.data.astype(x.dtype, copy=False)
+        m = conv2d_algorithm(self.algorithm, x.shape, self.out_channels, self.kernel_size,
+                             self.stride, self.pads)
+        if m is not None:  # Winograd's F(m×m, 3×3): the same y, fewer multiplies
+            return self._forward_winograd(x, W, m)
         # cols is scratch: the arena's patch buffer, dead when forward returns.
         cols, _ = im2col(x, self.kernel_size, self.stride, self.pads,
                          workspace=scratch_workspace(xp))
-        W = self.W.data.astype(x.dtype, copy=False)
         W_mat = conv2d_weight_matrix(W)
         out = cols @ W_mat.T                                  # (N·Ho·Wo, C_out)
         if self.b is not None:
             out += self.b.data.astype(x.dtype, copy=False)
-        self.cache = (x, W)  # the input (not its KH·KW-times larger cols) and the weights used
+        self.cache = (x, W, None)  # the input (not its KH·KW-times larger cols), the weights
         # Logically (N, C_out, Ho, Wo), physically NHWC: a view, no transpose copy.
         return out.reshape(N, Ho, Wo, self.out_channels).transpose(0, 3, 1, 2)
 
     def backward(self, dout: Any) -> Any:
-        x, W = self.cached()
+        x, W, winograd = self.cached()
+        if winograd is not None:
+            return self._backward_winograd(dout, winograd)
         workspace = scratch_workspace(get_array_module(x))
         # (N, C_out, Ho, Wo) -> rows (n, ho, wo) like cols; free when dout is channels-last.
         dout_mat = dout.transpose(0, 2, 3, 1).reshape(-1, self.out_channels)
@@ -174,10 +199,35 @@ class Conv2d(Layer):
         return conv2d_input_grad(dout_mat, W_mat, x.shape, self.kernel_size, self.stride,
                                  self.pads, patches=patches, workspace=workspace)
 
+    def _forward_winograd(self, x: Any, W: Any, m: int) -> Any:
+        """y = Winograd F(m×m, 3×3) of x and W, plus b (``winograd_conv2d``; the cache keeps x
+        and W, as the im2col route does, and the backward builds the tiles again)."""
+        xp = get_array_module(x)
+        y, winograd = winograd_conv2d(x, W, self.pads, m, workspace=scratch_workspace(xp),
+                                      keep="input")
+        if self.b is not None:
+            y += self.b.data.astype(x.dtype, copy=False)[:, None, None]
+        self.cache = (x, W, winograd)
+        return y
+
+    def _backward_winograd(self, dout: Any, winograd: dict[str, Any]) -> Any:
+        """dW and dx in the Winograd domain (``winograd_conv2d_backward``), db = Σ dout."""
+        xp = get_array_module(dout)
+        dx, dW = winograd_conv2d_backward(dout, winograd, need_dx=self.input_grad,
+                                          need_dW=self.W.requires_grad,
+                                          workspace=scratch_workspace(xp))
+        if self.W.requires_grad:
+            self.W.set_grad(dW)
+        if self.b is not None:
+            self.b.set_grad(dout.sum(axis=(0, 2, 3)))             # db = Σ_{n,i,j} dout
+        return dx if self.input_grad else None
+
     def extra_repr(self) -> str:
         padding = self.padding if isinstance(self.padding, str) else tuple(self.padding)
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
              f"stride={self.stride}, padding={padding}")
         if self.b is None:
             s += ", bias=False"
+        if self.algorithm != "auto":
+            s += f", algorithm={self.algorithm!r}"
         return s
