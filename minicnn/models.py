@@ -84,11 +84,10 @@ def _register(name: str) -> Callable[[Callable[..., L.Sequential]], Callable[...
             kwargs = {k: v for k, v in bound.arguments.items()
                       if not (k in _NEWER_ARGS and v == signature.parameters[k].default)}
             model.config = {"builder": name, "kwargs": _jsonable(kwargs)}
-            # The input the builder was made for, so that ``model.summary()`` needs no shape.
+            # The input the builder was made for: ``model.summary()`` uses it when given none.
             size = kwargs.get("image_size") or (224 if name == "vgg16" and
                                                 not kwargs.get("cifar") else 32)
             model.input_shape = (int(kwargs.get("in_channels", 3)), int(size), int(size))
-            model.summary = functools.partial(summary, model, model.input_shape)
             return model
 
         MODELS[name] = build_and_record

@@ -189,3 +189,12 @@ def test_summary_of_a_hand_built_model_without_an_input_shape():
     assert "Input" not in text  # no forward ran
     shaped = models.summary(model, (3, 8, 8), print_fn=None)
     assert "(None, 2)" in shaped
+
+
+def test_a_built_model_summary_takes_an_input_shape_or_uses_its_own():
+    # build() records the input shape; summary() with another one must still work (it once
+    # replaced model.summary by a function with the shape already filled in: a TypeError).
+    model = models.build("vgg", {"widths": [4, 8], "depth": 1, "hidden": None,
+                                 "image_size": 8})
+    table = model.summary((3, 8, 8), print_fn=None)
+    assert "(None, 4, 8, 8)" in table and model.summary(print_fn=None) == table

@@ -284,10 +284,12 @@ class Layer:
                 total = total + p.regularizer.loss(p.data)
         return total
 
-    def summary(self, input_shape: tuple[int, ...] | None = None) -> str:
-        """A table of the modules, their parameter counts and (given ``input_shape`` without
-        the batch axis) output shapes; see ``minicnn.layers.summary.summary``."""
-        return summary(self, input_shape)
+    def summary(self, input_shape: tuple[int, ...] | None = None,
+                print_fn: Callable[[str], Any] | None = print) -> str:
+        """Print (with ``print_fn``; None: quiet) and return a table of the modules, their
+        parameter counts and (given ``input_shape`` without the batch axis, or the one a
+        builder recorded) output shapes; see ``minicnn.layers.summary.summary``."""
+        return summary(self, input_shape, print_fn)
 
     # -- scratch memory --------------------------------------------------------------------
     def workspace(self, xp: Any, name: str, shape: tuple[int, ...], dtype: Any) -> Any:
