@@ -18,10 +18,11 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # data, models, training, plot and tuning are imported on first use: they are heavier
-    # and `import minicnn` should stay instant.
+    # data, models, training, plot, tuning, explain and interop are imported on first use:
+    # they are heavier and `import minicnn` should stay instant.
     import importlib
 
-    if name in ("data", "models", "training", "plot", "tuning", "functional"):
+    if name in ("data", "models", "training", "plot", "tuning", "functional", "explain",
+                "interop"):
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'minicnn' has no attribute {name!r}")

@@ -5,12 +5,15 @@
     minicnn gradcheck --model resnet        # numerical check of a whole built-in model
     minicnn info                            # backend, devices, versions, data folder
     minicnn ladder --rungs 1-5              # the lectures' ladder (examples/ladder.py)
+    minicnn explain runs/cifar10/model.npz  # saliency and Grad-CAM of test images
+    minicnn export runs/cifar10/model.npz model.onnx   # the model as an ONNX file
 
 ``train`` with no other flag picks the backend (the GPU if CuPy works), the preset that fits
 the device (``minicnn/presets.py``: the one place to tune the examples), downloads the data
 if missing, trains with a progress bar, and writes ``history.json``, ``curves.png`` and the
 final checkpoint ``model.npz`` to ``--out`` (default ``runs/<dataset>``), all at the end and
-only when the run succeeded. Every preset value can be overridden by a flag. ``--smoke``
+only when the run succeeded (``--log csv,tensorboard`` adds logs written as the epochs
+end). Every preset value can be overridden by a flag. ``--smoke``
 swaps in tiny random data and a tiny model: the whole pipeline in seconds, for tests.
 
 This module parses the command line, checking every value as it goes; what each command
@@ -41,6 +44,7 @@ from .data import DatasetError
 from .ladder import select_rungs
 from .models import MODELS
 from .presets import DATASETS, PRESETS, SMOKE_SIZES, TINY_MODEL_KWARGS
+from .training.loggers import loggers_from_flag
 from .training.loop import TTA_MODES
 
 __all__ = ["main", "run_example", "run_ladder_example", "build_parser", "BadInput",
@@ -135,6 +139,15 @@ def _folder(text: str) -> str:
     return text
 
 
+def _log_flag(text: str) -> str:
+    """``--log``: csv, tensorboard, csv,tensorboard or none; tensorboardX installed if named."""
+    try:
+        loggers_from_flag(text, os.curdir)  # checks the words and the packages; writes nothing
+    except (ValueError, ImportError) as exc:
+        raise argparse.ArgumentTypeError(one_line(exc)) from None
+    return text
+
+
 def _rungs(text: str) -> str:
     try:
         select_rungs(text)
@@ -199,6 +212,10 @@ def _add_train_args(p: argparse.ArgumentParser, dataset: str | None) -> None:
                    help="continue a run from its checkpoint (same flags)")
     p.add_argument("--checkpoint-every", action="store_true",
                    help="also save OUT/last.npz after every epoch (resumable)")
+    p.add_argument("--log", default="none", metavar="LOGGERS", type=_log_flag,
+                   help="write logs into --out while training: csv (OUT/log.csv, a row per "
+                        "epoch), tensorboard (OUT/tensorboard/; pip install "
+                        "'minicnn[tensorboard]'), csv,tensorboard, or none (default)")
     p.add_argument("--no-plots", action="store_true", help="skip curves.png and confusion.png")
     p.add_argument("--distributed", action="store_true",
                    help="data-parallel training over the ranks of `mpiexec -n N` (MPI; NCCL "
@@ -228,6 +245,60 @@ def _add_ladder_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: rewrite DIR/ladder.md and the figures from "
                         "DIR/ladder.json")
+
+
+def _add_explain_parser(sub: Any) -> None:
+    """``minicnn explain MODEL.npz``: saliency and Grad-CAM of a few test images per class."""
+    x = sub.add_parser("explain", help="saliency and Grad-CAM maps of a few test images of "
+                                       "each class, as one picture (docs/explain.md)")
+    x.add_argument("checkpoint", type=_checkpoint_file,
+                   help="a checkpoint of minicnn train, such as runs/cifar10/model.npz")
+    x.add_argument("--out", default=None, metavar="DIR", type=_folder,
+                   help="writes DIR/explain.png (default: the checkpoint's folder)")
+    x.add_argument("--per-class", type=_int(1), default=2, metavar="K",
+                   help="test images of each class (the first K of the test set; default 2)")
+    x.add_argument("--method", default="both", choices=("gradcam", "saliency", "both"),
+                   help="which maps to draw beside each image (default both)")
+    x.add_argument("--layer", default=None, metavar="NAME",
+                   help="Grad-CAM's layer, a dotted name of model.named_modules() such as "
+                        "layers.4 (default: the last convolution with a spatial output)")
+    x.set_defaults(seed=0)  # --smoke: the test images of train --smoke's default seed
+    _add_common(x)
+    _add_data(x)
+
+
+def _input_shape(text: str) -> tuple[int, ...]:
+    """``3,32,32`` -> (3, 32, 32): one sample's shape, positive integers."""
+    try:
+        shape = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or any(d < 1 for d in shape):
+        raise argparse.ArgumentTypeError(f"expected C,H,W such as 3,32,32 (positive integers, "
+                                         f"without the batch axis), got {text!r}")
+    return shape
+
+
+def _onnx_file(text: str) -> str:
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder; expected a file name such as "
+                                         f"model.onnx")
+    return text
+
+
+def _add_export_parser(sub: Any) -> None:
+    """``minicnn export MODEL.npz OUT.onnx``: the checkpoint's model as an ONNX file."""
+    x = sub.add_parser("export", help="write a checkpoint's model as an ONNX file "
+                                      "(docs/interop.md)")
+    x.add_argument("checkpoint", type=_checkpoint_file)
+    x.add_argument("onnx_file", metavar="OUT.onnx", type=_onnx_file,
+                   help="the ONNX file to write (replaced if it exists)")
+    x.add_argument("--input-shape", default=None, metavar="C,H,W", type=_input_shape,
+                   help="one input's shape without the batch axis (default: the images of "
+                        "the dataset the checkpoint was trained on)")
+    x.add_argument("--opset", type=_int(17), default=17,
+                   help="the ONNX opset (default 17; from 20 GELU is ONNX's Gelu)")
+    _add_common(x)
 
 
 def build_parser(dataset: str | None = None) -> argparse.ArgumentParser:
@@ -272,6 +343,8 @@ def build_parser(dataset: str | None = None) -> argparse.ArgumentParser:
     ladder = sub.add_parser("ladder", help="the lectures' training ladder, with a report "
                                            "beside the lecture's numbers")
     _add_ladder_args(ladder)
+    _add_explain_parser(sub)
+    _add_export_parser(sub)
     for name, sp in sub.choices.items():
         sp.set_defaults(error_prog=sp.prog, command=name)
     return p

@@ -1,4 +1,5 @@
-"""What each ``minicnn`` command does: train, evaluate, gradcheck, info, ladder.
+"""What each ``minicnn`` command does: train, evaluate, gradcheck, info, ladder, explain,
+export.
 
 ``minicnn.cli`` parses the command line (checking every value as it goes) and calls one of
 the ``cmd_*`` functions here with the parsed arguments. A flag value or input file that
@@ -27,6 +28,7 @@ import numpy as np
 
 from . import data, distributed, ladder, losses, models, plot, presets, training
 from .backend import BackendError, cupy_available, get_backend, get_cupy, get_xp, set_backend
+from .explain import LayerChoiceError, explain, resolve_layer
 from .gradcheck import check_gradients
 from .init import set_seed
 from .layers import PatchWhitening
@@ -34,7 +36,8 @@ from .presets import DATASETS, SMOKE_SIZES, TINY_MODEL_KWARGS
 from .training.checkpoint import CheckpointError
 from .training.loop import tta_mode
 
-__all__ = ["BadInput", "cmd_train", "cmd_evaluate", "cmd_gradcheck", "cmd_info", "cmd_ladder"]
+__all__ = ["BadInput", "cmd_train", "cmd_evaluate", "cmd_gradcheck", "cmd_info", "cmd_ladder",
+           "cmd_explain", "cmd_export"]
 
 
 class BadInput(Exception):
@@ -233,7 +236,7 @@ def _train(args: argparse.Namespace, comm: Any) -> int:
     history, train_time = _fit(run, initial_epoch, history)
     if history.diverged:  # the weights are broken: keep the last good files in --out
         print(f"{args.error_prog}: error: {history.stop_reason.removeprefix('TerminateOnNaN: ')}"
-              f" Nothing was written to {args.out} (--lr was {cfg['lr']:g}).", file=sys.stderr,
+              f" No model was written to {args.out} (--lr was {cfg['lr']:g}).", file=sys.stderr,
               flush=True)
         return 1
     if comm is not None and comm.rank != 0:
@@ -328,6 +331,9 @@ def _fit(run: _Run, initial_epoch: int, history: Any) -> tuple[Any, float]:
     if args.checkpoint_every:
         callbacks.append(training.ModelCheckpoint(os.path.join(args.out, "last.npz"),
                                                   save_best_only=False, **run.meta))
+    # --log: OUT/log.csv and OUT/tensorboard/, written as the epochs end (rank 0 only)
+    callbacks += training.loggers_from_flag(getattr(args, "log", "none"), args.out,
+                                            resume=args.resume is not None)
     loss = losses.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"])
     start = time.perf_counter()
     # Overflow on the way to a NaN loss is reported once, by TerminateOnNaN, not per layer.
@@ -530,6 +536,120 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"backend      {current} (MINICNN_BACKEND={env!r}; 'auto' would pick "
           f"{'cupy' if cupy_available() else 'numpy'})")
     print(f"data folder  {data.data_root()} (MINICNN_DATA or --data)")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """``minicnn explain``: saliency and Grad-CAM of the first --per-class test images of every
+    class, drawn as one grid (image, maps; true and predicted class) into OUT/explain.png.
+
+    The maps explain the predicted class of each image (``minicnn.explain``, one forward and
+    one backward pass for the whole batch); the images are normalised as the checkpoint's
+    run normalised them.
+    """
+    if not plot.matplotlib_available():
+        raise BadInput(None, "minicnn explain draws a picture and needs matplotlib: "
+                             "pip install 'minicnn[plot]' (or pip install matplotlib)")
+    out = args.out if args.out is not None else (os.path.dirname(args.checkpoint) or ".")
+    _check_writable("--out", out)
+    _choose_backend(args.backend)
+    try:
+        ckpt = training.load(args.checkpoint)
+    except CheckpointError as exc:
+        raise BadInput("checkpoint", str(exc)) from exc
+    dataset = ckpt.meta.get("dataset")
+    if dataset not in DATASETS:
+        raise BadInput("checkpoint", f"{args.checkpoint} does not say which dataset it was "
+                                     f"trained on (no 'dataset' in its meta), so there are no "
+                                     f"test images to explain")
+    if args.layer is not None:
+        try:
+            resolve_layer(ckpt.model, args.layer)
+        except LayerChoiceError as exc:
+            raise BadInput("--layer", str(exc).removeprefix("grad_cam: ")) from exc
+    (x_test, y_test), classes = _load_splits(args, dataset)[1:]
+    pick = np.concatenate([np.flatnonzero(y_test == c)[:args.per_class]
+                           for c in range(len(classes))])
+    normalize = (ckpt.meta["mean"], ckpt.meta["std"]) if "mean" in ckpt.meta else None
+    x, _ = next(iter(data.DataLoader(x_test[pick], y_test[pick], len(pick), shuffle=False,
+                                     normalize=normalize)))
+    try:
+        result = explain(ckpt.model, x, None, args.layer,
+                         saliency_mode=None if args.method == "gradcam" else "grad",
+                         grad_cam=args.method != "saliency")
+    except LayerChoiceError as exc:
+        raise BadInput("--layer", str(exc).removeprefix("grad_cam: ")) from exc
+    except ValueError as exc:  # images of another shape than the model's
+        raise BadInput("checkpoint", f"the model in {args.checkpoint} does not take "
+                                     f"{dataset}'s test images: {one_line(exc)}") from exc
+    maps = {name: m for name, m in (("saliency", result.saliency),
+                                    ("Grad-CAM", result.grad_cam)) if m is not None}
+    layer = f"; Grad-CAM at {result.layer}" if result.layer else ""
+    path = os.path.join(out, "explain.png")
+    fig = plot.plot_explanations(x_test[pick], maps, y_test[pick], path,
+                                 predictions=result.logits.argmax(axis=1), class_names=classes,
+                                 per_row=args.per_class,
+                                 title=f"{dataset}: what {os.path.basename(args.checkpoint)} "
+                                       f"looks at, for its predicted class{layer}")
+    plot.pyplot().close(fig)
+    print(f"wrote {path}: {' and '.join(maps)} of {len(pick)} {dataset} test images "
+          f"({args.per_class} per class){layer}", flush=True)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """``minicnn export``: the checkpoint's model (rebuilt from its config, as ``evaluate``
+    does) as an ONNX file (``minicnn.interop.to_onnx``), for inputs of --input-shape (by
+    default the images of the dataset it was trained on), N dynamic.
+
+    The file's metadata records what a runtime needs besides the graph: the dataset, the
+    class names and the per-channel mean and std that the images must be normalised with
+    (``(x / 255 - mean) / std``, as minicnn's loader does), and the model's config.
+    """
+    from . import interop
+
+    try:
+        import onnx
+    except ImportError as exc:
+        raise BadInput(None, "minicnn export needs the onnx package: pip install "
+                             "'minicnn[onnx]' (or pip install onnx)") from exc
+    max_opset = onnx.defs.onnx_opset_version()
+    if args.opset > max_opset:
+        raise BadInput("--opset", f"must be <= {max_opset} (the newest this onnx package "
+                                  f"knows), got {args.opset}")
+    _check_writable("OUT.onnx", os.path.dirname(args.onnx_file) or ".")
+    _choose_backend(args.backend)
+    try:
+        ckpt = training.load(args.checkpoint)
+    except CheckpointError as exc:
+        raise BadInput("checkpoint", str(exc)) from exc
+    dataset = ckpt.meta.get("dataset")
+    shape = args.input_shape or (DATASETS[dataset]["shape"] if dataset in DATASETS
+                                 else getattr(ckpt.model, "input_shape", None))
+    if shape is None:
+        raise BadInput("--input-shape", f"{args.checkpoint} does not say what its inputs look "
+                                        f"like; pass --input-shape C,H,W")
+    missing = interop.unsupported_layers(ckpt.model)
+    if missing:
+        raise BadInput("checkpoint", f"the model in {args.checkpoint} has layers without an "
+                                     f"ONNX counterpart: " + ", ".join(
+                                         f"{path} ({name})" for path, name in missing))
+    meta = {key: json.dumps(ckpt.meta[key]) for key in ("dataset", "classes", "mean", "std")
+            if key in ckpt.meta}
+    if ckpt.config:
+        meta["minicnn_config"] = json.dumps(ckpt.config)
+    try:
+        proto = interop.to_onnx(ckpt.model, args.onnx_file, shape, opset=args.opset,
+                                metadata=meta,
+                                doc_string=f"minicnn {os.path.basename(args.checkpoint)}")
+    except ValueError as exc:  # an input shape the model does not take
+        raise BadInput("--input-shape" if args.input_shape else "checkpoint",
+                       one_line(exc).removeprefix("to_onnx: ")) from exc
+    builder = (ckpt.config or {}).get("builder", "model")
+    print(f"wrote {args.onnx_file}: {builder} for inputs (N, {', '.join(map(str, shape))}) "
+          f"float32, opset {args.opset}, {len(proto.graph.node)} nodes"
+          + (f"; normalise inputs with mean {ckpt.meta['mean']} and std {ckpt.meta['std']} "
+             f"(in the file's metadata)" if "mean" in ckpt.meta else ""), flush=True)
     return 0
 
 

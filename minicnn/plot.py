@@ -1,4 +1,5 @@
-"""Pictures of a training run: curves, confusion matrix, per-class accuracy, filters, feature maps.
+"""Pictures of a training run: curves, confusion matrix, per-class accuracy, filters, feature
+maps, and what a model looks at (saliency, Grad-CAM).
 
 matplotlib is an optional extra (``pip install 'minicnn[plot]'``); it is imported only when a
 picture is drawn (``pyplot()``), with the "Agg" backend when no display is available. Every
@@ -6,7 +7,9 @@ function draws into a new figure, saves it to ``path`` when given (``save_figure
 atomically, mode 0644 under the usual umask, like every file minicnn writes), and returns
 the figure.
 
-``confusion_matrix`` and ``per_class_accuracy`` are plain NumPy and need no matplotlib.
+``confusion_matrix`` and ``per_class_accuracy`` are plain NumPy and need no matplotlib;
+neither do ``saliency`` and ``grad_cam`` (from ``minicnn.explain``, docs/explain.md), which
+return the maps as arrays for ``plot_explanations`` to draw.
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ import numpy as np
 
 from ._io import atomic_write
 from .backend import get_xp, to_numpy
+from .explain import grad_cam, saliency
 from .layers import Conv2d
 
 __all__ = ["plot_history", "confusion_matrix", "per_class_accuracy", "plot_confusion_matrix",
            "plot_per_class_accuracy", "plot_filters", "plot_feature_maps",
-           "matplotlib_available", "pyplot", "save_figure"]
+           "matplotlib_available", "pyplot", "save_figure", "saliency", "grad_cam",
+           "plot_explanations"]
 
 
 def matplotlib_available() -> bool:
@@ -65,11 +70,14 @@ def pyplot() -> Any:
 def save_figure(fig: Any, path: str | os.PathLike | None, dpi: int = 120) -> Any:
     """Tighten the layout of ``fig``, write it to ``path`` (when given) and return it.
 
+    A figure made with its own layout engine (``layout="constrained"``) keeps it.
+
     The format comes from the file name's extension, as in ``fig.savefig(path)`` (none:
     matplotlib's default format, whose extension is appended). The file is written with
     ``minicnn._io.atomic_write``: whole or not at all, with the mode a new file gets.
     """
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:  # a figure made with layout="constrained" keeps it
+        fig.tight_layout()
     if path is not None:
         path = os.fspath(path)
         fmt = os.path.splitext(path)[1][1:].lower()
@@ -240,4 +248,111 @@ def plot_feature_maps(model: Any, image: Any, layer_index: int = 0,
     name = type(list(model)[layer_index]).__name__
     fig.suptitle(f"feature maps after layer {layer_index} ({name}), {maps.shape[1]}x"
                  f"{maps.shape[2]}")
+    return save_figure(fig, path)
+
+
+# -- what the model looks at (minicnn.explain) -------------------------------------------------
+
+def _display_images(images: Any) -> np.ndarray:
+    """Images (N, C, H, W) or (N, H, W) as floats in [0, 1] for ``imshow``: (N, H, W, 3) or
+    (N, H, W). uint8 is divided by 255; floats (normalised inputs) are stretched to [0, 1]
+    per image."""
+    img = to_numpy(images)
+    if img.ndim == 4:
+        img = img.transpose(0, 2, 3, 1)                  # (N, H, W, C)
+        img = img[..., 0] if img.shape[-1] == 1 else img
+        img = img if img.ndim == 3 or img.shape[-1] == 3 else img.mean(axis=-1)
+    if img.dtype == np.uint8:
+        return img.astype(np.float64) / 255.0
+    img = img.astype(np.float64)
+    axes = tuple(range(1, img.ndim))
+    lo, hi = img.min(axis=axes, keepdims=True), img.max(axis=axes, keepdims=True)
+    return (img - lo) / np.maximum(hi - lo, 1e-12)
+
+
+def _label(names: Sequence[str] | None, k: int) -> str:
+    return names[k] if names is not None and 0 <= k < len(names) else str(k)
+
+
+def _per_image(values: Any, n: int, what: str) -> np.ndarray:
+    values = to_numpy(values).astype(np.int64).ravel()
+    if len(values) != n:
+        raise ValueError(f"plot_explanations: {len(values)} {what} for {n} images")
+    return values
+
+
+def plot_explanations(images: Any, maps: Any, labels: Any = None,
+                      path: str | os.PathLike | None = None, *, predictions: Any = None,
+                      class_names: Sequence[str] | None = None,
+                      overlay: Sequence[str] = ("Grad-CAM",), per_row: int | None = None,
+                      title: str | None = None) -> Any:
+    """A grid of images, each followed by its explanation maps (one panel per map).
+
+    Parameters
+    ----------
+    images : array (N, C, H, W) or (N, H, W)
+        What is shown: uint8 pictures, or the model's (normalised) inputs, which are
+        stretched to [0, 1] per image. RGB when C is 3, gray otherwise.
+    maps : dict name -> array (N, H, W), or one array
+        The maps, drawn in order right of each image, e.g. ``{"saliency":
+        plot.saliency(model, x, y), "Grad-CAM": plot.grad_cam(model, x, y)}`` (NumPy or
+        CuPy). Maps named in ``overlay`` are drawn over the image (jet, half transparent,
+        range [0, 1]: Grad-CAM's); the others alone, each scaled to its own maximum
+        (``hot``; a signed map, e.g. gradient x input, in ``bwr`` around 0).
+    labels, predictions : N ints, optional
+        Written over each image (``true cat`` / ``pred dog``, red when they differ).
+    class_names : sequence of str, optional
+        Names for the labels (default: the numbers).
+    per_row : int, optional
+        Images per row (default: about the square root of N).
+    title : str, optional
+        The figure's title.
+    """
+    plt = pyplot()
+    if not isinstance(maps, dict):
+        maps = {"map": maps}
+    shown = _display_images(images)
+    n, hw = len(shown), shown.shape[1:3]
+    if n == 0:
+        raise ValueError("plot_explanations: no images")
+    arrays = {}
+    for name, m in maps.items():
+        m = to_numpy(m).astype(np.float64)
+        if m.shape != (n, *hw):
+            raise ValueError(f"plot_explanations: map {name!r} has shape {m.shape}; expected "
+                             f"({n}, {hw[0]}, {hw[1]}), one map per image of its size")
+        arrays[name] = m
+    labels, predictions = (None if v is None else _per_image(v, n, what)
+                           for v, what in ((labels, "labels"), (predictions, "predictions")))
+    per_row = max(1, min(n, per_row or math.ceil(math.sqrt(n))))
+    panels = 1 + len(arrays)
+    rows = math.ceil(n / per_row)
+    fig, axes = plt.subplots(rows, per_row * panels, squeeze=False, layout="constrained",
+                             figsize=(1.25 * per_row * panels, 1.45 * rows))
+    for ax in axes.ravel():
+        ax.axis("off")
+    gray = "gray" if shown.ndim == 3 else None
+    for i in range(n):
+        row, first = divmod(i, per_row)
+        cell = axes[row, first * panels:(first + 1) * panels]
+        cell[0].imshow(shown[i], cmap=gray, vmin=0, vmax=1)
+        words = []
+        if labels is not None:
+            words.append(f"true {_label(class_names, int(labels[i]))}")
+        if predictions is not None:
+            words.append(f"pred {_label(class_names, int(predictions[i]))}")
+        wrong = labels is not None and predictions is not None and labels[i] != predictions[i]
+        cell[0].set_title("\n".join(words), fontsize=7, color="tab:red" if wrong else "black")
+        for ax, (name, m) in zip(cell[1:], arrays.items(), strict=True):
+            if name in overlay:
+                ax.imshow(shown[i], cmap=gray, vmin=0, vmax=1)
+                ax.imshow(m[i], cmap="jet", alpha=0.5, vmin=0, vmax=1)
+            elif m[i].min() < 0:
+                bound = max(float(np.abs(m[i]).max()), 1e-12)
+                ax.imshow(m[i], cmap="bwr", vmin=-bound, vmax=bound)
+            else:
+                ax.imshow(m[i], cmap="hot", vmin=0, vmax=max(float(m[i].max()), 1e-12))
+            ax.set_title(name, fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
     return save_figure(fig, path)

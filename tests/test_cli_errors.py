@@ -132,6 +132,8 @@ ROWS = [
      "argument --epochs: expected an integer, got 'two'"),
     ("minicnn", [*T, "--batch-size", "0"], 2, "minicnn train",
      "argument --batch-size: must be >= 1, got 0"),
+    ("minicnn", [*T, "--log", "csv,tb"], 2, "minicnn train",
+     "argument --log: unknown logger 'tb' in 'csv,tb'; expected csv, tensorboard"),
     ("train_mnist.py", ["--smoke", "--batch-size", "-5"], 2, "train_mnist.py",
      "argument --batch-size: must be >= 1, got -5"),
     ("minicnn", [*T, "--lr", "-1"], 2, "minicnn train", "argument --lr: must be > 0, got -1"),

@@ -38,7 +38,7 @@ LEVELS = {
     "minicnn._io": 0, "minicnn.backend": 0, "minicnn.init": 0,
     "minicnn.functional": 1, "minicnn.kernels": 1, "minicnn.data": 1,
     "minicnn.layers": 2, "minicnn.losses": 2, "minicnn.optim": 2, "minicnn.regularizers": 2,
-    "minicnn.gradcheck": 2,
+    "minicnn.gradcheck": 2, "minicnn.explain": 2,
     "minicnn.models": 3, "minicnn.distributed": 3, "minicnn.interop": 3,
     "minicnn.training": 4,
     "minicnn.presets": 5, "minicnn.ladder": 5, "minicnn.tuning": 5, "minicnn.plot": 5,
@@ -48,7 +48,8 @@ LEVELS = {
 # What ``data`` (datasets, transforms, the loader) may import besides itself.
 DATA_DEPENDS_ON = {"minicnn.backend", "minicnn._io"}
 # Third-party packages a function may import on demand, because minicnn runs without them.
-OPTIONAL = {"cupy", "cupyx", "matplotlib", "mpi4py", "threadpoolctl", "tqdm", "scipy", "onnx"}
+OPTIONAL = {"cupy", "cupyx", "matplotlib", "mpi4py", "threadpoolctl", "tqdm", "scipy", "onnx",
+            "onnxruntime", "tensorboardX", "PIL"}
 # Imports inside functions that go up or close a circle, each with the reason it must.
 FUNCTION_LEVEL_ALLOWED: dict[tuple[str, str], str] = {}
 # ``module._name`` read from another module, each with the reason it must (for now).

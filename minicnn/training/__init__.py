@@ -7,6 +7,7 @@ The package, by concern (a lower module never imports a higher one)::
     callbacks.py    FitState, Callback, EarlyStopping, ModelCheckpoint,
                     LearningRateScheduler, TerminateOnNaN
     loop.py         fit / evaluate / predict: the four lines of the lectures, repeated
+    loggers.py      CSVLogger, TensorBoard (tensorboardX), loggers_from_flag (--log)
     transfer.py     freeze / unfreeze / replace_head
 
 Everything public is importable from ``minicnn.training`` directly, as before the split.
@@ -37,13 +38,14 @@ from .checkpoint import (
     save,
 )
 from .history import HISTORY_KEYS, History
+from .loggers import CSVLogger, TensorBoard, loggers_from_flag
 from .loop import evaluate, fit, predict
 from .transfer import freeze, replace_head, unfreeze
 
 __all__ = [
     "History", "fit", "evaluate", "predict",
     "Callback", "EarlyStopping", "ModelCheckpoint", "LearningRateScheduler", "TerminateOnNaN",
-    "NonFiniteLossError", "FitState",
+    "NonFiniteLossError", "FitState", "CSVLogger", "TensorBoard", "loggers_from_flag",
     "save", "load", "Checkpoint", "named_parameters", "named_buffers",
     "CheckpointError", "NotACheckpointError", "CorruptCheckpointError", "NewerCheckpointError",
     "CheckpointMismatchError",
