@@ -588,7 +588,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     path = os.path.join(out, "explain.png")
     fig = plot.plot_explanations(x_test[pick], maps, y_test[pick], path,
                                  predictions=result.logits.argmax(axis=1), class_names=classes,
-                                 per_row=args.per_class,
+                                 per_row=args.per_class if args.per_class > 1 else 2,
                                  title=f"{dataset}: what {os.path.basename(args.checkpoint)} "
                                        f"looks at, for its predicted class{layer}")
     plot.pyplot().close(fig)

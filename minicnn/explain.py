@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 
 from .backend import get_array_module, to_numpy
-from .layers import Conv2d, Layer, Residual
+from .layers import AvgPool2d, Conv2d, Dropout, Identity, Layer, MaxPool2d, Residual
 
 __all__ = ["saliency", "grad_cam", "explain", "input_gradient", "Explanation",
            "LayerChoiceError", "resolve_layer", "conv_layers", "upsample_bilinear",
@@ -101,6 +101,11 @@ def explaining(model: Layer, input_grad: bool = True) -> Iterator[Layer]:
                 p.grad = g
             for m, cache in caches:
                 m.cache = cache
+
+
+# Pooling resamples the maps of the layer before it, Dropout and Identity pass them on (in
+# eval mode): never the default Grad-CAM layer.
+_PASS_ON = (MaxPool2d, AvgPool2d, Dropout, Identity)
 
 
 class _Tap:
@@ -268,7 +273,7 @@ def saliency(model: Layer, x: Any, target: Any = None, mode: str = "grad") -> An
 
 def conv_layers(model: Layer) -> list[tuple[str, Layer]]:
     """``(dotted name, layer)`` of the model's ``Conv2d`` layers on the main path (not inside
-    a ``Residual``'s shortcut), in ``named_modules`` order: the default Grad-CAM layers."""
+    a ``Residual``'s shortcut), in ``named_modules`` order: the layers an error suggests."""
     shortcut = {id(m) for r in model.modules() if isinstance(r, Residual)
                 for m in r.shortcut.modules()}
     return [(name, m) for name, m in model.named_modules()
@@ -309,12 +314,23 @@ def resolve_layer(model: Layer, layer: Any) -> tuple[str, Layer]:
                     f"got {type(layer).__name__}")
 
 
+def _default_candidates(model: Layer) -> list[tuple[str, Layer]]:
+    """Where the default Grad-CAM layer is looked for: every module of the main path (not the
+    model itself, not inside a ``Residual``'s shortcut, not pooling, Dropout or Identity)."""
+    shortcut = {id(m) for r in model.modules() if isinstance(r, Residual)
+                for m in r.shortcut.modules()}
+    return [(name, m) for name, m in model.named_modules()
+            if name and id(m) not in shortcut and not isinstance(m, _PASS_ON)]
+
+
 def _pick_default(taps: list[_Tap]) -> None:
-    """The last main-path Conv2d to run whose output is still spatial (h·w > 1)."""
+    """The last main-path module to run whose output is still spatial (h·w > 1), pooling
+    aside: the rectified feature maps of the last convolution block, as in the paper (the
+    ReLU after the last Conv2d; in a ResNet, the last Residual block's output)."""
     spatial = [t for t in taps if t.A is not None and t.A.ndim == 4
                and t.A.shape[2] * t.A.shape[3] > 1]
     if not spatial:
-        raise LayerChoiceError("grad_cam: no Conv2d of the model has a spatial output (h·w > 1) "
+        raise LayerChoiceError("grad_cam: no layer of the model has a spatial output (h·w > 1) "
                                "for this input; pass layer= a module whose output is "
                                "(N, K, h, w)")
     max(spatial, key=lambda t: t.step).keep_grad = True
@@ -351,10 +367,10 @@ def _grad_cam_pass(model: Layer, xb: Any, target: Any, layer: Any
     """(logits, target, dx, raw cam (N, h, w), layer name) from one forward and backward."""
     clock = itertools.count()
     if layer is None:
-        taps = [_Tap(name, m, clock) for name, m in conv_layers(model)]
-        if not taps:
+        if not conv_layers(model):
             raise LayerChoiceError("grad_cam: the model has no Conv2d layer; pass layer= a "
                                    "module whose output is (N, K, h, w)")
+        taps = [_Tap(name, m, clock) for name, m in _default_candidates(model)]
         choose = _pick_default
     else:
         taps = [_Tap(*resolve_layer(model, layer), clock)]

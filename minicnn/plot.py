@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
@@ -353,6 +354,7 @@ def plot_explanations(images: Any, maps: Any, labels: Any = None,
             else:
                 ax.imshow(m[i], cmap="hot", vmin=0, vmax=max(float(m[i].max()), 1e-12))
             ax.set_title(name, fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=9)
+    if title:  # wrapped to the figure's width (about 13 characters an inch at 9 points)
+        width = fig.get_size_inches()[0]
+        fig.suptitle(textwrap.fill(title, max(20, int(13 * width))), fontsize=9)
     return save_figure(fig, path)

@@ -35,8 +35,9 @@ needs_matplotlib = pytest.mark.skipif(not plot.matplotlib_available(),
 def small_net(dtype=np.float64, seed=0):
     """Conv, BatchNorm (eval, non-trivial statistics), ReLU, max pooling, a residual block with
     a projection shortcut, Dropout, global pooling, Linear: every kind of backward on the way
-    from the score to x. Names: layers.0 .. layers.8; the default Grad-CAM layer is the
-    body's last conv, layers.4.body.layers.2 (the shortcut's conv runs after it)."""
+    from the score to x. Names: layers.0 .. layers.8; the default Grad-CAM layer is the ReLU
+    after the residual block, layers.5: the last spatial output of the main path (the
+    shortcut's conv runs later, Dropout only passes the maps on)."""
     set_seed(seed)
     bn = L.BatchNorm2d(4)
     rng = np.random.default_rng(seed)
@@ -86,7 +87,7 @@ def test_target_none_explains_the_predicted_class_and_an_int_every_image():
                                   explain.saliency(model, x, [2, 2, 2, 2]))
     e = explain.explain(model, x)
     np.testing.assert_array_equal(e.target, predicted)
-    assert e.layer == "layers.4.body.layers.2"
+    assert e.layer == "layers.5"
 
 
 def test_a_single_image_and_float32_keep_their_shape_and_dtype():
@@ -201,14 +202,17 @@ def test_grad_cam_of_a_trained_network_finds_the_shape_it_classifies():
     assert peak_inside.mean() > 0.6                        # (0.99 here)
 
 
-def test_the_default_layer_skips_shortcuts_and_1x1_outputs():
+def test_the_default_layer_is_the_last_rectified_maps_of_the_main_path():
     model = small_net()
     assert [n for n, _ in explain.conv_layers(model)] == [
         "layers.0", "layers.4.body.layers.0", "layers.4.body.layers.2"]
     x = np.random.default_rng(0).standard_normal((1, 2, 8, 8))
-    assert explain.explain(model, x).layer == "layers.4.body.layers.2"
-    # At 2x2 the block runs at 1x1 (after max pooling): the first conv is the last spatial one.
-    assert explain.explain(model, x[:, :, :2, :2]).layer == "layers.0"
+    # The rectified maps after the last block (Dropout and pooling pass maps on, the 1×1
+    # shortcut conv runs last but is not the main path).
+    assert explain.explain(model, x).layer == "layers.5"
+    # At 2x2 the block runs at 1x1 (after max pooling): the ReLU before the pooling is the
+    # last spatial output.
+    assert explain.explain(model, x[:, :, :2, :2]).layer == "layers.2"
 
 
 def test_bad_layers_targets_and_inputs_get_one_clear_error():
@@ -378,7 +382,7 @@ def test_explain_command_writes_the_grid(smoke_checkpoint, tmp_path, capsys):
                      "--per-class", "1"]) == 0
     line = capsys.readouterr().out
     assert line == (f"wrote {out / 'explain.png'}: saliency and Grad-CAM of 10 cifar10 test "
-                    f"images (1 per class); Grad-CAM at layers.4\n")
+                    f"images (1 per class); Grad-CAM at layers.7\n")
     assert (out / "explain.png").read_bytes()[:4] == b"\x89PNG"
     assert oct(os.stat(out / "explain.png").st_mode & 0o777) != "0o600"  # the usual mode
 
@@ -441,5 +445,5 @@ def test_explain_command_on_the_cupy_backend(smoke_checkpoint, tmp_path, capsys)
         pytest.skip("CuPy with a working GPU is not available")
     assert cli.main(["explain", "--smoke", "--backend", "cupy", str(smoke_checkpoint),
                      "--out", str(tmp_path), "--per-class", "1"]) == 0
-    assert "Grad-CAM at layers.4" in capsys.readouterr().out
+    assert "Grad-CAM at layers.7" in capsys.readouterr().out
     assert (tmp_path / "explain.png").read_bytes()[:4] == b"\x89PNG"
