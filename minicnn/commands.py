@@ -427,12 +427,18 @@ def _plots(args: argparse.Namespace, history: Any, y_pred: np.ndarray, labels: n
     plt.close("all")
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
+def _load_checkpoint(args: argparse.Namespace) -> Any:
+    """The backend of --backend, then the checkpoint ``args.checkpoint`` with the model it
+    rebuilds (``training.load``); a file that is not one is a one-line error."""
     _choose_backend(args.backend)
     try:
-        ckpt = training.load(args.checkpoint)
+        return training.load(args.checkpoint)
     except CheckpointError as exc:
         raise BadInput("checkpoint", str(exc)) from exc
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    ckpt = _load_checkpoint(args)
     saved = ckpt.meta.get("dataset")
     dataset = args.dataset or saved
     if dataset not in DATASETS:
@@ -552,11 +558,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
                              "pip install 'minicnn[plot]' (or pip install matplotlib)")
     out = args.out if args.out is not None else (os.path.dirname(args.checkpoint) or ".")
     _check_writable("--out", out)
-    _choose_backend(args.backend)
-    try:
-        ckpt = training.load(args.checkpoint)
-    except CheckpointError as exc:
-        raise BadInput("checkpoint", str(exc)) from exc
+    ckpt = _load_checkpoint(args)
     dataset = ckpt.meta.get("dataset")
     if dataset not in DATASETS:
         raise BadInput("checkpoint", f"{args.checkpoint} does not say which dataset it was "
@@ -618,11 +620,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise BadInput("--opset", f"must be <= {max_opset} (the newest this onnx package "
                                   f"knows), got {args.opset}")
     _check_writable("OUT.onnx", os.path.dirname(args.onnx_file) or ".")
-    _choose_backend(args.backend)
-    try:
-        ckpt = training.load(args.checkpoint)
-    except CheckpointError as exc:
-        raise BadInput("checkpoint", str(exc)) from exc
+    ckpt = _load_checkpoint(args)
     dataset = ckpt.meta.get("dataset")
     shape = args.input_shape or (DATASETS[dataset]["shape"] if dataset in DATASETS
                                  else getattr(ckpt.model, "input_shape", None))

@@ -12,6 +12,7 @@ tests a second time that way: ``python -m pytest -q -m cupy --strict-device``.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,3 +104,39 @@ def isolated_data_dirs(tmp_path, monkeypatch):
     monkeypatch.setenv("MINICNN_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("MINICNN_DATA", raising=False)
+
+
+def _smoke_checkpoint(tmp_path_factory: pytest.TempPathFactory, dataset: str) -> Path:
+    """The model.npz of a real ``minicnn train --smoke`` run (tiny vgg, random data, 1 epoch)."""
+    from minicnn import cli
+
+    out = tmp_path_factory.mktemp(f"{dataset}-smoke-run")
+    assert cli.main(["train", "--dataset", dataset, "--smoke", "--backend", "numpy", "-q",
+                     "--no-plots", "--out", str(out)]) == 0
+    return out / "model.npz"
+
+
+@pytest.fixture(scope="session")
+def mnist_smoke_checkpoint(tmp_path_factory):
+    """A ``minicnn train --smoke`` checkpoint on MNIST-shaped data (read it, don't change it)."""
+    return _smoke_checkpoint(tmp_path_factory, "mnist")
+
+
+@pytest.fixture(scope="session")
+def cifar10_smoke_checkpoint(tmp_path_factory):
+    """A ``minicnn train --smoke`` checkpoint on CIFAR-shaped data (read it, don't change it)."""
+    return _smoke_checkpoint(tmp_path_factory, "cifar10")
+
+
+def dirty_workspace():
+    """A ``workspace(name, shape, dtype)`` that reuses its buffers, NaN-filled at first (so a
+    function that reads a buffer before writing it shows NaNs); ``.buffers`` holds them."""
+    buffers = {}
+
+    def workspace(name, shape, dtype):
+        buf = buffers.get(name)
+        if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype:
+            buf = buffers[name] = np.full(shape, np.nan, dtype)
+        return buf
+    workspace.buffers = buffers
+    return workspace

@@ -29,15 +29,6 @@ ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "checkpoint_v1.npz"  # a vgg on 3x8x8 images
 
 
-@pytest.fixture(scope="module")
-def mnist_checkpoint(tmp_path_factory):
-    """A real ``minicnn train --smoke`` checkpoint (MNIST-shaped, tiny vgg, 1 epoch)."""
-    out = tmp_path_factory.mktemp("mnist-run")
-    assert cli.main(["train", "--dataset", "mnist", "--smoke", "--backend", "numpy", "-q",
-                     "--no-plots", "--out", str(out)]) == 0
-    return out / "model.npz"
-
-
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -45,7 +36,7 @@ def _closed_port() -> int:
 
 
 @pytest.fixture
-def workdir(tmp_path, monkeypatch, mnist_checkpoint):
+def workdir(tmp_path, monkeypatch, mnist_smoke_checkpoint):
     """An empty working folder with the previous run's files in ``out/``; files to point
     flags at; the data folder, cache and home kept out of the user's (beside it, so that
     the folder's snapshot does not see them)."""
@@ -56,11 +47,11 @@ def workdir(tmp_path, monkeypatch, mnist_checkpoint):
     monkeypatch.setenv("HOME", str(tmp_path.parent / (tmp_path.name + "-home")))
     monkeypatch.delenv("MINICNN_DEBUG", raising=False)
     (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "model.npz").write_bytes(mnist_checkpoint.read_bytes())
+    (tmp_path / "out" / "model.npz").write_bytes(mnist_smoke_checkpoint.read_bytes())
     (tmp_path / "out" / "history.json").write_text('{"epoch": [1]}')
     (tmp_path / "file.txt").write_text("not a folder\n")
     (tmp_path / "garbage.npz").write_text("garbage\n")
-    (tmp_path / "truncated.npz").write_bytes(mnist_checkpoint.read_bytes()[:100])
+    (tmp_path / "truncated.npz").write_bytes(mnist_smoke_checkpoint.read_bytes()[:100])
     np.save(tmp_path / "array.npy", np.zeros(3))
     with np.load(FIXTURE, allow_pickle=False) as f:
         arrays = {k: f[k] for k in f.files}

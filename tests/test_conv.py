@@ -33,6 +33,7 @@ from minicnn.functional.im2col import (
 from minicnn.functional.scratch import scratch_nbytes, scratch_workspace
 from minicnn.gradcheck import assert_gradients
 from minicnn.regularizers import L2
+from tests.conftest import dirty_workspace
 
 
 def channels_last(x):
@@ -119,18 +120,6 @@ def test_conv_backward_matches_naive_loops(case, seed, grow):
     np.testing.assert_allclose(conv.W.grad, dW_ref, rtol=1e-10, atol=1e-10)
     if conv.b is not None:
         np.testing.assert_allclose(conv.b.grad, db_ref, rtol=1e-10, atol=1e-10)
-
-
-def dirty_workspace():
-    """A ``workspace(name, shape, dtype)`` that reuses its buffers, NaN-filled at first."""
-    buffers = {}
-
-    def workspace(name, shape, dtype):
-        buf = buffers.get(name)
-        if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype:
-            buf = buffers[name] = np.full(shape, np.nan, dtype)
-        return buf
-    return workspace
 
 
 @settings(max_examples=60)

@@ -363,22 +363,13 @@ def test_plot_explanations_draws_every_kind_of_map(tmp_path):
 
 # -- the command ---------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def smoke_checkpoint(tmp_path_factory):
-    """A real ``minicnn train --smoke`` checkpoint: a tiny vgg on CIFAR-shaped random data."""
-    out = tmp_path_factory.mktemp("cifar-run")
-    assert cli.main(["train", "--dataset", "cifar10", "--smoke", "--backend", "numpy", "-q",
-                     "--no-plots", "--out", str(out)]) == 0
-    return out / "model.npz"
-
-
 EXPLAIN = ["explain", "--smoke", "--backend", "numpy"]
 
 
 @needs_matplotlib
-def test_explain_command_writes_the_grid(smoke_checkpoint, tmp_path, capsys):
+def test_explain_command_writes_the_grid(cifar10_smoke_checkpoint, tmp_path, capsys):
     out = tmp_path / "pictures"
-    assert cli.main([*EXPLAIN, str(smoke_checkpoint), "--out", str(out),
+    assert cli.main([*EXPLAIN, str(cifar10_smoke_checkpoint), "--out", str(out),
                      "--per-class", "1"]) == 0
     line = capsys.readouterr().out
     assert line == (f"wrote {out / 'explain.png'}: saliency and Grad-CAM of 10 cifar10 test "
@@ -386,7 +377,7 @@ def test_explain_command_writes_the_grid(smoke_checkpoint, tmp_path, capsys):
     assert (out / "explain.png").read_bytes()[:4] == b"\x89PNG"
     assert oct(os.stat(out / "explain.png").st_mode & 0o777) != "0o600"  # the usual mode
 
-    assert cli.main([*EXPLAIN, str(smoke_checkpoint), "--out", str(out), "--method",
+    assert cli.main([*EXPLAIN, str(cifar10_smoke_checkpoint), "--out", str(out), "--method",
                      "gradcam", "--layer", "layers.0"]) == 0
     assert "Grad-CAM of 19 cifar10 test images (2 per class); Grad-CAM at layers.0" in \
         capsys.readouterr().out
@@ -404,8 +395,9 @@ def explain_error(argv, capsys):
 
 
 @needs_matplotlib
-def test_explain_command_errors_are_one_line(smoke_checkpoint, tmp_path, capsys, monkeypatch):
-    ckpt = str(smoke_checkpoint)
+def test_explain_command_errors_are_one_line(cifar10_smoke_checkpoint, tmp_path, capsys,
+                                             monkeypatch):
+    ckpt = str(cifar10_smoke_checkpoint)
     out = ["--out", str(tmp_path / "out")]
     assert explain_error([*EXPLAIN, ckpt, *out, "--layer", "layers.40"], capsys) == (
         "argument --layer: the model has no layer named 'layers.40'; the convolutions are "
@@ -426,7 +418,7 @@ def test_explain_command_errors_are_one_line(smoke_checkpoint, tmp_path, capsys,
     assert explain_error([*EXPLAIN, ckpt, "--out", str(tmp_path / "file.txt")], capsys) == \
         f"argument --out: '{tmp_path / 'file.txt'}' is a file; expected a folder"
     bare = tmp_path / "bare.npz"                            # a checkpoint without a dataset
-    training.save(bare, training.load(smoke_checkpoint).model)
+    training.save(bare, training.load(cifar10_smoke_checkpoint).model)
     assert "does not say which dataset it was trained on" in explain_error(
         [*EXPLAIN, str(bare)], capsys)
     monkeypatch.setattr(plot, "matplotlib_available", lambda: False)
@@ -438,12 +430,12 @@ def test_explain_command_errors_are_one_line(smoke_checkpoint, tmp_path, capsys,
 
 @needs_matplotlib
 @pytest.mark.cupy
-def test_explain_command_on_the_cupy_backend(smoke_checkpoint, tmp_path, capsys):
+def test_explain_command_on_the_cupy_backend(cifar10_smoke_checkpoint, tmp_path, capsys):
     from minicnn.backend import cupy_available
 
     if not cupy_available():
         pytest.skip("CuPy with a working GPU is not available")
-    assert cli.main(["explain", "--smoke", "--backend", "cupy", str(smoke_checkpoint),
+    assert cli.main(["explain", "--smoke", "--backend", "cupy", str(cifar10_smoke_checkpoint),
                      "--out", str(tmp_path), "--per-class", "1"]) == 0
     assert "Grad-CAM at layers.7" in capsys.readouterr().out
     assert (tmp_path / "explain.png").read_bytes()[:4] == b"\x89PNG"

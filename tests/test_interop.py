@@ -733,29 +733,20 @@ def test_symbolic_image_size_needs_input_shape(tmp_path):
 
 # -- the command: minicnn export -----------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def smoke_checkpoint(tmp_path_factory):
-    """A real ``minicnn train --smoke`` checkpoint (MNIST-shaped, 1 epoch)."""
-    out = tmp_path_factory.mktemp("smoke-run")
-    assert cli.main(["train", "--dataset", "mnist", "--smoke", "--backend", "numpy", "-q",
-                     "--no-plots", "--out", str(out)]) == 0
-    return out / "model.npz"
-
-
-def test_minicnn_export_matches_minicnn_evaluate(smoke_checkpoint, tmp_path, capsys):
+def test_minicnn_export_matches_minicnn_evaluate(mnist_smoke_checkpoint, tmp_path, capsys):
     out = tmp_path / "model.onnx"
-    assert cli.main(["export", str(smoke_checkpoint), str(out), "--backend", "numpy"]) == 0
+    assert cli.main(["export", str(mnist_smoke_checkpoint), str(out), "--backend", "numpy"]) == 0
     printed = capsys.readouterr().out
     assert f"wrote {out}: vgg for inputs (N, 1, 28, 28) float32, opset 17" in printed
     # the model `minicnn evaluate` loads, on the test images it evaluates (train --smoke's)
-    ckpt = training.load(smoke_checkpoint)
+    ckpt = training.load(mnist_smoke_checkpoint)
     x_test, y_test = data.synthetic(SMOKE_SIZES["test"], (1, 28, 28), seed=1)
     loader = data.DataLoader(x_test, y_test, 1000, shuffle=False,
                              normalize=(ckpt.meta["mean"], ckpt.meta["std"]))
     x, y = next(iter(loader))
     logits = run_ort(out, mc.to_numpy(x))
     assert_close(logits, eval_logits(ckpt.model, x))
-    assert cli.main(["evaluate", str(smoke_checkpoint), "--smoke", "--backend", "numpy"]) == 0
+    assert cli.main(["evaluate", str(mnist_smoke_checkpoint), "--smoke", "--backend", "numpy"]) == 0
     accuracy = float(capsys.readouterr().out.split("accuracy ")[1].split("%")[0])
     assert accuracy == pytest.approx(100 * float((logits.argmax(1) == mc.to_numpy(y)).mean()),
                                      abs=0.01)
@@ -764,9 +755,9 @@ def test_minicnn_export_matches_minicnn_evaluate(smoke_checkpoint, tmp_path, cap
     assert from_onnx(out).input_shape == (1, 28, 28)
 
 
-def test_minicnn_export_with_input_shape_and_opset(smoke_checkpoint, tmp_path):
+def test_minicnn_export_with_input_shape_and_opset(mnist_smoke_checkpoint, tmp_path):
     out = tmp_path / "sub" / "model.onnx"  # the folder is created
-    assert cli.main(["export", str(smoke_checkpoint), str(out), "--input-shape", "1,28,28",
+    assert cli.main(["export", str(mnist_smoke_checkpoint), str(out), "--input-shape", "1,28,28",
                      "--opset", "20", "--backend", "numpy"]) == 0
     model = onnx.load(str(out))
     assert model.opset_import[0].version == 20
@@ -792,11 +783,11 @@ def test_minicnn_export_with_input_shape_and_opset(smoke_checkpoint, tmp_path):
     (["CKPT", "m.onnx", "--opset", "999"], "argument --opset: must be <= "),
     (["CKPT"], "the following arguments are required: OUT.onnx"),
 ])
-def test_minicnn_export_errors_are_one_line_exit_2(args, words, smoke_checkpoint, tmp_path,
+def test_minicnn_export_errors_are_one_line_exit_2(args, words, mnist_smoke_checkpoint, tmp_path,
                                                    monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "garbage.npz").write_text("garbage\n")
-    args = [str(smoke_checkpoint) if a == "CKPT" else a for a in args]
+    args = [str(mnist_smoke_checkpoint) if a == "CKPT" else a for a in args]
     before = sorted(p.name for p in tmp_path.iterdir())
     with pytest.raises(SystemExit) as info:
         cli.main(["export", *args, "--backend", "numpy"])

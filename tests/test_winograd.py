@@ -26,6 +26,7 @@ from minicnn.functional import reference as ref
 from minicnn.functional import winograd as wg
 from minicnn.gradcheck import assert_gradients
 from minicnn.layers.base import Layer, Parameter
+from tests.conftest import dirty_workspace
 
 # ||winograd - im2col|| / ||im2col|| in float32, for y, dx and dW (module docstring).
 F32_BOUND = {2: 4e-6, 4: 2e-5}
@@ -294,19 +295,6 @@ def test_need_dx_and_need_dW():
     assert dx_only[1] is None and dW_only[0] is None
     np.testing.assert_array_equal(dx_only[0], dx)
     np.testing.assert_array_equal(dW_only[1], dW)
-
-
-def dirty_workspace():
-    """A ``workspace(name, shape, dtype)`` that reuses its buffers, NaN-filled at first."""
-    buffers = {}
-
-    def workspace(name, shape, dtype):
-        buf = buffers.get(name)
-        if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype:
-            buf = buffers[name] = np.full(shape, np.nan, dtype)
-        return buf
-    workspace.buffers = buffers
-    return workspace
 
 
 @pytest.mark.parametrize("m", [2, 4])
