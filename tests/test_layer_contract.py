@@ -37,6 +37,13 @@ from minicnn.layers.base import Layer
 # class name -> (a factory for a small instance, the input shape it takes)
 EXAMPLES: dict[str, tuple[Callable[[], Layer], tuple[int, ...]]] = {
     "Conv2d": (lambda: L.Conv2d(3, 4, 3, padding=1), (2, 3, 5, 5)),
+    "ConvTranspose2d": (lambda: L.ConvTranspose2d(3, 4, 3, stride=2, padding=1,
+                                                  output_padding=1), (2, 3, 4, 5)),
+    "Concat": (lambda: L.Concat(L.Identity(), L.Sequential(L.Conv2d(3, 2, 3, padding=1), L.ReLU()),
+                                L.MaxPool2d(3, stride=1, padding=1)), (2, 3, 4, 4)),
+    "SqueezeExcite": (lambda: L.SqueezeExcite(4, 2), (2, 4, 3, 3)),
+    "Upsample": (lambda: L.Upsample((2, 3), mode="bilinear"), (2, 3, 4, 5)),
+    "AdaptiveAvgPool2d": (lambda: L.AdaptiveAvgPool2d((3, 2)), (2, 3, 7, 5)),
     "MaxPool2d": (lambda: L.MaxPool2d(2), (2, 3, 4, 6)),
     "AvgPool2d": (lambda: L.AvgPool2d(3, stride=2, padding=1), (2, 3, 5, 5)),
     "GlobalAvgPool2d": (lambda: L.GlobalAvgPool2d(), (2, 3, 4, 4)),

@@ -184,7 +184,7 @@ def test_float32_matches_conv2d_within_the_bound(case, seed):
     (normwise relative); the results keep float32."""
     shape, C_out, pads, m = case
     rng = np.random.default_rng(seed)
-    conv = L.Conv2d(shape[1], C_out, 3, padding=0, bias=False)
+    conv = L.Conv2d(shape[1], C_out, 3, padding=0, bias=False, algorithm="im2col")
     conv.pads = pads
     x = rng.standard_normal(shape).astype(np.float32)
     y_ref = conv.forward(x)
@@ -203,7 +203,7 @@ def test_float32_error_at_a_vgg_size(m):
     """64 -> 64 channels at 16×16, He-initialised W: the error against float64 is of the
     order measured (F(2, 3) like im2col's, F(4, 3) under ten times more)."""
     rng = np.random.default_rng(0)
-    conv = L.Conv2d(64, 64, 3, padding=1, bias=False)
+    conv = L.Conv2d(64, 64, 3, padding=1, bias=False, algorithm="im2col")
     x = rng.standard_normal((2, 64, 16, 16)).astype(np.float32)
     exact = ref.conv2d_forward(x, conv.W.data, None, (1, 1), conv.pads)
     y, _ = wg.winograd_conv2d(x, conv.W.data, conv.pads, m=m)

@@ -220,7 +220,7 @@ def conv2d_input_grad(dout_mat: Any, W_mat: Any, x_shape: tuple[int, int, int, i
 
 def conv2d_algorithm(algorithm: str, x_shape: tuple[int, ...], C_out: int,
                      kernel_size: tuple[int, int], stride: tuple[int, int],
-                     padding: Pads) -> int | None:
+                     padding: Pads, groups: int = 1) -> int | None:
     """How a ``Conv2d`` computes its output for an input of ``x_shape``: None for im2col + one
     GEMM (the formula of docs/derivations/conv2d_im2col.md), or m for Winograd's F(m×m, 3×3)
     (``minicnn.functional.winograd``: the same y with fewer multiplies, docs/derivations/
@@ -228,9 +228,10 @@ def conv2d_algorithm(algorithm: str, x_shape: tuple[int, ...], C_out: int,
 
     ``algorithm`` is the layer's setting: "im2col" always None; "winograd" F(4×4, 3×3) (the
     layer checked at construction that ``winograd_applies``); "auto" Winograd where it applies
-    and was measured faster (``winograd_is_faster``), else im2col.
+    and was measured faster (``winograd_is_faster``), else im2col. A grouped convolution
+    (``groups`` > 1, ``minicnn.functional.grouped_conv``) has no Winograd route: None.
     """
-    if algorithm == "im2col" or not winograd_applies(kernel_size, stride, padding):
+    if algorithm == "im2col" or groups != 1 or not winograd_applies(kernel_size, stride, padding):
         return None
     if algorithm == "winograd":
         return 4

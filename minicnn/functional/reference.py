@@ -21,6 +21,8 @@ Batch normalization (docs/derivations/batchnorm.md): ``batchnorm_forward``,
 ``batchnorm_backward_stepwise``.
 Winograd convolution (docs/derivations/winograd.md): ``winograd_conv2d_tiles``, one tile and
 one channel pair at a time.
+Upsample and adaptive average pooling (docs/derivations/resampling.md): ``upsample2d``,
+``upsample2d_backward``, ``adaptive_avg_pool2d``, ``adaptive_avg_pool2d_backward``.
 """
 
 from __future__ import annotations
@@ -526,3 +528,211 @@ def winograd_conv2d_tiles(x: Any, W: Any, padding: Pads, BT: Any, G: Any,
                         y[n, o, ti * m:(ti + 1) * m, tj * m:(tj + 1) * m] += AT @ (u * v) @ AT.T
     return y[:, :, :Ho, :Wo]
 
+
+
+# -- ConvTranspose2d (docs/derivations/conv_transpose.md) -------------------------------------
+
+__all__ += ["conv_transpose2d_forward", "conv_transpose2d_backward"]
+
+
+def conv_transpose2d_forward(x: Any, W: Any, b: Any, stride: tuple[int, int],
+                             padding: tuple[int, int], output_padding: tuple[int, int] = (0, 0),
+                             groups: int = 1) -> np.ndarray:
+    """The definition of ``ConvTranspose2d``'s output, one input pixel at a time.
+
+    Every input pixel x[n, c, i, j] scatters the kernel W[c] (C_out/groups, KH, KW), times its
+    value, onto the full output at (i·sh, j·sw); the full output is then cropped by ``padding``
+    on each side (zero rows/columns past its end where ``output_padding`` asks for them)::
+
+        ỹ[n, o, i·sh + a, j·sw + b'] += x[n, c, i, j] · W[c, o, a, b']
+        y[n, o, h, w] = b[o] + ỹ[n, o, h + ph, w + pw]
+
+    Parameters
+    ----------
+    x : array (N, C_in, H, W)
+    W : array (C_in, C_out/groups, KH, KW)
+    b : array (C_out,) or None
+    stride, padding, output_padding : (sh, sw), (ph, pw), (oph, opw)
+    groups : int; input channel c feeds the output channels of its group
+
+    Returns
+    -------
+    y : float64 array (N, C_out, Ho, Wo), Ho = (H - 1)·sh - 2·ph + KH + oph
+    """
+    x, W = np.asarray(x, dtype=np.float64), np.asarray(W, dtype=np.float64)
+    N, C_in, H, Wd = x.shape
+    _, C_og, kh, kw = W.shape
+    (sh, sw), (ph, pw), (oph, opw) = stride, padding, output_padding
+    Ho, Wo = (H - 1) * sh - 2 * ph + kh + oph, (Wd - 1) * sw - 2 * pw + kw + opw
+    # the full output, large enough for every scattered kernel and for the output_padding
+    full = np.zeros((N, C_og * groups, max((H - 1) * sh + kh, Ho + ph),
+                     max((Wd - 1) * sw + kw, Wo + pw)))
+    for n in range(N):
+        for c in range(C_in):
+            g = c // (C_in // groups)
+            for i in range(H):
+                for j in range(Wd):
+                    full[n, g * C_og:(g + 1) * C_og, i * sh:i * sh + kh, j * sw:j * sw + kw] += \
+                        x[n, c, i, j] * W[c]
+    y = full[:, :, ph:ph + Ho, pw:pw + Wo].copy()
+    if b is not None:
+        y += np.asarray(b, dtype=np.float64)[:, None, None]
+    return y
+
+
+def conv_transpose2d_backward(x: Any, W: Any, dout: Any, stride: tuple[int, int],
+                              padding: tuple[int, int], output_padding: tuple[int, int] = (0, 0),
+                              groups: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The gradients of ``conv_transpose2d_forward``, one input pixel at a time.
+
+    Input pixel x[n, c, i, j] was scattered as x · W[c] onto the window at (i·sh, j·sw) of the
+    full output, so it gathers back what dout holds there (dout padded by ``padding``, its
+    output_padding rows cut to the full output's size)::
+
+        dx[n, c, i, j] += Σ dout̃[n, group's o, window of (i, j)] · W[c]
+        dW[c]          += x[n, c, i, j] · dout̃[n, group's o, window of (i, j)]
+        db[o]           = Σ_{n, h, w} dout[n, o, h, w]
+
+    Twin of ``ConvTranspose2d.backward``.
+
+    Returns
+    -------
+    dx : float64 array (N, C_in, H, W)
+    dW : float64 array (C_in, C_out/groups, KH, KW)
+    db : float64 array (C_out,)
+    """
+    x, W = np.asarray(x, dtype=np.float64), np.asarray(W, dtype=np.float64)
+    dout = np.asarray(dout, dtype=np.float64)
+    N, C_in, H, Wd = x.shape
+    _, C_og, kh, kw = W.shape
+    (sh, sw), (ph, pw) = stride, padding
+    Ho, Wo = dout.shape[2:]
+    full = np.zeros((N, dout.shape[1], max((H - 1) * sh + kh, Ho + ph),
+                     max((Wd - 1) * sw + kw, Wo + pw)))
+    full[:, :, ph:ph + Ho, pw:pw + Wo] = dout        # dout̃: zeros where y was cropped
+    dx, dW = np.zeros_like(x), np.zeros_like(W)
+    for n in range(N):
+        for c in range(C_in):
+            g = c // (C_in // groups)
+            for i in range(H):
+                for j in range(Wd):
+                    window = full[n, g * C_og:(g + 1) * C_og, i * sh:i * sh + kh,
+                                  j * sw:j * sw + kw]
+                    dx[n, c, i, j] += (window * W[c]).sum()
+                    dW[c] += x[n, c, i, j] * window
+    return dx, dW, dout.sum(axis=(0, 2, 3))
+
+
+# -- grouped convolution: Conv2d(..., groups=G) (docs/derivations/conv2d_im2col.md) -----------
+
+def conv2d_grouped_forward(x: Any, W: Any, b: Any, stride: tuple[int, int], padding: Pads,
+                           groups: int) -> np.ndarray:
+    """Grouped convolution by its definition: ``conv2d_forward`` of each group on its own.
+
+    Group g takes input channels [g·Cg, (g+1)·Cg) and W's rows [g·Og, (g+1)·Og), and gives
+    output channels [g·Og, (g+1)·Og) (Cg = C_in / G, Og = C_out / G). W (C_out, Cg, KH, KW).
+    Twin of ``grouped_conv.grouped_conv2d`` and ``depthwise_conv2d``.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    W = np.asarray(W, dtype=np.float64)
+    Cg, Og = x.shape[1] // groups, W.shape[0] // groups
+    return np.concatenate(
+        [conv2d_forward(x[:, g * Cg:(g + 1) * Cg], W[g * Og:(g + 1) * Og],
+                        None if b is None else b[g * Og:(g + 1) * Og], stride, padding)
+         for g in range(groups)], axis=1)
+
+
+def conv2d_grouped_backward(x: Any, W: Any, dout: Any, stride: tuple[int, int], padding: Pads,
+                            groups: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(dx, dW, db) of ``conv2d_grouped_forward``: ``conv2d_backward`` of each group, dx and
+    dW concatenated along channels. Twin of ``grouped_conv2d_backward``."""
+    x = np.asarray(x, dtype=np.float64)
+    W = np.asarray(W, dtype=np.float64)
+    Cg, Og = x.shape[1] // groups, W.shape[0] // groups
+    parts = [conv2d_backward(x[:, g * Cg:(g + 1) * Cg], W[g * Og:(g + 1) * Og],
+                             np.asarray(dout)[:, g * Og:(g + 1) * Og], stride, padding)
+             for g in range(groups)]
+    dx = np.concatenate([p[0] for p in parts], axis=1)
+    dW = np.concatenate([p[1] for p in parts], axis=0)
+    db = np.concatenate([p[2] for p in parts], axis=0)
+    return dx, dW, db
+
+
+# -- Upsample and AdaptiveAvgPool2d (docs/derivations/resampling.md) ---------------------------
+# Twins of minicnn.functional.resample (resample / resample_backward with the matrices of
+# nearest_matrix, linear_matrix, adaptive_avg_matrix): one output pixel at a time, each from
+# PyTorch's index formulas, no matrices.
+
+def _upsample_taps(i: int, n_in: int, scale: int, mode: str) -> list[tuple[int, float]]:
+    """The input samples (index, weight) that output sample i of one axis reads."""
+    if mode == "nearest":
+        return [(min(i // scale, n_in - 1), 1.0)]          # src = floor(dst / scale)
+    src = max((i + 0.5) / scale - 0.5, 0.0)                # align_corners=False
+    lo = int(src)
+    hi = lo + 1 if lo < n_in - 1 else lo
+    lam = src - lo
+    return [(lo, 1.0 - lam), (hi, lam)]
+
+
+def upsample2d(x: Any, scale_factor: tuple[int, int], mode: str) -> np.ndarray:
+    """Upsample's forward, one output pixel at a time:
+    y[n, c, i, j] = Σ_{(a, wa) ∈ taps(i)} Σ_{(b, wb) ∈ taps(j)} wa·wb·x[n, c, a, b]."""
+    x = np.asarray(x, dtype=np.float64)
+    N, C, H, W = x.shape
+    sh, sw = scale_factor
+    y = np.zeros((N, C, H * sh, W * sw))
+    for i in range(H * sh):
+        for j in range(W * sw):
+            for a, wa in _upsample_taps(i, H, sh, mode):
+                for b, wb in _upsample_taps(j, W, sw, mode):
+                    y[:, :, i, j] += wa * wb * x[:, :, a, b]
+    return y
+
+
+def upsample2d_backward(dout: Any, x_shape: tuple[int, ...], scale_factor: tuple[int, int],
+                        mode: str) -> np.ndarray:
+    """Upsample's dx: every output pixel hands dout times each of its weights back to the
+    input sample it read (the scatter of ``upsample2d``'s gather)."""
+    dout = np.asarray(dout, dtype=np.float64)
+    N, C, H, W = x_shape
+    sh, sw = scale_factor
+    dx = np.zeros((N, C, H, W))
+    for i in range(H * sh):
+        for j in range(W * sw):
+            for a, wa in _upsample_taps(i, H, sh, mode):
+                for b, wb in _upsample_taps(j, W, sw, mode):
+                    dx[:, :, a, b] += wa * wb * dout[:, :, i, j]
+    return dx
+
+
+def _adaptive_window(i: int, n_in: int, n_out: int) -> range:
+    """Input indices of output i: floor(i·n_in/n_out) <= h < ceil((i+1)·n_in/n_out)."""
+    return range((i * n_in) // n_out, -(-((i + 1) * n_in) // n_out))
+
+
+def adaptive_avg_pool2d(x: Any, output_size: tuple[int, int]) -> np.ndarray:
+    """AdaptiveAvgPool2d's forward: y[n, c, i, j] = mean of x[n, c] over window(i) × window(j)."""
+    x = np.asarray(x, dtype=np.float64)
+    N, C, H, W = x.shape
+    oh, ow = output_size
+    y = np.zeros((N, C, oh, ow))
+    for i in range(oh):
+        for j in range(ow):
+            rows, cols = _adaptive_window(i, H, oh), _adaptive_window(j, W, ow)
+            y[:, :, i, j] = x[:, :, rows.start:rows.stop, cols.start:cols.stop].mean(axis=(2, 3))
+    return y
+
+
+def adaptive_avg_pool2d_backward(dout: Any, x_shape: tuple[int, ...]) -> np.ndarray:
+    """AdaptiveAvgPool2d's dx: each output pixel spreads dout / (window size) over its window
+    (adding where windows overlap)."""
+    dout = np.asarray(dout, dtype=np.float64)
+    N, C, H, W = x_shape
+    oh, ow = dout.shape[2:]
+    dx = np.zeros((N, C, H, W))
+    for i in range(oh):
+        for j in range(ow):
+            rows, cols = _adaptive_window(i, H, oh), _adaptive_window(j, W, ow)
+            share = dout[:, :, i, j] / (len(rows) * len(cols))
+            dx[:, :, rows.start:rows.stop, cols.start:cols.stop] += share[:, :, None, None]
+    return dx

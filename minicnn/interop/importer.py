@@ -772,16 +772,11 @@ def _conv(b: _Builder, i: int, v: str) -> tuple[Layer, str]:
         raise b.error(i, f"pads (top, bottom), (left, right) = {pads}: minicnn's Conv2d pads "
                          f"both sides equally, or 'same' (stride 1, the extra at the "
                          f"bottom/right)")
-    kwargs: dict[str, Any] = {}
-    if group != 1:
-        import inspect
-
-        if "groups" not in inspect.signature(L.Conv2d).parameters:
-            raise b.error(i, f"group={group} (a grouped or depthwise convolution): this "
-                             f"minicnn's Conv2d has no groups yet")
-        kwargs["groups"] = group
+    if C_out % group:
+        raise b.error(i, f"group={group} does not divide the weight's {C_out} output "
+                         f"channels (C_out must be a multiple of the group count)")
     layer = L.Conv2d(C_in, C_out, kernel, stride=strides, padding=padding,
-                     bias=bias is not None, init="zeros", **kwargs)
+                     bias=bias is not None, init="zeros", groups=group)
     layer.W.data = new_array(W)
     if bias is not None:
         layer.b.data = new_array(bias)

@@ -1,7 +1,7 @@
-"""Containers: layers made of layers (a chain, a residual block), and the identity.
+"""Containers: layers made of layers (a chain, a residual block, a concatenation), and the identity.
 
 Derivation: docs/derivations/containers.md, docs/derivations/residual.md
-Tests: tests/test_container.py
+Tests: tests/test_container.py, tests/test_concat.py
 """
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from .base import Layer
+from .base import Layer, check_float_input
 
-__all__ = ["Identity", "Sequential", "Residual"]
+__all__ = ["Identity", "Sequential", "Residual", "Concat"]
 
 
 class Identity(Layer):
@@ -137,3 +137,85 @@ class Residual(Layer):
         body = repr(self.body).replace("\n", "\n  ")
         shortcut = repr(self.shortcut).replace("\n", "\n  ")
         return f"Residual(\n  body: {body}\n  shortcut: {shortcut}\n)"
+
+
+class Concat(Layer):
+    """Branches side by side: y = concat(F_1(x), ..., F_B(x)) along the channel axis.
+
+    Forward:  y = [F_1(x), F_2(x), ..., F_B(x)]          (N, C_1 + ... + C_B, H, W)
+    Backward: each output channel block depends on one branch only (as a copy), so branch b
+              gets its own block of dout, and x, used by every branch, collects the sum:
+              dout_b = dout[:, C_1 + ... + C_{b-1} : C_1 + ... + C_b]   (views, no copy)
+              dx = F_1.backward(dout_1) + ... + F_B.backward(dout_B)
+              (a branch whose backward returns None, its ``input_grad`` off, adds nothing)
+
+    DenseNet's layer is ``Concat(Identity(), body)`` (the input's channels, then the new
+    ones), an Inception block ``Concat(b1, b2, b3, b4)``, U-Net's long skip
+    ``Concat(Identity(), Sequential(down, ..., up))``.
+
+    Parameters
+    ----------
+    *branches : Layer
+        F_1, ..., F_B (at least one), each mapping (N, C_in, H, W) to (N, C_b, H, W) with the
+        same N, H, W (only the channel counts may differ).
+
+    Shapes
+    ------
+    x: whatever the branches take; y: (N, C_1 + ... + C_B, H, W) (or, more generally, the
+    branches' outputs joined along axis 1).
+
+    ``parameters()`` lists the branches' parameters, branch by branch, in order
+    (``branches.0.W``, ...). ``input_grad`` (default True): when False, the branches still run
+    backward (their parameters need it) but dx is not summed and None is returned.
+    """
+
+    def __init__(self, *branches: Layer):
+        super().__init__()
+        if not branches:
+            raise ValueError("Concat: expected at least one branch, e.g. "
+                             "Concat(Identity(), Sequential(Conv2d(c, k, 3, padding=1), ReLU()))")
+        self.branches: list[Layer] = [
+            _check_layer("Concat", f"branch {i}", branch) for i, branch in enumerate(branches)]
+        self.input_grad = True
+
+    def forward(self, x: Any) -> Any:
+        outputs = [branch.forward(x) for branch in self.branches]
+        _check_same_except_channels(outputs, x)
+        xp = check_float_input("Concat", outputs[0])
+        # Where each branch's channels end in y (but the last): the split points of dout.
+        ends, c = [], 0
+        for out in outputs[:-1]:
+            c += out.shape[1]
+            ends.append(c)
+        self.cache = tuple(ends)
+        return xp.concatenate(outputs, axis=1)
+
+    def backward(self, dout: Any) -> Any:
+        ends = self.cached()
+        xp = check_float_input("Concat", dout)
+        dout_blocks = xp.split(dout, ends, axis=1)  # views of dout: dout_b
+        dx = None
+        for branch, dout_b in zip(self.branches, dout_blocks, strict=True):
+            dx_b = branch.backward(dout_b)
+            if dx_b is None:  # this branch's input_grad is off: it adds nothing
+                continue
+            dx = dx_b if dx is None else dx + dx_b  # never in place: dx_b may be a view of dout
+        return dx if self.input_grad else None
+
+    def __repr__(self) -> str:
+        lines = "\n".join(f"  ({i}): " + repr(branch).replace("\n", "\n  ")
+                          for i, branch in enumerate(self.branches))
+        return f"Concat(\n{lines}\n)"
+
+
+def _check_same_except_channels(outputs: list[Any], x: Any) -> None:
+    """Raise ValueError unless the branches' outputs agree on every axis but the channels."""
+    shapes = [tuple(out.shape) for out in outputs]
+    first = shapes[0]
+    for shape in shapes:
+        if len(shape) < 2 or len(shape) != len(first) or \
+                shape[:1] + shape[2:] != first[:1] + first[2:]:
+            raise ValueError(
+                f"Concat: the branches' outputs must have the same shape (N, C_b, H, W) but for "
+                f"the channels C_b; got shapes {shapes} for input shape {tuple(x.shape)} "
+                f"(a branch with a stride or without padding changes H and W)")

@@ -1,7 +1,7 @@
 """2-D convolution as im2col + one matrix multiply (or, for 3×3 stride-1 layers, Winograd).
 
 Derivation: docs/derivations/conv2d_im2col.md, docs/derivations/winograd.md
-Tests: tests/test_conv.py, tests/test_winograd.py
+Tests: tests/test_conv.py, tests/test_winograd.py, tests/test_grouped_conv.py
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from ..functional.conv import (
     conv2d_weight_grad,
     conv2d_weight_matrix,
 )
+from ..functional.grouped_conv import grouped_conv2d, grouped_conv2d_backward
 from ..functional.im2col import im2col, normalize_padding, output_size, pair
 from ..functional.scratch import scratch_workspace
 from ..functional.winograd import winograd_applies, winograd_conv2d, winograd_conv2d_backward
@@ -41,8 +42,8 @@ class Conv2d(Layer):
         PyTorch). ``"valid"`` means no padding.
     bias : bool, default True
     init : str or callable, default "he_normal"
-        ``minicnn.init`` initialiser for W, called with fan_in = C_in·KH·KW and
-        fan_out = C_out·KH·KW. b starts at zero.
+        ``minicnn.init`` initialiser for W, called with fan_in = C_in/groups·KH·KW and
+        fan_out = C_out/groups·KH·KW (as PyTorch). b starts at zero.
     kernel_regularizer : optional
         A penalty such as ``minicnn.regularizers.L2(1e-4)`` attached to W.
     algorithm : "auto", "im2col" or "winograd", default "auto"
@@ -52,10 +53,14 @@ class Conv2d(Layer):
         docs/derivations/winograd.md). "auto" takes Winograd where it applies and was
         measured faster for the input's shape (``functional.conv.conv2d_algorithm``),
         else im2col.
+    groups : int, default 1
+        G, dividing C_in and C_out: input channels [g·C_in/G, (g+1)·C_in/G) feed only output
+        channels [g·C_out/G, (g+1)·C_out/G). ``groups == in_channels`` is a depthwise
+        convolution (one KH×KW filter per channel, times C_out/C_in). Winograd is for G = 1.
 
     Attributes
     ----------
-    W : Parameter (C_out, C_in, KH, KW)
+    W : Parameter (C_out, C_in/groups, KH, KW)
     b : Parameter (C_out,) or None
 
     Forward
@@ -107,6 +112,11 @@ class Conv2d(Layer):
     so a model holds one patch buffer, the size of its largest layer's, however many
     convolutions it has.
 
+    Grouped (G > 1): the same formulas per group, c running over the group's C_in/G input
+    channels; one patch matrix per group and one batched product over the groups
+    (``minicnn.functional.grouped_conv``: ``grouped_conv2d`` and
+    ``grouped_conv2d_backward``; depthwise as a sum over the KH·KW shifted views of x̃).
+
     The output is stored channels-last (a view of the GEMM result, see
     ``minicnn.functional.im2col``); it is logically (N, C_out, Ho, Wo) like any other array.
 
@@ -118,12 +128,18 @@ class Conv2d(Layer):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1,
                  padding: Any = 0, bias: bool = True, init: Any = "he_normal",
-                 kernel_regularizer: Any = None, algorithm: str = "auto"):
+                 kernel_regularizer: Any = None, algorithm: str = "auto",
+                 groups: int = 1):
         super().__init__()
         if int(in_channels) < 1 or int(out_channels) < 1:
             raise ValueError(f"Conv2d: in_channels and out_channels must be >= 1, got "
                              f"{in_channels} and {out_channels}")
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.groups = int(groups)
+        if self.groups < 1 or self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ValueError(f"Conv2d: groups must be >= 1 and divide in_channels and "
+                             f"out_channels, got groups={groups!r} with in_channels="
+                             f"{in_channels} and out_channels={out_channels}")
         self.kernel_size = pair(kernel_size, "kernel_size", "Conv2d")
         self.stride = pair(stride, "stride", "Conv2d")
         if min(self.kernel_size) < 1 or min(self.stride) < 1:
@@ -135,6 +151,9 @@ class Conv2d(Layer):
         if algorithm not in CONV_ALGORITHMS:
             raise ValueError(f"Conv2d: algorithm must be one of {CONV_ALGORITHMS}, got "
                              f"{algorithm!r}")
+        if algorithm == "winograd" and self.groups != 1:
+            raise ValueError(f"Conv2d: algorithm='winograd' needs groups=1, got "
+                             f"groups={groups!r}")
         if algorithm == "winograd" and not winograd_applies(self.kernel_size, self.stride,
                                                             self.pads):
             raise ValueError(f"Conv2d: algorithm='winograd' needs a 3×3 kernel, stride 1 and "
@@ -142,8 +161,8 @@ class Conv2d(Layer):
                              f"stride={self.stride}, padding={padding!r}")
         self.algorithm = algorithm
         kh, kw = self.kernel_size
-        shape = (self.out_channels, self.in_channels, kh, kw)
-        fan_in, fan_out = self.in_channels * kh * kw, self.out_channels * kh * kw
+        shape = (self.out_channels, self.in_channels // self.groups, kh, kw)
+        fan_in, fan_out = shape[1] * kh * kw, self.out_channels // self.groups * kh * kw
         self.W = Parameter(new_array(initializers.get(init)(shape, fan_in, fan_out)), "W",
                            regularizer=kernel_regularizer)
         self.b = (Parameter(new_array(initializers.zeros((self.out_channels,))), "b")
@@ -160,6 +179,8 @@ class Conv2d(Layer):
         N = x.shape[0]
         Ho, Wo = output_size(x.shape, self.kernel_size, self.stride, self.pads, "Conv2d")
         W = self.W.data.astype(x.dtype, copy=False)
+        if self.groups != 1:
+            return self._forward_grouped(x, W)
         m = conv2d_algorithm(self.algorithm, x.shape, self.out_channels, self.kernel_size,
                              self.stride, self.pads)
         if m is not None:  # Winograd's F(m×m, 3×3): the same y, fewer multiplies
@@ -179,6 +200,8 @@ class Conv2d(Layer):
         x, W, winograd = self.cached()
         if winograd is not None:
             return self._backward_winograd(dout, winograd)
+        if self.groups != 1:
+            return self._backward_grouped(dout, x, W)
         workspace = scratch_workspace(get_array_module(x))
         # (N, C_out, Ho, Wo) -> rows (n, ho, wo) like cols; free when dout is channels-last.
         dout_mat = dout.transpose(0, 2, 3, 1).reshape(-1, self.out_channels)
@@ -222,10 +245,35 @@ class Conv2d(Layer):
             self.b.set_grad(dout.sum(axis=(0, 2, 3)))             # db = Σ_{n,i,j} dout
         return dx if self.input_grad else None
 
+    def _forward_grouped(self, x: Any, W: Any) -> Any:
+        """y = the grouped convolution of x (``grouped_conv2d``: one batched product over the
+        groups, or the depthwise shifted-view sum), plus b; the cache keeps x and W."""
+        xp = get_array_module(x)
+        y = grouped_conv2d(x, W, self.groups, self.stride, self.pads,
+                           workspace=scratch_workspace(xp))
+        if self.b is not None:
+            y += self.b.data.astype(x.dtype, copy=False)[:, None, None]
+        self.cache = (x, W, None)
+        return y
+
+    def _backward_grouped(self, dout: Any, x: Any, W: Any) -> Any:
+        """dW and dx per group (``grouped_conv2d_backward``), db = Σ dout."""
+        dx, dW = grouped_conv2d_backward(dout, x, W, self.groups, self.stride, self.pads,
+                                         need_dx=self.input_grad,
+                                         need_dW=self.W.requires_grad,
+                                         workspace=scratch_workspace(get_array_module(x)))
+        if self.W.requires_grad:
+            self.W.set_grad(dW)
+        if self.b is not None:
+            self.b.set_grad(dout.sum(axis=(0, 2, 3)))             # db = Σ_{n,i,j} dout
+        return dx
+
     def extra_repr(self) -> str:
         padding = self.padding if isinstance(self.padding, str) else tuple(self.padding)
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
              f"stride={self.stride}, padding={padding}")
+        if self.groups != 1:
+            s += f", groups={self.groups}"
         if self.b is None:
             s += ", bias=False"
         if self.algorithm != "auto":

@@ -6,8 +6,8 @@ passes are ``col2im``, which adds each window entry's gradient back onto its inp
 its dx are named functions of ``minicnn.functional.pooling``; the loop versions the tests
 compare with are in ``minicnn.functional.reference``.
 
-Derivation: docs/derivations/pooling.md
-Tests: tests/test_pool.py
+Derivation: docs/derivations/pooling.md, docs/derivations/resampling.md
+Tests: tests/test_pool.py, tests/test_adaptive_pool.py
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ from ..functional.im2col import (
     window_view,
 )
 from ..functional.pooling import first_max_mask, max_pool_input_grad, window_max
+from ..functional.resample import resample, resample_backward, resampling_matrices
 from ..functional.scratch import scratch
 from .base import Layer, check_float_input, check_ndim
 
-__all__ = ["MaxPool2d", "AvgPool2d", "GlobalAvgPool2d"]
+__all__ = ["MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "AdaptiveAvgPool2d"]
 
 
 def _show(p: tuple[int, int]) -> Any:
@@ -187,3 +188,71 @@ class GlobalAvgPool2d(Layer):
         dx = xp.empty_like(x, dtype=dout.dtype)  # keeps x's memory layout
         dx[...] = (dout / float(H * W))[:, :, None, None]
         return dx
+
+
+class AdaptiveAvgPool2d(Layer):
+    """Adaptive average pooling to a fixed output size, whatever the input's (PyTorch's rule).
+
+    Parameters
+    ----------
+    output_size : int or (oh, ow)
+        An entry None keeps that input size. AdaptiveAvgPool2d(1) is GlobalAvgPool2d with the
+        (N, C, 1, 1) shape kept.
+
+    Forward
+    -------
+    Output row i averages the input rows start_i <= h < end_i, start_i = floor(i·H/oh),
+    end_i = ceil((i+1)·H/oh) (windows may overlap or differ in size when oh does not divide H;
+    oh > H repeats rows), and likewise for the columns:
+
+        y[n, c] = P_h · x[n, c] · P_wᵀ      P_h[i, h] = 1/(end_i − start_i) on row i's window
+
+    (N, C, H, W) -> (N, C, oh, ow), with P_h (oh, H) and P_w (ow, W) the averaging matrices.
+
+    Backward
+    --------
+    The map is linear, so dx is its transpose: dx[n, c] = P_hᵀ · dout[n, c] · P_w — every input
+    pixel collects the share 1/(window size) of each window it lies in.
+
+    Derivation: docs/derivations/resampling.md (the matrices and products are those of
+    ``minicnn.functional.resample``); loop versions ``reference.adaptive_avg_pool2d`` and
+    ``reference.adaptive_avg_pool2d_backward``.
+    """
+
+    def __init__(self, output_size: Any):
+        super().__init__()
+        pair = (tuple(output_size) if isinstance(output_size, (tuple, list))
+                else (output_size, output_size))
+        if len(pair) != 2 or not all(
+                s is None or (isinstance(s, int) and not isinstance(s, bool) and s >= 1)
+                for s in pair):
+            raise ValueError(f"AdaptiveAvgPool2d: output_size must be a positive integer, None "
+                             f"or a pair (oh, ow) of them, got {output_size!r}")
+        self.output_size = pair
+
+    def _out_hw(self, H: int, W: int) -> tuple[int, int]:
+        oh, ow = self.output_size
+        return (H if oh is None else oh, W if ow is None else ow)
+
+    def forward(self, x: Any) -> Any:
+        check_float_input("AdaptiveAvgPool2d", x)
+        check_ndim("AdaptiveAvgPool2d", x, 4, "(N, C, H, W)")
+        H, W = x.shape[2:]
+        P_h, P_w = resampling_matrices(x, (H, W), self._out_hw(H, W), "adaptive_avg")
+        self.cache = tuple(x.shape)   # all backward needs: the matrices come from the shapes
+        return resample(x, P_h, P_w)  # y = P_h · x · P_wᵀ
+
+    def backward(self, dout: Any) -> Any:
+        x_shape = self.cached()
+        check_float_input("AdaptiveAvgPool2d", dout)
+        N, C, H, W = x_shape
+        out_shape = (N, C, *self._out_hw(H, W))
+        if tuple(dout.shape) != out_shape:
+            raise ValueError(f"AdaptiveAvgPool2d.backward: dout must have the output's shape "
+                             f"{out_shape}, got {tuple(dout.shape)}")
+        P_h, P_w = resampling_matrices(dout, (H, W), out_shape[2:], "adaptive_avg")
+        return resample_backward(dout, P_h, P_w)  # dx = P_hᵀ · dout · P_w
+
+    def extra_repr(self) -> str:
+        oh, ow = self.output_size
+        return f"output_size={oh if oh == ow else (oh, ow)}"
