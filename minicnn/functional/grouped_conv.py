@@ -32,7 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..backend import get_array_module
-from .im2col import Pads, output_size, pad_channels_last, window_slices, window_view
+from .im2col import Pads, output_size, pad_channels_last, padded_windows, window_slices
 
 __all__ = ["GROUPED_METHODS", "grouped_weight_matrices", "grouped_im2col", "grouped_conv2d",
            "grouped_conv2d_backward", "depthwise_conv2d", "depthwise_conv2d_backward"]
@@ -74,12 +74,7 @@ def grouped_im2col(x: Any, kernel_size: tuple[int, int], stride: tuple[int, int]
     channels.
     """
     xp = get_array_module(x)
-    (top, bottom), (left, right) = padding
-    N, C, H, W = x.shape
-    pad_buf = None
-    if workspace is not None and (top or bottom or left or right):
-        pad_buf = workspace("x_pad", (N, H + top + bottom, W + left + right, C), x.dtype)
-    windows = window_view(pad_channels_last(x, padding, out=pad_buf), kernel_size, stride)
+    windows = padded_windows(x, kernel_size, stride, padding, workspace)
     N, Ho, Wo, kh, kw, C = windows.shape
     Cg = C // groups
     # (N, Ho, Wo, KH, KW, G, Cg) -> (G, N, Ho, Wo, KH, KW, Cg): still a view

@@ -41,7 +41,8 @@ from ..backend import get_array_module
 
 __all__ = [
     "pair", "normalize_padding", "output_size", "window_slices", "pad_channels_last",
-    "window_view", "im2col", "col2im", "col2im_matmul", "flipped_pads", "flipped_patches",
+    "window_view", "padded_windows", "im2col", "col2im", "col2im_matmul", "flipped_pads",
+    "flipped_patches",
     "conv_input_grad",
 ]
 
@@ -179,6 +180,19 @@ def window_view(x_p: Any, kernel_size: tuple[int, int], stride: tuple[int, int])
         strides=(s_n, s_h * sh, s_w * sw, s_h, s_w, s_c))
 
 
+def padded_windows(x: Any, kernel_size: tuple[int, int], stride: tuple[int, int],
+                   padding: Pads, workspace: Any = None) -> Any:
+    """The windows of x's zero-padded channels-last copy, (N, Ho, Wo, KH, KW, C): a strided
+    view of ``pad_channels_last(x)`` (in the workspace's "x_pad" buffer when there is padding
+    and a ``workspace``), ``window_view``. What ``im2col`` copies into its patch matrix."""
+    (top, bottom), (left, right) = padding
+    N, C, H, W = x.shape
+    pad_buf = None
+    if workspace is not None and (top or bottom or left or right):
+        pad_buf = workspace("x_pad", (N, H + top + bottom, W + left + right, C), x.dtype)
+    return window_view(pad_channels_last(x, padding, out=pad_buf), kernel_size, stride)
+
+
 def im2col(x: Any, kernel_size: tuple[int, int], stride: tuple[int, int],
            padding: Pads, workspace: Any = None) -> tuple[Any, tuple[int, int]]:
     """The patch matrix of ``x``: one row per output pixel, one column per kernel entry.
@@ -206,13 +220,7 @@ def im2col(x: Any, kernel_size: tuple[int, int], stride: tuple[int, int],
     strided ``window_view``.
     """
     xp = get_array_module(x)
-    (top, bottom), (left, right) = padding
-    N, C, H, W = x.shape
-    pad_buf = None
-    if workspace is not None and (top or bottom or left or right):
-        pad_buf = workspace("x_pad", (N, H + top + bottom, W + left + right, C), x.dtype)
-    x_p = pad_channels_last(x, padding, out=pad_buf)
-    windows = window_view(x_p, kernel_size, stride)  # (N, Ho, Wo, KH, KW, C), a view
+    windows = padded_windows(x, kernel_size, stride, padding, workspace)
     N, Ho, Wo, kh, kw, C = windows.shape
     if workspace is None:
         cols = xp.ascontiguousarray(windows)  # the one copy, straight into the GEMM layout
