@@ -14,6 +14,7 @@ checkpoint of ``minicnn train --smoke``.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -122,13 +123,28 @@ def build(name: str, kwargs: dict, seed: int = 0) -> Layer:
     return randomize(model, seed)
 
 
-@pytest.mark.parametrize("name", sorted(models.MODELS))
+# Zoo models built from layers the ONNX path does not write yet (Concat, SqueezeExcite,
+# ConvTranspose2d, Upsample: issue 26's layers), with the first layer the error must name.
+NOT_EXPORTED = {"densenet": "(Concat)", "inception": "(Concat)", "squeezenet": "(Concat)",
+                "unet": "(Concat)", "efficientnet": "(SqueezeExcite)"}
+
+
+@pytest.mark.parametrize("name", sorted(set(models.MODELS) - set(NOT_EXPORTED)))
 def test_every_zoo_model_round_trips_through_onnx_runtime(name, tmp_path):
     model = build(name, ZOO_KWARGS.get(name, {}))
     imported, _ = round_trip(model, model.input_shape, tmp_path)
     # the same architecture back: the same parameters, in the same order and shapes
     assert [p.shape for p in imported.parameters()] == [p.shape for p in model.parameters()]
     assert model.training  # export left the model's mode as it was
+
+
+@pytest.mark.parametrize("name", sorted(NOT_EXPORTED))
+def test_zoo_models_with_layers_onnx_does_not_write_yet_fail_clearly(name, tmp_path):
+    model = models.build(name, {})
+    with pytest.raises(ValueError, match=r"no ONNX counterpart for .*" + re.escape(
+            NOT_EXPORTED[name])):
+        to_onnx(model, tmp_path / "m.onnx", model.input_shape)
+    assert not (tmp_path / "m.onnx").exists()  # nothing half-written
 
 
 @pytest.mark.parametrize("name, kwargs", VARIANTS,

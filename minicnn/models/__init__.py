@@ -23,15 +23,35 @@ The builders:
   stage and 1x1 projection shortcuts where the shape changes (ResNet-20 by default).
 
 Files: ``registry`` (MODELS, ``build``, the shared pieces), ``lectures`` (simple_cnn, vgg,
-vgg16), ``lenet`` (lenet5), ``resnet``. A new family is a new file whose builders use
-``@register("name")``, imported below.
+vgg16), and the architecture timeline (``TIMELINE``), one file per family: ``lenet``,
+``alexnet``, ``nin``, ``inception``, ``resnet``, ``unet``, ``squeezenet``, ``densenet``,
+``mobilenet`` (v1, v2), ``efficientnet``, ``convnext``. A new family is a new file whose
+builders use ``@register("name")``, imported below.
 """
 
 from ..layers.summary import summary  # public here too: mc.models.summary(model, shape)
+from .alexnet import alexnet
+from .convnext import convnext, convnext_block
+from .densenet import dense_layer, densenet, transition
+from .efficientnet import efficientnet, mbconv
+from .inception import inception, inception_block
 from .lectures import simple_cnn, vgg, vgg16
 from .lenet import lenet5
+from .mobilenet import depthwise_separable, inverted_residual, mobilenet_v1, mobilenet_v2
+from .nin import mlpconv, nin
 from .registry import MODELS, activation, build, fit_whitening, register
 from .resnet import basic_block, resnet
+from .squeezenet import fire, squeezenet
+from .unet import double_conv, unet
+
+# The lecture's architecture timeline, oldest first (each a CIFAR-sized version; the builder's
+# docstring names the paper and what this version keeps and changes).
+TIMELINE = ("lenet5", "alexnet", "nin", "vgg16", "inception", "resnet", "unet", "squeezenet",
+            "densenet", "mobilenet_v1", "mobilenet_v2", "efficientnet", "convnext")
 
 __all__ = ["simple_cnn", "vgg", "vgg16", "lenet5", "resnet", "basic_block", "build", "MODELS",
-           "summary", "activation", "fit_whitening", "register"]
+           "summary", "activation", "fit_whitening", "register", "TIMELINE",
+           "alexnet", "nin", "mlpconv", "squeezenet", "fire", "inception", "inception_block",
+           "densenet", "dense_layer", "transition", "unet", "double_conv", "mobilenet_v1",
+           "mobilenet_v2", "depthwise_separable", "inverted_residual", "efficientnet", "mbconv",
+           "convnext", "convnext_block"]
