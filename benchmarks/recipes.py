@@ -12,6 +12,11 @@ the winner was then re-run on the CPU):
     python benchmarks/recipes.py benchmarks/recipes_cifar10.json --data DIR --backend cupy \\
         --jobs 12 --out runs/recipes
 
+``benchmarks/recipes_timeline.json`` trains the lecture's architecture timeline side by side
+(``minicnn.models.TIMELINE``: LeNet-5 to ConvNeXt, CIFAR-sized, 30 epochs of AdamW one-cycle
+each): ``python benchmarks/recipes.py benchmarks/recipes_timeline.json --data DIR --backend
+cupy --preset gpu --jobs 13 --out runs/timeline``.
+
 The file maps a name to its flags, e.g. ``{"base": ["--epochs", "15"], "tta": ["--tta"]}``;
 ``--dataset``, ``--data``, ``--backend``, ``--preset`` and ``--out`` are added here.
 """

@@ -192,3 +192,23 @@ def test_a_few_adam_steps_lower_the_loss(name):
 def test_impossible_arguments_raise_clear_errors(name, kwargs, match):
     with pytest.raises(ValueError, match=match):
         models.MODELS[name](**kwargs)
+
+
+def test_the_timeline_recipes_name_every_timeline_model_with_flags_the_cli_takes():
+    # benchmarks/recipes_timeline.json trains the timeline side by side (benchmarks/recipes.py):
+    # every recipe must parse as `minicnn train` flags and build its model.
+    import json
+    from pathlib import Path
+
+    from minicnn import cli, presets
+
+    recipes = json.loads((Path(__file__).resolve().parents[1] / "benchmarks" /
+                          "recipes_timeline.json").read_text())
+    assert sorted(recipes) == sorted(models.TIMELINE)
+    parser = cli.build_parser()
+    for name, flags in recipes.items():
+        args = parser.parse_args(["train", "--dataset", "cifar10", *flags])
+        cfg = presets.resolve("cifar10", "cpu", {"model": args.model,
+                                                 "model_kwargs": args.model_kwargs or {}})
+        model = models.build(cfg["model"], cfg["model_kwargs"])
+        assert model.config["builder"] == name
