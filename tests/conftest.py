@@ -140,3 +140,26 @@ def dirty_workspace():
         return buf
     workspace.buffers = buffers
     return workspace
+
+
+def count(model, kind):
+    """How many modules of ``model`` are instances of ``kind``."""
+    return sum(isinstance(m, kind) for m in model.modules())
+
+
+def forward_shape(model, shape, batch=2):
+    """The output shape of ``model`` (eval mode) for a batch of zeros of ``shape``."""
+    model.eval()
+    return model.forward(np.zeros((batch, *shape), np.float32)).shape
+
+
+def adam_losses(model, x, y, steps, lr=1e-2):
+    """The loss before each of ``steps`` Adam steps on the one batch (x, y)."""
+    loss_fn = mc.losses.CrossEntropyLoss()
+    opt = mc.optim.Adam(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        losses.append(float(loss_fn.forward(model.forward(x), y)))
+        model.backward(loss_fn.backward())
+        opt.step()
+    return losses

@@ -9,15 +9,7 @@ import minicnn as mc
 from minicnn import layers as L
 from minicnn import models
 from minicnn.gradcheck import assert_gradients
-
-
-def count(model, kind):
-    return sum(isinstance(m, kind) for m in model.modules())
-
-
-def forward_shape(model, shape, batch=2):
-    model.eval()
-    return model.forward(np.zeros((batch, *shape), np.float32)).shape
+from tests.conftest import count, forward_shape
 
 
 @pytest.mark.parametrize("name, kwargs, shape", [

@@ -16,6 +16,7 @@ from minicnn.gradcheck import assert_gradients, numerical_gradient, relative_err
 from minicnn.models.densenet import dense_layer, densenet
 from minicnn.models.inception import inception, inception_block
 from minicnn.models.unet import unet
+from tests.conftest import adam_losses, count, forward_shape
 
 TINY = {
     # width 1/8: every branch has 2+ channels. A 1-channel BatchNorm followed by ReLU -> conv
@@ -25,15 +26,6 @@ TINY = {
     "densenet": dict(growth_rate=2, blocks=(2, 1), bottleneck=2, image_size=8),
     "unet": dict(width=2, depth=2, image_size=8, head="classification"),
 }
-
-
-def count(model, kind):
-    return sum(isinstance(m, kind) for m in model.modules())
-
-
-def forward_shape(model, shape, batch=2):
-    model.eval()
-    return model.forward(np.zeros((batch, *shape), np.float32)).shape
 
 
 @pytest.mark.parametrize("name, kwargs, shape", [
@@ -166,13 +158,7 @@ def test_a_few_adam_steps_lower_the_loss(name):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((8, 3, 8, 8)).astype(np.float32)
     y = rng.integers(0, 10, 8)
-    loss_fn = mc.losses.CrossEntropyLoss()
-    opt = mc.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(8):
-        losses.append(float(loss_fn.forward(model.forward(x), y)))
-        model.backward(loss_fn.backward())
-        opt.step()
+    losses = adam_losses(model, x, y, steps=8)
     assert losses[-1] < losses[0]
 
 

@@ -20,6 +20,7 @@ from minicnn.gradcheck import check_gradients, numerical_gradient
 from minicnn.models.alexnet import alexnet
 from minicnn.models.nin import nin
 from minicnn.models.squeezenet import squeezenet
+from tests.conftest import adam_losses, count
 
 TINY = {
     "alexnet": dict(widths=(4, 6, 8, 8, 6), hidden=8, image_size=16),
@@ -27,10 +28,6 @@ TINY = {
     "squeezenet": dict(stem=4, base_e=4, incr_e=4, squeeze_ratio=0.5, fires=4,
                        pool_after=(0, 2), image_size=8),
 }
-
-
-def count(model, kind):
-    return sum(isinstance(m, kind) for m in model.modules())
 
 
 def logits_shape(model, side, batch=2, channels=3):
@@ -167,13 +164,7 @@ def test_a_few_adam_steps_lower_the_loss(name):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((8, 3, side, side)).astype(np.float32)
     y = rng.integers(0, 10, size=8)
-    loss_fn = mc.losses.CrossEntropyLoss()
-    opt = mc.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(12):
-        losses.append(float(loss_fn.forward(model.forward(x), y)))
-        model.backward(loss_fn.backward())
-        opt.step()
+    losses = adam_losses(model, x, y, steps=12)
     assert losses[-1] < 0.95 * losses[0] and losses[-1] < min(losses[:-1]), losses
 
 

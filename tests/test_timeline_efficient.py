@@ -19,6 +19,7 @@ from minicnn.gradcheck import check_gradients
 from minicnn.models.convnext import convnext
 from minicnn.models.efficientnet import efficientnet
 from minicnn.models.mobilenet import make_divisible, mobilenet_v1, mobilenet_v2
+from tests.conftest import adam_losses, count
 
 BUILDERS = {"mobilenet_v1": mobilenet_v1, "mobilenet_v2": mobilenet_v2,
             "efficientnet": efficientnet, "convnext": convnext}
@@ -39,10 +40,6 @@ TINY = {
                          head_channels=6, divisor=1, dropout=0.0),
     "convnext": dict(image_size=8, dims=(3, 5), depths=(1, 1), kernel_size=3, mlp_ratio=2),
 }
-
-
-def count(model, kind):
-    return sum(isinstance(m, kind) for m in model.modules())
 
 
 @pytest.mark.parametrize("name", list(BUILDERS))
@@ -104,13 +101,7 @@ def test_a_few_adam_steps_lower_the_loss(name):
     rng = np.random.default_rng(2)
     x = rng.standard_normal((16, 3, 8, 8)).astype(np.float32)
     y = rng.integers(0, 10, 16)
-    loss_fn = mc.losses.CrossEntropyLoss()
-    opt = mc.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(30):
-        losses.append(float(loss_fn.forward(model.forward(x), y)))
-        model.backward(loss_fn.backward())
-        opt.step()
+    losses = adam_losses(model, x, y, steps=30)
     assert losses[-1] < losses[10] < losses[0] and losses[-1] < 0.7 * losses[0], losses
 
 
