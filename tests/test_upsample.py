@@ -164,3 +164,12 @@ def test_errors():
     layer(np.zeros((1, 2, 3, 3)))
     with pytest.raises(ValueError, match=r"Upsample\.backward.*\(1, 2, 6, 6\)"):
         layer.backward(np.zeros((1, 2, 3, 3)))
+
+
+def test_the_mode_argument_does_not_hide_the_train_eval_switch():
+    # Upsample's mode ("nearest") is kept as `interpolation`: layer.mode() is Layer's switch.
+    layer = Upsample(2, "bilinear")
+    assert layer.interpolation == "bilinear"
+    with layer.mode(training=False):
+        assert not layer.training
+    assert layer.training

@@ -4,9 +4,10 @@ Every layer becomes the ONNX operator(s) that compute the same function in evalu
 (BatchNorm with its running statistics, Dropout the identity); the table is ``EXPORTERS``
 below and docs/interop.md. The walk follows the containers: a ``Sequential`` chains its
 children, a ``Residual`` writes both branches from the same input and joins them with
-``Add``. Parameters become initializers under their ``state_dict`` names (``layers.0.W``),
-nodes are named after the layer's dotted path (``layers.0/Conv``), so the graph reads like
-``print(model)``.
+``Add``, a ``Concat`` writes every branch from the same input and joins them with
+``Concat(axis=1)``. Parameters become initializers under their ``state_dict`` names
+(``layers.0.W``), nodes are named after the layer's dotted path (``layers.0/Conv``), so the
+graph reads like ``print(model)``.
 
 Shapes come from running the model: each layer's ``forward`` is called once on a batch of
 one, in evaluation mode, as it is written out, so a model that does not take
@@ -227,6 +228,63 @@ def _instancenorm(g: _Graph, layer: Any, x: str, path: str, xa: Any, ya: Any) ->
                   path, epsilon=float(layer.eps))
 
 
+def _conv_transpose(g: _Graph, layer: Any, x: str, path: str, xa: Any, ya: Any) -> str:
+    """ConvTranspose2d: W (C_in, C_out/groups, KH, KW) is ONNX's layout as it is; the
+    padding crops both sides, output_padding adds rows/columns at the bottom/right."""
+    inputs = [x, g.weight(f"{path}.W", layer.W.data)]
+    if layer.b is not None:
+        inputs.append(g.weight(f"{path}.b", layer.b.data))
+    return g.node("ConvTranspose", inputs, path, kernel_shape=list(layer.kernel_size),
+                  strides=list(layer.stride), pads=_pads(layer.pads), dilations=[1, 1],
+                  output_padding=list(layer.output_padding), group=int(layer.groups))
+
+
+def _upsample(g: _Graph, layer: Any, x: str, path: str, xa: Any, ya: Any) -> str:
+    """Upsample by integer scales: Resize with scales [1, 1, sh, sw]; nearest is
+    y[i] = x[floor(i / s)] (asymmetric, floor), bilinear align_corners=False is linear with
+    half_pixel coordinates (edges clamped, as minicnn's)."""
+    sh, sw = layer.scale_factor
+    scales = g.weight(f"{path}.scales", np.array([1, 1, sh, sw], np.float32))
+    if layer.interpolation == "nearest":
+        attrs = dict(mode="nearest", coordinate_transformation_mode="asymmetric",
+                     nearest_mode="floor")
+    else:
+        attrs = dict(mode="linear", coordinate_transformation_mode="half_pixel")
+    return g.node("Resize", [x, "", scales], path, **attrs)
+
+
+def _adaptive_avg_pool(g: _Graph, layer: Any, x: str, path: str, xa: Any, ya: Any) -> str:
+    """AdaptiveAvgPool2d: GlobalAveragePool for a 1×1 output; AveragePool with kernel =
+    stride = input / output where the output size divides the input's (the windows are then
+    those of PyTorch's rule); anything else (overlapping windows of different sizes) has no
+    ONNX operator."""
+    (H, W), (oh, ow) = tuple(xa.shape[2:]), tuple(ya.shape[2:])
+    if (oh, ow) == (1, 1):
+        return g.node("GlobalAveragePool", [x], path)
+    if H % oh or W % ow:
+        raise ValueError(f"to_onnx: layer {path or '(the model)'!r} (AdaptiveAvgPool2d) maps "
+                         f"{H}×{W} to {oh}×{ow}: ONNX has it only as GlobalAveragePool (a 1×1 "
+                         f"output) or AveragePool (an output size that divides the input "
+                         f"size); choose an input_shape or output_size that fits")
+    kernel = [H // oh, W // ow]
+    return g.node("AveragePool", [x], path, kernel_shape=kernel, strides=kernel,
+                  pads=[0, 0, 0, 0])
+
+
+def _squeeze_excite(g: _Graph, layer: Any, x: str, path: str, xa: Any, ya: Any) -> str:
+    """SqueezeExcite: the gate s = σ(ReLU(GAP(x) W1 + b1) W2 + b2) as GlobalAveragePool,
+    Flatten, Gemm, Relu, Gemm, Sigmoid, Unsqueeze to (N, C, 1, 1), then Mul(x, s)."""
+    z = g.node("Flatten", [g.node("GlobalAveragePool", [x], path)], path, axis=1)
+    for name, act in (("fc1", "Relu"), ("fc2", "Sigmoid")):
+        fc = getattr(layer, name)
+        z = g.node("Gemm", [z, g.weight(f"{path}.{name}.W", fc.W.data),
+                            g.weight(f"{path}.{name}.b", fc.b.data)], path, transA=0,
+                   transB=0)
+        z = g.node(act, [z], path)
+    gate = g.node("Unsqueeze", [z, g.ints(f"{path}.axes", [2, 3])], path)
+    return g.node("Mul", [x, gate], path)
+
+
 # minicnn layer class -> its exporter: the op table of docs/interop.md. Exact classes: a
 # subclass may compute something else, so it needs its own row (PatchWhitening and
 # SyncBatchNorm2d have theirs).
@@ -252,9 +310,14 @@ EXPORTERS: dict[type, Exporter] = {
     L.LayerNorm: _layernorm,
     L.GroupNorm: _groupnorm,
     L.InstanceNorm2d: _instancenorm,
+    L.ConvTranspose2d: _conv_transpose,
+    L.Upsample: _upsample,
+    L.AdaptiveAvgPool2d: _adaptive_avg_pool,
+    L.SqueezeExcite: _squeeze_excite,
 }
-# Containers: written by the walk itself (Sequential chains, Residual adds two branches).
-CONTAINERS = (L.Sequential, L.Residual)
+# Containers: written by the walk itself (Sequential chains, Residual adds two branches,
+# Concat joins its branches along the channels).
+CONTAINERS = (L.Sequential, L.Residual, L.Concat)
 
 
 def _children(layer: Layer, path: str) -> list[tuple[str, Layer]]:
@@ -264,6 +327,8 @@ def _children(layer: Layer, path: str) -> list[tuple[str, Layer]]:
 
     if type(layer) is L.Sequential:
         return [(join(f"layers.{i}"), child) for i, child in enumerate(layer.layers)]
+    if type(layer) is L.Concat:
+        return [(join(f"branches.{i}"), child) for i, child in enumerate(layer.branches)]
     return [(join("body"), layer.body), (join("shortcut"), layer.shortcut)]
 
 
@@ -326,8 +391,8 @@ def to_onnx(model: Layer, path: str | os.PathLike, input_shape: Sequence[int],
     ----------
     model : Layer
         Any model made of the layers in ``EXPORTERS`` (every layer of ``minicnn.layers``
-        but none other), in ``Sequential`` and ``Residual`` containers. Its mode is left as
-        it was: the graph is that of evaluation mode either way (BatchNorm's running
+        but none other), in ``Sequential``, ``Residual`` and ``Concat`` containers. Its mode
+        is left as it was: the graph is that of evaluation mode either way (BatchNorm's running
         statistics, Dropout the identity).
     path : str or PathLike
         The ``.onnx`` file to write, atomically (``minicnn._io.atomic_write``): the old file
@@ -377,6 +442,16 @@ def to_onnx(model: Layer, path: str | os.PathLike, input_shape: Sequence[int],
             if fa.shape != sa.shape:
                 layer.forward(xa)  # the Residual's own error, naming both shapes
             return g.node("Add", [f, s], path), fa + sa
+        if type(layer) is L.Concat:
+            outs, arrays = [], []
+            for child_path, child in _children(layer, path):
+                y, ya = walk(child, x, child_path, xa)
+                outs.append(y)
+                arrays.append(ya)
+            if len({(a.ndim, a.shape[:1] + a.shape[2:]) for a in arrays}) != 1:
+                layer.forward(xa)  # the Concat's own error, naming the shapes
+            xp = get_array_module(arrays[0])
+            return g.node("Concat", outs, path, axis=1), xp.concatenate(arrays, axis=1)
         try:
             ya = layer.forward(xa)
         except (ValueError, TypeError) as exc:

@@ -27,8 +27,12 @@ initialisers' random generator is not drawn from):
      join; each branch is walked on its own (recursively: blocks may nest) into a
      ``Sequential``, the one that is x itself is the identity shortcut, and the block is
      ``Residual(body, shortcut)``;
-   - anything else (three consumers, branches that do not meet in an Add, an operator
-     outside a pattern) is an error naming the node.
+   - several consumers that first meet in a ``Concat(axis=1)``: a ``Concat`` block, each
+     branch walked on its own into a ``Sequential`` (the value itself: ``Identity``);
+   - GlobalAveragePool and a Mul of x by the gate: ``SqueezeExcite`` (the gate's chain must
+     be Flatten, Gemm, Relu, Gemm, Sigmoid, Unsqueeze);
+   - anything else (three consumers not joined by a Concat, branches that do not meet in
+     an Add or Concat, an operator outside a pattern) is an error naming the node.
 
    Each layer runs once on a small batch as it is built (evaluation mode), which gives
    the shapes the next operator needs and turns a wrong initializer shape into an error
@@ -449,6 +453,10 @@ class _Builder:
         fused = self.activation(v, found)
         if fused is not None:
             return fused
+        if len(found) == 1 and self.g.nodes[found[0]].op_type == "Concat":
+            concat = self.concat(v, found)  # Concat(v, v, ...): identity branches only
+            if concat is not None:
+                return concat
         if len(found) == 1:
             i = found[0]
             node = self.g.nodes[i]
@@ -472,11 +480,18 @@ class _Builder:
             layer, out = converter(self, i, v)
             self.run(i, layer, v, out)
             return layer, out
+        se = self.squeeze_excite(v, found)
+        if se is not None:
+            return se
+        concat = self.concat(v, found)
+        if concat is not None:
+            return concat
         if len(found) == 2:
             return self.residual(v, found)
         names = ", ".join(self.g.label(i) for i in found)
         raise self.g.error(f"the value {v!r} feeds {len(found)} nodes ({names}); minicnn "
-                           f"reads chains and blocks of two branches joined by Add")
+                           f"reads chains, blocks of two branches joined by Add and "
+                           f"branches joined by Concat(axis=1)")
 
     def run(self, i: int, layer: Layer | None, v: str, out: str) -> None:
         """Run the new layer on the walk's batch: the shapes for what follows."""
@@ -616,6 +631,130 @@ class _Builder:
         shortcut = None if fb is None else L.Sequential(*fb)
         block = L.Residual(body, shortcut)
         block.eval()
+        return block, out
+
+
+    # -- Concat blocks --------------------------------------------------------------------------
+    def concat(self, v: str, found: list[int]) -> tuple[Layer, str] | None:
+        """y = Concat(F_1(v), ..., F_B(v), axis=1): the consumers of ``v`` start the branches
+        (or are the Concat itself: an identity branch), and they all meet first in a Concat
+        of the channels. None when the first node they all reach is not such a Concat."""
+        g = self.g
+        reaches = [self.reach(i) for i in found]
+        common = set.intersection(*reaches)
+        if not common:
+            return None
+        join = min(common)
+        node = g.nodes[join]
+        if node.op_type != "Concat" or any(x in g.static for x in node.input if x):
+            return None
+        if len(self.shape(v)) < 2 or int(g.attrs[join].get("axis", 0)) % len(
+                self.shape(v)) != 1:
+            raise self.error(join, f"concatenates along axis {g.attrs[join].get('axis')}; "
+                                   f"minicnn's Concat joins branches along the channels "
+                                   f"(axis=1)")
+        before = self.ancestors(join)
+        region = set().union(*reaches) & before
+        branches: list[tuple[str, set[int]]] = []
+        for x in node.input:
+            if x == v:
+                branches.append((x, set()))
+                continue
+            j = g.producer.get(x)
+            if j is None or j not in region:
+                raise self.error(join, f"joins {x!r}, which is not computed by a branch "
+                                       f"from {v!r}")
+            branches.append((x, ({j} | self.ancestors(j)) & region))
+        for a in range(len(branches)):
+            for b in range(a + 1, len(branches)):
+                shared = branches[a][1] & branches[b][1]
+                if shared:
+                    names = ", ".join(g.label(i) for i in sorted(shared)[:3])
+                    raise g.error(f"the branches from {v!r} to {g.label(join)} share "
+                                  f"{names}; minicnn reads separate branches joined by "
+                                  f"Concat")
+        used = set().union(*(nodes for _, nodes in branches)) | {join}
+        if not set(found) <= used or region - used:
+            extra = sorted((region - used) | (set(found) - used))
+            raise g.error(f"{g.label(extra[0])} reads from the branches from {v!r} but is "
+                          f"not part of one before {g.label(join)}; minicnn reads separate "
+                          f"branches joined by Concat")
+        layers: list[Layer] = []
+        for x, nodes in branches:
+            layers.append(L.Identity() if not nodes else
+                          L.Sequential(*self.sequence(v, x, nodes)))
+        parts = [self.arrays[x] for x, _ in branches]
+        if len({(p.ndim, p.shape[:1] + p.shape[2:]) for p in parts}) != 1:
+            raise self.error(join, f"joins branches of shapes "
+                                   f"{[tuple(p.shape[1:]) for p in parts]} (without N), "
+                                   f"which differ in more than the channels")
+        self.visited.add(join)
+        out = node.output[0]
+        xp = get_xp()
+        self.arrays[out] = xp.concatenate(parts, axis=1)
+        block = L.Concat(*layers)
+        block.eval()
+        return block, out
+
+    # -- squeeze-and-excitation -----------------------------------------------------------------
+    def squeeze_excite(self, v: str, found: list[int]) -> tuple[Layer, str] | None:
+        """Mul(v, Unsqueeze(σ(Gemm(ReLU(Gemm(Flatten(GlobalAveragePool(v))))))) ->
+        SqueezeExcite; the gate may be reshaped to (N, C, 1, 1) by Unsqueeze or Reshape.
+        None when the two consumers of ``v`` are not GlobalAveragePool and that Mul."""
+        g = self.g
+        if len(found) != 2:
+            return None
+        ops = {g.nodes[i].op_type: i for i in found}
+        if set(ops) != {"GlobalAveragePool", "Mul"} or len(self.shape(v)) != 4:
+            return None
+        gap, mul = ops["GlobalAveragePool"], ops["Mul"]
+        gate = [x for x in g.nodes[mul].input if x != v]
+        if len(gate) != 1 or gate[0] in g.static or g.producer.get(gate[0]) is None:
+            return None
+        k = g.producer[gate[0]]
+        if g.nodes[k].op_type not in ("Unsqueeze", "Reshape") or mul not in self.reach(gap):
+            return None
+        region = (self.reach(gap) & self.ancestors(k)) - {k}
+        s = g.nodes[k].input[0]
+        if s == v or s in g.static:
+            return None
+        layers = self.sequence(v, s, region | ({gap} if gap not in region else set()))
+        kinds = [type(m) for m in layers]
+        N, C = self.shape(v)[:2]
+        if kinds != [L.GlobalAvgPool2d, L.Linear, L.ReLU, L.Linear, L.Sigmoid] or \
+                layers[1].W.shape[0] != C or layers[3].W.shape[1] != C or \
+                layers[1].b is None or layers[3].b is None:
+            raise self.error(mul, f"scales {v!r} by a gate computed as "
+                                  f"{[k.__name__ for k in kinds]}; minicnn reads "
+                                  f"squeeze-and-excitation (GlobalAveragePool, Flatten, Gemm, "
+                                  f"Relu, Gemm, Sigmoid, Unsqueeze, Mul) only")
+        node = g.nodes[k]
+        if node.op_type == "Unsqueeze":
+            axes = _axes(g.attrs[k], [None] + ([self.constant(k, 1, "axes")]
+                                               if len(node.input) > 1 and node.input[1]
+                                               else []), 1)
+            ok = axes is not None and sorted(a % 4 for a in axes) == [2, 3]
+        else:
+            try:
+                ok = _reshape_target(self.shape(s), self.constant(k, 1, "shape"),
+                                     g.attrs[k].get("allowzero", 0)) == (N, C, 1, 1)
+            except ValueError:
+                ok = False
+        if not ok:
+            raise self.error(k, "does not turn the (N, C) gate into (N, C, 1, 1)")
+        hidden = layers[1].W.shape[1]
+        reduction = max(1, C // hidden)
+        if max(1, C // reduction) != hidden:
+            raise self.error(mul, f"its bottleneck of {hidden} units is not max(1, C // r) "
+                                  f"for C = {C} and any integer r")
+        block = L.SqueezeExcite(C, reduction)
+        for name, fc in (("fc1", layers[1]), ("fc2", layers[3])):
+            target = getattr(block, name)
+            target.W.data, target.b.data = fc.W.data, fc.b.data
+        self.visited.update((k, mul))
+        out = g.nodes[mul].output[0]
+        block.eval()
+        self.arrays[out] = block.forward(self.arrays[v])
         return block, out
 
 
@@ -943,18 +1082,19 @@ def _flattens(b: _Builder, j: int, u: str) -> bool:
 
 
 def _global_pool(b: _Builder, i: int, v: str, out: str) -> tuple[Layer, str]:
-    """(N, C, 1, 1) at ``out`` followed by a flatten -> GlobalAvgPool2d (N, C)."""
+    """(N, C, 1, 1) at ``out`` followed by a flatten -> GlobalAvgPool2d (N, C); not
+    followed by one -> AdaptiveAvgPool2d(1)."""
     b.arrays[out] = b.arrays[v].mean(axis=(2, 3), keepdims=True)  # for a Shape node's sake
     j = b.sole(out)
     if j is None or not _flattens(b, j, out):
-        raise b.error(i, "its (N, C, 1, 1) output is not flattened next (Flatten, Reshape "
-                         "or Squeeze to (N, C)); minicnn's GlobalAvgPool2d returns (N, C)")
+        return L.AdaptiveAvgPool2d(1), out  # the (N, C, 1, 1) shape kept
     b.visited.add(j)
     return L.GlobalAvgPool2d(), b.g.nodes[j].output[0]
 
 
 def _global_average_pool(b: _Builder, i: int, v: str) -> tuple[Layer, str]:
-    """GlobalAveragePool + Flatten (or Reshape / Squeeze) -> GlobalAvgPool2d."""
+    """GlobalAveragePool + Flatten (or Reshape / Squeeze) -> GlobalAvgPool2d; alone ->
+    AdaptiveAvgPool2d(1)."""
     _check_ndim(b, i, v, (4,), "minicnn's GlobalAvgPool2d takes (N, C, H, W)")
     return _global_pool(b, i, v, b.g.nodes[i].output[0])
 
@@ -1120,6 +1260,88 @@ def _dropout(b: _Builder, i: int, v: str) -> tuple[Layer, str]:
     return L.Dropout(float(ratio)), b.g.nodes[i].output[0]
 
 
+def _conv_transpose(b: _Builder, i: int, v: str) -> tuple[Layer, str]:
+    """ConvTranspose -> ConvTranspose2d: W (C_in, C_out/group, KH, KW), B (C_out,) as they
+    are; equal padding on both sides, ``output_padding`` (or an ``output_shape`` that comes
+    to one) at the bottom/right."""
+    x = _check_ndim(b, i, v, (4,), "minicnn's ConvTranspose2d takes (N, C, H, W)")
+    _check_dilations(b, i)
+    attrs = b.g.attrs[i]
+    group = int(attrs.get("group", 1))
+    W = b.constant(i, 1, "weight")
+    C_in = x[1]
+    if W.ndim != 4 or W.shape[0] != C_in or C_in % group:
+        raise b.error(i, f"initializer {b.g.nodes[i].input[1]!r} (the weight) has shape "
+                         f"{tuple(W.shape)}, expected ({C_in}, C_out/group, KH, KW) for an "
+                         f"input of {C_in} channels")
+    C_out, kernel = int(W.shape[1]) * group, (int(W.shape[2]), int(W.shape[3]))
+    if tuple(_ints2(b, i, "kernel_shape", kernel)) != kernel:
+        raise b.error(i, f"kernel_shape {attrs['kernel_shape']} differs from its weight's "
+                         f"{kernel}")
+    bias = b.weight(i, 2, "bias", (C_out,), optional=True)
+    strides = _ints2(b, i, "strides", (1, 1))
+    if (attrs.get("auto_pad", "NOTSET") or "NOTSET") not in ("NOTSET", "VALID"):
+        raise b.error(i, f"auto_pad={attrs['auto_pad']!r}: minicnn reads ConvTranspose with "
+                         f"explicit pads")
+    p = [int(a) for a in attrs.get("pads", [0, 0, 0, 0])]
+    if len(p) != 4 or p[0] != p[2] or p[1] != p[3]:
+        raise b.error(i, f"pads {p}: minicnn's ConvTranspose2d crops both sides equally")
+    output_padding = _ints2(b, i, "output_padding", (0, 0))
+    if "output_shape" in attrs:
+        full = [(n - 1) * s - 2 * q + k for n, s, q, k in
+                zip(x[2:], strides, (p[0], p[1]), kernel, strict=True)]
+        output_padding = tuple(int(o) - f for o, f in
+                               zip(list(attrs["output_shape"])[-2:], full, strict=True))
+    if any(not 0 <= o < s for o, s in zip(output_padding, strides, strict=True)):
+        raise b.error(i, f"output_padding {list(output_padding)} is not in [0, stride) for "
+                         f"strides {list(strides)}")
+    layer = L.ConvTranspose2d(C_in, C_out, kernel, stride=strides, padding=(p[0], p[1]),
+                              output_padding=output_padding, groups=group,
+                              bias=bias is not None, init="zeros")
+    layer.W.data = new_array(W.astype(np.float32))
+    if bias is not None:
+        layer.b.data = new_array(bias)
+    return layer, b.g.nodes[i].output[0]
+
+
+def _resize(b: _Builder, i: int, v: str) -> tuple[Layer, str]:
+    """Resize by integer scales of H and W -> Upsample: mode nearest with asymmetric
+    coordinates and floor rounding (PyTorch's nearest), or linear with half_pixel (or
+    pytorch_half_pixel) coordinates (bilinear, align_corners=False)."""
+    x = _check_ndim(b, i, v, (4,), "minicnn's Upsample takes (N, C, H, W)")
+    attrs, node = b.g.attrs[i], b.g.nodes[i]
+    mode = attrs.get("mode", "nearest")
+    coords = attrs.get("coordinate_transformation_mode", "half_pixel")
+    if mode == "nearest" and coords == "asymmetric" and \
+            attrs.get("nearest_mode", "round_prefer_floor") == "floor":
+        kind = "nearest"
+    elif mode == "linear" and coords in ("half_pixel", "pytorch_half_pixel"):
+        kind = "bilinear"
+    else:
+        rounding = attrs.get("nearest_mode", "round_prefer_floor")
+        raise b.error(i, f"mode={mode!r}, coordinate_transformation_mode={coords!r}"
+                         f"{f', nearest_mode={rounding!r}' if mode == 'nearest' else ''}: "
+                         f"minicnn's Upsample is nearest (asymmetric, floor) or bilinear "
+                         f"(half_pixel, align_corners=False)")
+    if attrs.get("antialias", 0) or attrs.get("axes") is not None or \
+            attrs.get("keep_aspect_ratio_policy", "stretch") != "stretch":
+        raise b.error(i, "antialias, axes or keep_aspect_ratio_policy: minicnn's Upsample has "
+                         "none of them")
+    scales = b.constant(i, 2, "scales", optional=True)
+    if scales is not None and scales.size:
+        factors = [float(f) for f in scales.reshape(-1)]
+    else:
+        sizes = b.constant(i, 3, "sizes", optional=True)
+        if sizes is None or sizes.size != 4:
+            raise b.error(i, "has neither scales nor sizes for the 4 axes")
+        factors = [int(o) / n for o, n in zip(sizes.reshape(-1), x, strict=True)]
+    if len(factors) != 4 or factors[:2] != [1.0, 1.0] or \
+            any(f < 1 or f != int(f) for f in factors[2:]):
+        raise b.error(i, f"scales {factors}: minicnn's Upsample scales H and W by positive "
+                         f"integers (and N, C by 1)")
+    return L.Upsample((int(factors[2]), int(factors[3])), mode=kind), node.output[0]
+
+
 def _identity(b: _Builder, i: int, v: str) -> tuple[None, str]:
     return None, b.g.nodes[i].output[0]
 
@@ -1145,6 +1367,8 @@ IMPORTERS: dict[str, Converter] = {
     "InstanceNormalization": _instance_norm,
     "Dropout": _dropout,
     "Identity": _identity,
+    "ConvTranspose": _conv_transpose,
+    "Resize": _resize,
 }
 
 

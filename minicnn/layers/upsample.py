@@ -39,7 +39,8 @@ class Upsample(Layer):
     scale_factor : int or (sh, sw)
         Positive integers: (N, C, H, W) -> (N, C, sh·H, sw·W).
     mode : "nearest" or "bilinear", default "nearest"
-        Bilinear uses align_corners=False, PyTorch's default.
+        Bilinear uses align_corners=False, PyTorch's default. Kept as the attribute
+        ``interpolation`` (``mode`` is ``Layer.mode()``, the train/eval switch of every layer).
 
     Forward
     -------
@@ -65,14 +66,14 @@ class Upsample(Layer):
         self.scale_factor = _scale_pair(scale_factor)
         if mode not in MODES:
             raise ValueError(f"Upsample: mode must be one of {MODES}, got {mode!r}")
-        self.mode = mode
+        self.interpolation = mode  # not `mode`: that name is Layer.mode(), the train/eval switch
 
     def forward(self, x: Any) -> Any:
         check_float_input("Upsample", x)
         check_ndim("Upsample", x, 4, "(N, C, H, W)")
         N, C, H, W = x.shape
         sh, sw = self.scale_factor
-        R_h, R_w = resampling_matrices(x, (H, W), (sh * H, sw * W), self.mode)
+        R_h, R_w = resampling_matrices(x, (H, W), (sh * H, sw * W), self.interpolation)
         self.cache = tuple(x.shape)    # all backward needs: the matrices come from the shapes
         return resample(x, R_h, R_w)   # y = R_h · x · R_wᵀ
 
@@ -84,9 +85,9 @@ class Upsample(Layer):
         if tuple(dout.shape) != (N, C, sh * H, sw * W):
             raise ValueError(f"Upsample.backward: dout must have the output's shape "
                              f"{(N, C, sh * H, sw * W)}, got {tuple(dout.shape)}")
-        R_h, R_w = resampling_matrices(dout, x_shape[2:], dout.shape[2:], self.mode)
+        R_h, R_w = resampling_matrices(dout, x_shape[2:], dout.shape[2:], self.interpolation)
         return resample_backward(dout, R_h, R_w)      # dx = R_hᵀ · dout · R_w
 
     def extra_repr(self) -> str:
         sh, sw = self.scale_factor
-        return f"scale_factor={sh if sh == sw else (sh, sw)}, mode={self.mode!r}"
+        return f"scale_factor={sh if sh == sw else (sh, sw)}, mode={self.interpolation!r}"
