@@ -655,3 +655,249 @@ def test_schedule_drives_training_lr():
         opt.step()
         sched.step()
     np.testing.assert_allclose(p.data, [-(1.0 + 0.5 + 0.25)])
+
+
+# -- parameter groups, decoupled SGD weight decay, Lookahead (issue 25) ----------------------
+
+GROUP_OPTS = [
+    lambda ps, lr, wd: optim.SGD(ps, lr=lr, momentum=0.85, nesterov=True, weight_decay=wd),
+    lambda ps, lr, wd: optim.SGD(ps, lr=lr, momentum=0.9, weight_decay=wd,
+                                 decoupled_weight_decay=True),
+    lambda ps, lr, wd: optim.Adam(ps, lr=lr, weight_decay=wd),
+    lambda ps, lr, wd: optim.AdamW(ps, lr=lr, weight_decay=wd),
+]
+
+
+@pytest.mark.parametrize("make", GROUP_OPTS)
+def test_groups_equal_separate_optimizers(make):
+    init, grads = make_problem(11, [(3, 2), (2,), (4,)], 6)
+    lrs = [0.5, 1.0, 0.25, 0.125, 0.5, 0.0625]  # a schedule, applied to opt.lr only
+    a = [Parameter(x.copy()) for x in init]
+    opt = make([{"params": a[:2]}, {"params": [a[2]], "lr_scale": 64.0, "weight_decay": 0.0}],
+               0.01, 5e-3)
+    b = [Parameter(x.copy()) for x in init]
+    opt1, opt2 = make(b[:2], 0.01, 5e-3), make([b[2]], 0.01 * 64.0, 0.0)
+    for lr, step_grads in zip(lrs, grads, strict=True):
+        for p, q, g in zip(a, b, step_grads, strict=True):
+            p.grad, q.grad = g.copy(), g.copy()
+        opt.lr, opt1.lr, opt2.lr = 0.01 * lr, 0.01 * lr, 0.01 * 64.0 * lr
+        opt.step()
+        opt1.step()
+        opt2.step()
+    for p, q in zip(a, b, strict=True):
+        np.testing.assert_allclose(p.data, q.data, rtol=1e-13, atol=1e-15)
+
+
+def test_plain_list_is_one_group_and_bit_identical():
+    init, grads = make_problem(3, [(3,), (2, 2)], 4)
+    a = run_optimizer(lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-2),
+                      init, grads)
+    b = run_optimizer(lambda ps: optim.SGD([{"params": ps}], lr=0.1, momentum=0.9,
+                                           weight_decay=1e-2), init, grads)
+    for x, y in zip(a, b, strict=True):
+        assert np.array_equal(x, y)
+    opt = optim.SGD([Parameter(np.zeros(2))], lr=0.1)
+    assert len(opt.param_groups) == 1 and opt.param_groups[0]["lr_scale"] == 1.0
+    assert set(opt.state_dict()) == {"lr", "step", "num_params"}
+
+
+def test_schedule_scales_all_groups():
+    p, q = Parameter(np.zeros(1)), Parameter(np.zeros(1))
+    opt = optim.SGD([{"params": [p]}, {"params": [q], "lr_scale": 4.0}], lr=1.0)
+    sched = optim.StepLR(opt, step_size=1, gamma=0.5)
+    for _ in range(3):
+        p.grad, q.grad = np.ones(1), np.ones(1)
+        opt.step()
+        sched.step()
+    np.testing.assert_allclose(p.data, [-(1 + 0.5 + 0.25)])
+    np.testing.assert_allclose(q.data, [-4 * (1 + 0.5 + 0.25)])
+
+
+@pytest.mark.parametrize("groups, exc, match", [
+    ([{"params": [Parameter(np.zeros(1))], "lr": 0.1}], ValueError, "lr_scale"),
+    ([{"params": [Parameter(np.zeros(1))], "momentum": 0.9}], ValueError, "unknown key"),
+    ([{"lr_scale": 2.0}], ValueError, "no 'params'"),
+    ([{"params": [Parameter(np.zeros(1))], "lr_scale": -1.0}], ValueError, "lr_scale"),
+    ([{"params": [Parameter(np.zeros(1))], "lr_scale": "2"}], ValueError, "lr_scale"),
+    ([{"params": [Parameter(np.zeros(1))], "weight_decay": -1.0}], ValueError, "weight_decay"),
+    ([{"params": [np.zeros(1)]}], TypeError, "Parameter"),
+    ([{"params": 3}], TypeError, "Parameter"),
+    ([Parameter(np.zeros(1)), {"params": [Parameter(np.zeros(1))]}], TypeError, "mixes"),
+    ({"params": [Parameter(np.zeros(1))]}, TypeError, "list of dicts"),
+    ([{"params": []}], ValueError, "empty"),
+])
+def test_malformed_groups(groups, exc, match):
+    with pytest.raises(exc, match=match):
+        optim.SGD(groups, lr=0.1)
+    p = Parameter(np.zeros(1))
+    with pytest.raises(ValueError, match="more than once"):
+        optim.Adam([{"params": [p]}, {"params": [p]}])
+
+
+def test_group_state_dict_round_trip_and_mismatch(tmp_path):
+    init, grads = make_problem(4, [(3,), (2,), (2, 2)], 5)
+    def make(ps):
+        return optim.Adam([{"params": ps[:1], "lr_scale": 8.0},
+                           {"params": ps[1:], "weight_decay": 0.1}], lr=1e-2)
+    full = run_optimizer(make, init, grads)
+    params = [Parameter(x.copy()) for x in init]
+    opt = make(params)
+    for step_grads in grads[:2]:
+        for p, g in zip(params, step_grads, strict=True):
+            p.grad = g.copy()
+        opt.step()
+    np.savez(tmp_path / "o.npz", **opt.state_dict())
+    opt2 = optim.Adam([{"params": params[:1]}, {"params": params[1:]}], lr=1.0)
+    opt2.load_state_dict(np.load(tmp_path / "o.npz", allow_pickle=False))
+    assert opt2.param_groups[0]["lr_scale"] == 8.0 and opt2.param_groups[1]["weight_decay"] == 0.1
+    assert opt2.param_groups[0]["weight_decay"] is None
+    for step_grads in grads[2:]:
+        for p, g in zip(params, step_grads, strict=True):
+            p.grad = g.copy()
+        opt2.step()
+    for p, x in zip(params, full, strict=True):
+        np.testing.assert_array_equal(p.data, x)
+    other = optim.Adam([{"params": params[:2]}, {"params": params[2:]}])
+    before = other.state_dict()
+    with pytest.raises(ValueError, match="group 0"):
+        other.load_state_dict(opt.state_dict())
+    assert other.state_dict().keys() == before.keys()
+    with pytest.raises(ValueError, match="group"):
+        optim.Adam(params).load_state_dict(opt.state_dict())
+
+
+def test_group_checkpoint_round_trip(tmp_path):
+    from minicnn.training import checkpoint
+    model = mc.layers.Sequential(mc.layers.Linear(3, 2))
+    ps = model.parameters()
+    opt = optim.SGD([{"params": ps[:1]}, {"params": ps[1:], "lr_scale": 64.0,
+                                          "weight_decay": 0.0}],
+                    lr=0.1, momentum=0.9, weight_decay=5e-4, decoupled_weight_decay=True)
+    for p in ps:
+        p.grad = np.ones_like(p.data)
+    opt.step()
+    checkpoint.save(tmp_path / "c.npz", model, opt)
+    opt2 = optim.SGD([{"params": ps[:1]}, {"params": ps[1:]}], lr=1.0, momentum=0.9,
+                     decoupled_weight_decay=True)
+    checkpoint.load(tmp_path / "c.npz", model, opt2)
+    assert opt2.param_groups[1]["lr_scale"] == 64.0 and opt2.lr == 0.1
+    for key, value in opt.state_dict().items():
+        np.testing.assert_array_equal(opt2.state_dict()[key], value)
+
+
+def ref_sgd_decoupled(theta, grads, lr, mu, wd, nesterov=False):
+    theta, b = np.array(theta, dtype=np.float64), None
+    for g in grads:
+        theta = theta - lr * wd * theta
+        b = g.copy() if b is None else mu * b + g
+        theta = theta - lr * (g + mu * b if nesterov else b)
+    return theta
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgd_decoupled_weight_decay_formula(nesterov):
+    init, grads = make_problem(8, [(5,)], 6)
+    got = run_optimizer(lambda ps: optim.SGD(ps, lr=0.2, momentum=0.85, nesterov=nesterov,
+                                             weight_decay=0.05, decoupled_weight_decay=True),
+                        init, grads)[0]
+    want = ref_sgd_decoupled(init[0], [g[0] for g in grads], 0.2, 0.85, 0.05, nesterov)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+    coupled = run_optimizer(lambda ps: optim.SGD(ps, lr=0.2, momentum=0.85, nesterov=nesterov,
+                                                 weight_decay=0.05), init, grads)[0]
+    assert not np.allclose(got, coupled, rtol=1e-6)
+    # Without momentum the two agree (up to rounding).
+    a = run_optimizer(lambda ps: optim.SGD(ps, lr=0.2, weight_decay=0.05,
+                                           decoupled_weight_decay=True), init, grads)[0]
+    b = run_optimizer(lambda ps: optim.SGD(ps, lr=0.2, weight_decay=0.05), init, grads)[0]
+    np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    assert "decoupled_weight_decay=True" in repr(optim.SGD([Parameter(np.zeros(1))], lr=1.0,
+                                                           decoupled_weight_decay=True))
+
+
+def ref_lookahead_sgd(theta, grads, lr, mu, k, alpha):
+    theta, b = np.array(theta, dtype=np.float64), None
+    slow = theta.copy()
+    for t, g in enumerate(grads, start=1):
+        b = g.copy() if b is None else mu * b + g
+        theta = theta - lr * b
+        if t % k == 0:
+            slow = slow + alpha * (theta - slow)
+            theta = slow.copy()
+    return theta
+
+
+def test_lookahead_matches_hand_loop():
+    init, grads = make_problem(9, [(4,)], 12)
+    got = run_optimizer(lambda ps: optim.Lookahead(optim.SGD(ps, lr=0.1, momentum=0.9),
+                                                   k=5, alpha=0.5), init, grads)[0]
+    want = ref_lookahead_sgd(init[0], [g[0] for g in grads], 0.1, 0.9, 5, 0.5)
+    np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-15)
+    # alpha = 1 is the inner optimizer alone.
+    a = run_optimizer(lambda ps: optim.Lookahead(optim.Adam(ps, lr=0.1), k=3, alpha=1.0),
+                      init, grads)[0]
+    b = run_optimizer(lambda ps: optim.Adam(ps, lr=0.1), init, grads)[0]
+    np.testing.assert_array_equal(a, b)
+
+
+def test_lookahead_lr_schedule_and_state_dict(tmp_path):
+    init, grads = make_problem(10, [(3,), (2,)], 9)
+    def make(ps):
+        return optim.Lookahead(optim.SGD(ps, lr=0.1, momentum=0.9), k=4, alpha=0.5)
+    full = run_optimizer(make, init, grads)
+    params = [Parameter(x.copy()) for x in init]
+    la = make(params)
+    sched = optim.StepLR(la, step_size=1, gamma=0.5)
+    sched.step()
+    assert la.lr == la.optimizer.lr == 0.05
+    la.lr = 0.1
+    for step_grads in grads[:6]:
+        for p, g in zip(params, step_grads, strict=True):
+            p.grad = g.copy()
+        la.step()
+    np.savez(tmp_path / "la.npz", **la.state_dict())
+    params2 = [Parameter(p.data.copy()) for p in params]
+    la2 = make(params2)
+    la2.load_state_dict(np.load(tmp_path / "la.npz", allow_pickle=False))
+    assert la2.num_steps == 6
+    for step_grads in grads[6:]:
+        for p, g in zip(params2, step_grads, strict=True):
+            p.grad = g.copy()
+        la2.step()
+    for p, x in zip(params2, full, strict=True):
+        np.testing.assert_array_equal(p.data, x)
+    bad = dict(la.state_dict())
+    bad["slow.0"] = np.zeros(7)
+    with pytest.raises(ValueError, match="slow.0"):
+        la2.load_state_dict(bad)
+    with pytest.raises(ValueError):
+        la2.load_state_dict({**la.state_dict(), "extra": 1})
+
+
+@pytest.mark.parametrize("args, exc", [
+    (dict(k=0), ValueError), (dict(k=2.5), ValueError), (dict(alpha=1.5), ValueError),
+])
+def test_lookahead_bad_arguments(args, exc):
+    with pytest.raises(exc):
+        optim.Lookahead(optim.SGD([Parameter(np.zeros(1))], lr=0.1), **args)
+    with pytest.raises(TypeError):
+        optim.Lookahead([Parameter(np.zeros(1))])
+
+
+def test_groups_and_lookahead_on_device(xp):
+    rng = np.random.default_rng(2)
+    ps = [Parameter(xp.asarray(rng.standard_normal(s), dtype=xp.float32)) for s in [(4, 3), (3,)]]
+    opt = optim.Lookahead(optim.SGD([{"params": ps[:1]}, {"params": ps[1:], "lr_scale": 64.0,
+                                                          "weight_decay": 0.0}],
+                                    lr=0.01, momentum=0.85, nesterov=True, weight_decay=5e-4,
+                                    decoupled_weight_decay=True), k=2)
+    ref = [np.array(mc.backend.to_numpy(p.data), dtype=np.float64) for p in ps]
+    for _ in range(4):
+        for p in ps:
+            p.grad = xp.asarray(rng.standard_normal(p.shape), dtype=xp.float32)
+        opt.step()
+    for p, r in zip(ps, ref, strict=True):
+        assert p.data.dtype == xp.float32 and type(p.data) is type(xp.zeros(1))
+        assert not np.allclose(mc.backend.to_numpy(p.data), r)
+    assert all(type(s) is type(xp.zeros(1)) and s.dtype == xp.float32 for s in opt.slow)
+    sd = opt.state_dict()
+    assert all(isinstance(v, (int, float, np.ndarray)) for v in sd.values())

@@ -9,6 +9,7 @@ Per batch, in this order::
 
     x_b = x[idx]                     uint8 gather of the batch's samples
     x_b = x_b / 255                  float32 in [0, 1]   (float input is only cast to float32)
+    x_b = mirror(x_b, flip[idx])     optional: alternating_flip=True (see DataLoader)
     x_b = transform(x_b, rng)        augmentation (optional), see minicnn.data.transforms
     x_b = normalize(x_b)             optional: "symmetric" -> [-1, 1], or (mean, std)
 """
@@ -53,6 +54,19 @@ class DataLoader:
         Applied after ``transform``. None or ``"unit"`` leaves [0, 1]; ``"symmetric"`` maps to
         [-1, 1]; ``(mean, std)`` standardises each channel (use ``channel_stats(x_train)`` and
         the same values for the test loader); a callable is applied as it is.
+    alternating_flip : bool
+        Jordan's "alternating flip" (airbench, arXiv:2404.00498), in place of
+        ``RandomHorizontalFlip``: a random half of the dataset (exactly N // 2 samples, chosen
+        once from ``seed``) is mirrored left-right in epoch 0; in every odd epoch exactly the
+        other samples are mirrored, in every even one the first half again. So each image
+        alternates between its two orientations epoch by epoch, and any two consecutive
+        epochs show every image once each way. It lives in the loader, not in a transform,
+        because it needs what only the loader knows: each sample's index in the dataset and
+        the epoch (``epoch``, below). The mirroring is applied to the [0, 1] batch before
+        ``transform``; the (N,) mask lives on the backend, so a batch's mask is a device
+        gather (nothing crosses to the device per batch). Its generator is a child of
+        ``seed``'s, so the permutations and transform draws stay those of the same loader
+        without the option. Every rank of a data-parallel run draws the same mask.
     rank, world_size : int
         Data-parallel training (``minicnn.distributed``): this loader yields rank ``rank``'s
         share of every *global* batch of ``world_size * batch_size`` samples. Every rank
@@ -67,6 +81,12 @@ class DataLoader:
         while the permutation stream stays shared (and rank 0's checkpoint of it resumes
         every rank). Defaults (0, 1): the plain loader.
 
+    Attributes
+    ----------
+    epoch : int
+        The number of epochs (``iter()`` calls) started so far; epoch ``epoch`` is the next
+        one. Only ``alternating_flip`` reads it; set it to resume a run mid-way.
+
     Yields
     ------
     x_batch : float32 array (B, C, H', W') of the current backend
@@ -76,7 +96,7 @@ class DataLoader:
     def __init__(self, x: Any, y: Any, batch_size: int, shuffle: bool = True,
                  drop_last: bool = False, transform: Callable | None = None,
                  seed: int | None = None, normalize: Any = None, rank: int = 0,
-                 world_size: int = 1):
+                 world_size: int = 1, alternating_flip: bool = False):
         if getattr(x, "ndim", None) != 4:
             raise ValueError(f"DataLoader: expected images x of shape (N, C, H, W), got shape "
                              f"{tuple(getattr(x, 'shape', ()))}")
@@ -100,6 +120,15 @@ class DataLoader:
         self.normalize = self._make_normalize(normalize)
         self.rng = np.random.default_rng(seed)
         self.rank, self.world_size = int(rank), int(world_size)
+        self.epoch = 0
+        self.alternating_flip = bool(alternating_flip)
+        self._flip_first: Any = None  # (N,) bool on the backend: mirrored in even epochs
+        if self.alternating_flip:
+            n = len(self.x)
+            flip_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
+            first = np.zeros(n, dtype=bool)
+            first[flip_rng.permutation(n)[:n // 2]] = True
+            self._flip_first = self.xp.asarray(first)
 
     @staticmethod
     def _make_normalize(normalize: Any) -> Callable | None:
@@ -143,23 +172,29 @@ class DataLoader:
         n = len(self.x)
         order = self.xp.asarray(self.rng.permutation(n)) if self.shuffle else None
         rng = self.rng
+        flip = None
+        if self.alternating_flip:
+            flip = self._flip_first if self.epoch % 2 == 0 else ~self._flip_first
+        self.epoch += 1
         if self.world_size > 1:
             # Augment with this rank's own stream, seeded from the shared one: every rank
             # draws the same seed (so the shared stream stays in step) and mixes in its rank.
             rng = np.random.default_rng([int(self.rng.integers(2**63)), self.rank])
         for start, size in self._shards():
             if order is None:
-                x_b, y_b = self.x[start:start + size], self.y[start:start + size]
+                idx: Any = slice(start, start + size)
             else:
                 idx = order[start:start + size]
-                x_b, y_b = self.x[idx], self.y[idx]
-            yield self._prepare(x_b, rng), y_b
+            x_b, y_b = self.x[idx], self.y[idx]
+            yield self._prepare(x_b, rng, None if flip is None else flip[idx]), y_b
 
-    def _prepare(self, x_b: Any, rng: np.random.Generator) -> Any:
+    def _prepare(self, x_b: Any, rng: np.random.Generator, flip: Any = None) -> Any:
         if x_b.dtype == np.uint8:
             x_b = x_b.astype(np.float32) * (1.0 / 255.0)
         else:
             x_b = x_b.astype(np.float32)  # always a copy: transforms never touch self.x
+        if flip is not None:  # alternating flip: this batch's samples to mirror, (B,) bool
+            x_b = self.xp.where(flip[:, None, None, None], x_b[..., ::-1], x_b)
         if self.transform is not None:
             x_b = self.transform(x_b, rng)
         if self.normalize is not None:
@@ -170,6 +205,7 @@ class DataLoader:
         return (f"DataLoader({len(self.x)} samples of {tuple(self.x.shape[1:])}, "
                 f"batch_size={self.batch_size}, shuffle={self.shuffle}, "
                 f"drop_last={self.drop_last}, transform={self.transform!r}"
+                + (", alternating_flip=True" if self.alternating_flip else "")
                 + (f", rank={self.rank}, world_size={self.world_size})"
                    if self.world_size > 1 else ")"))
 

@@ -91,7 +91,15 @@ class Compose(Transform):
 
 
 class RandomCrop(Transform):
-    """Zero-pad by ``padding`` on each side, then cut a random ``size`` window per sample.
+    """Pad by ``padding`` on each side, then cut a random ``size`` window per sample.
+
+    ``padding_mode`` (PyTorch's names): ``"constant"`` (the default) fills the border with
+    zeros; ``"reflect"`` mirrors the image about its edge row/column without repeating it
+    (NumPy's and PyTorch's "reflect": a row 1 2 3 padded by 2 is 3 2 1 2 3 2 1), so
+    ``RandomCrop(32, padding=2, padding_mode="reflect")`` on 32 x 32 images is airbench's
+    "translate by up to 2 pixels with reflect padding". Reflect needs padding < H and < W.
+    The reflected batch is built on the device by one gather with index arrays made there
+    (i -> (H-1) - |(H-1) - |i||), so nothing extra crosses to the device.
 
     For sample n with offsets (dy_n, dx_n) drawn uniformly from
     [0, H + 2p - h] x [0, W + 2p - w]:
@@ -106,11 +114,35 @@ class RandomCrop(Transform):
     Shapes: (N, C, H, W) -> (N, C, h, w).
     """
 
-    def __init__(self, size: int | Sequence[int], padding: int = 0):
+    padding_modes = ("constant", "reflect")
+
+    def __init__(self, size: int | Sequence[int], padding: int = 0,
+                 padding_mode: str = "constant"):
         self.size = _pair(size, "RandomCrop")
         if padding < 0:
             raise ValueError(f"RandomCrop: padding must be >= 0, got {padding}")
         self.padding = int(padding)
+        if padding_mode not in self.padding_modes:
+            raise ValueError(f"RandomCrop: padding_mode must be 'constant' or 'reflect', got "
+                             f"{padding_mode!r}")
+        self.padding_mode = padding_mode
+
+    @staticmethod
+    def _reflect_pad(x: Any, p: int) -> Any:
+        """NumPy's ``pad(x, ((0, 0), (0, 0), (p, p), (p, p)), "reflect")`` as one gather on
+        the batch's device; a fresh C-contiguous array."""
+        xp = get_array_module(x)
+        _, _, h, w = x.shape
+
+        def index(size: int) -> Any:
+            i = xp.abs(xp.arange(-p, size + p))
+            return (size - 1) - xp.abs((size - 1) - i)
+
+        return xp.ascontiguousarray(x[:, :, index(h)[:, None], index(w)[None, :]])
+
+    def __repr__(self) -> str:
+        mode = "" if self.padding_mode == "constant" else f", padding_mode={self.padding_mode!r}"
+        return f"RandomCrop(size={self.size!r}, padding={self.padding!r}{mode})"
 
     def __call__(self, x: Any, rng: np.random.Generator | None = None) -> Any:
         xp = _check_batch("RandomCrop", x)
@@ -120,8 +152,14 @@ class RandomCrop(Transform):
         if h > h_in + 2 * p or w > w_in + 2 * p:
             raise ValueError(f"RandomCrop: crop {h}x{w} larger than the padded image "
                              f"{h_in + 2 * p}x{w_in + 2 * p}")
-        x_pad = xp.zeros((n, c, h_in + 2 * p, w_in + 2 * p), dtype=x.dtype)
-        x_pad[:, :, p:p + h_in, p:p + w_in] = x  # a fresh C-contiguous array, as as_strided needs
+        if self.padding_mode == "reflect" and p > 0:
+            if p >= h_in or p >= w_in:
+                raise ValueError(f"RandomCrop: reflect padding {p} must be smaller than the "
+                                 f"image {h_in}x{w_in}")
+            x_pad = self._reflect_pad(x, p)
+        else:
+            x_pad = xp.zeros((n, c, h_in + 2 * p, w_in + 2 * p), dtype=x.dtype)
+            x_pad[:, :, p:p + h_in, p:p + w_in] = x  # fresh and C-contiguous, for as_strided
         s_n, s_c, s_h, s_w = x_pad.strides
         win = xp.lib.stride_tricks.as_strided(
             x_pad, shape=(n, c, x_pad.shape[2] - h + 1, x_pad.shape[3] - w + 1, h, w),

@@ -74,13 +74,21 @@ class _BatchNorm(Layer):
 
     Parameters: ``gamma`` (C,) ones, ``beta`` (C,) zeros. Buffers: ``running_mean`` (C,)
     zeros, ``running_var`` (C,) ones.
+
+    ``freeze_gamma=True`` (airbench's BatchNorm, weight fixed at 1): ``gamma`` stays ones
+    with ``requires_grad`` False, so optimizers, ``minicnn.gradcheck`` and data-parallel
+    averaging skip it and backward leaves its ``grad`` None (dgamma is not reduced in
+    evaluation mode); ``beta`` trains. The forward is unchanged (it still multiplies by
+    ``gamma``, so a loaded non-unit ``gamma`` is honoured), and the state dict has the same
+    keys. ``minicnn.training.transfer``'s unfreeze makes ``gamma`` trainable again.
     """
 
     _buffer_names = ("running_mean", "running_var")
     _ndims: tuple[int, ...] = ()
     _expected = ""
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1):
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
+                 freeze_gamma: bool = False):
         super().__init__()
         name = type(self).__name__
         self.num_features = check_positive_int(name, "num_features", num_features)
@@ -91,6 +99,8 @@ class _BatchNorm(Layer):
         C = self.num_features
         self.gamma = Parameter(new_array(np.ones(C)), name="gamma")
         self.beta = Parameter(new_array(np.zeros(C)), name="beta")
+        if freeze_gamma:
+            self.gamma.requires_grad = False  # fixed at 1: optimizers skip it
         self.running_mean = new_array(np.zeros(C))
         self.running_var = new_array(np.ones(C))
 
@@ -154,12 +164,15 @@ class _BatchNorm(Layer):
                                                             gamma * inv_std, axes)
         else:
             # Fixed statistics: y is an affine map of x.
-            x_hat = cache.x - cache.mu
-            x_hat *= inv_std
             dx = dout * (gamma * inv_std)
-            dgamma = reduce_sum(dout, axes, x_hat)                 # Σ dout * x_hat
+            dgamma = None
+            if self.gamma.requires_grad:  # a frozen gamma needs no x_hat
+                x_hat = cache.x - cache.mu
+                x_hat *= inv_std
+                dgamma = reduce_sum(dout, axes, x_hat)             # Σ dout * x_hat
             dbeta = reduce_sum(dout, axes)                         # Σ dout
-        self.gamma.set_grad(dgamma.reshape(self.num_features))
+        if self.gamma.requires_grad:
+            self.gamma.set_grad(dgamma.reshape(self.num_features))
         self.beta.set_grad(dbeta.reshape(self.num_features))
         return dx
 
@@ -170,7 +183,8 @@ class _BatchNorm(Layer):
         return self.cached().inv_std
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps:g}, momentum={self.momentum:g}"
+        frozen = "" if self.gamma.requires_grad else ", freeze_gamma=True"
+        return f"{self.num_features}, eps={self.eps:g}, momentum={self.momentum:g}{frozen}"
 
 
 class BatchNorm2d(_BatchNorm):
@@ -187,6 +201,8 @@ class BatchNorm2d(_BatchNorm):
         Added to the variance for numerical stability.
     momentum : float
         Weight of the batch statistic in the running average (PyTorch's convention).
+    freeze_gamma : bool
+        Keep gamma at 1, untrained (``requires_grad`` False); only beta learns (airbench).
 
     Shapes: input (N, C, H, W), output the same.
     """

@@ -18,12 +18,18 @@ The update rules are PyTorch's, line for line, so results can be compared with i
 - ``Adam``   g = ∇θ + λθ;  m = β1 m + (1 - β1) g;  v = β2 v + (1 - β2) g²;
              θ = θ - γ m̂ / (sqrt(v̂) + ε)  with m̂ = m / (1 - β1ᵗ), v̂ = v / (1 - β2ᵗ)
 - ``AdamW``  θ = θ (1 - γλ) (decoupled weight decay), then the Adam step without λ
+- ``SGD(decoupled_weight_decay=True)``  θ = θ - γλθ, then the SGD step without λ (airbench)
+- ``Lookahead(opt, k, α)``  every k steps of opt: φ = φ + α (θ - φ); θ = φ
 
 (γ learning rate, λ weight decay, μ momentum, τ dampening, t the step count.)
 
-Simplifications compared with PyTorch: one learning rate for all parameters (``opt.lr``, a
-plain attribute that schedules set), so there are no ``param_groups``; to train two parts of
-a model at different rates, create two optimizers. Gradients are *assigned* by the layers'
+Parameter groups: ``params`` may be a list of dicts, ``[{"params": [...], "lr_scale": 64.0,
+"weight_decay": 0.0}, ...]``, as in PyTorch, with one difference: a group's learning rate is a
+*multiplier* ``lr_scale`` (default 1) of the one learning rate ``opt.lr`` (a plain attribute
+that schedules set), not PyTorch's absolute per-group ``"lr"`` (which is refused with an
+error). So ``opt.lr`` and every schedule scale all groups at once. A group's ``weight_decay``
+(default: the optimizer's) replaces the optimizer's for its parameters; ``opt.param_groups``
+lists the groups. Gradients are *assigned* by the layers'
 backward passes, so ``zero_grad`` is optional. Parameters with ``requires_grad`` False
 (frozen) or with ``grad`` None (not used in this backward pass) are skipped by ``step``.
 
@@ -40,9 +46,10 @@ here from :mod:`minicnn.regularizers`.
 The package, one concern per file (everything public is importable from ``minicnn.optim``)::
 
     optimizer.py    Optimizer: parameter bookkeeping, the step skeleton, state_dict
-    sgd.py          SGD (momentum, Nesterov, weight decay)
+    sgd.py          SGD (momentum, Nesterov, weight decay, coupled or decoupled)
     adam.py         Adam, AdamW
     ema.py          EMA: an exponential moving average of the weights
+    lookahead.py    Lookahead: slow weights pulled toward any optimizer's every k steps
     schedules.py    LRScheduler, StepLR, CosineAnnealingLR, LambdaLR, LinearLR, OneCycleLR,
                     ReduceLROnPlateau
 
@@ -54,6 +61,7 @@ from __future__ import annotations
 from ..regularizers import L1, L1L2, L2
 from .adam import Adam, AdamW
 from .ema import EMA
+from .lookahead import Lookahead
 from .optimizer import Optimizer
 from .schedules import (
     CosineAnnealingLR,
@@ -67,7 +75,7 @@ from .schedules import (
 from .sgd import SGD
 
 __all__ = [
-    "Optimizer", "SGD", "Adam", "AdamW", "EMA",
+    "Optimizer", "SGD", "Adam", "AdamW", "EMA", "Lookahead",
     "LRScheduler", "StepLR", "CosineAnnealingLR", "OneCycleLR", "LambdaLR", "LinearLR",
     "ReduceLROnPlateau",
     "L1", "L2", "L1L2",

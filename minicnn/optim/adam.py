@@ -72,8 +72,9 @@ class Adam(Optimizer):
         self.weight_decay = float(weight_decay)
 
     def _update(self, p: Parameter, g: Any, state: dict[str, Any], lr: float) -> None:
-        if self.weight_decay != 0.0:
-            g = g + float(self.weight_decay) * p.data
+        wd = self._weight_decay()
+        if wd != 0.0:
+            g = g + wd * p.data
         self._adam_step(p, g, state, lr)
 
     def _adam_step(self, p: Parameter, g: Any, state: dict[str, Any], lr: float) -> None:
@@ -119,6 +120,7 @@ class AdamW(Adam):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
     def _update(self, p: Parameter, g: Any, state: dict[str, Any], lr: float) -> None:
-        if self.weight_decay != 0.0:
-            p.data *= 1.0 - lr * float(self.weight_decay)
+        wd = self._weight_decay()
+        if wd != 0.0:
+            p.data *= 1.0 - lr * wd
         self._adam_step(p, g, state, lr)

@@ -16,6 +16,7 @@ Tests: tests/test_optim.py
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -50,9 +51,16 @@ class Optimizer:
 
     Parameters
     ----------
-    params : iterable of Parameter
+    params : iterable of Parameter, or a list of parameter-group dicts
         Usually ``model.parameters()``. Frozen ones (``requires_grad`` False) are kept in the
-        list but never updated.
+        list but never updated. Or groups, ``[{"params": [...], "lr_scale": s,
+        "weight_decay": λ}, ...]``: the group's parameters step with ``s · lr`` (``lr_scale``
+        defaults to 1) and decay with λ (default: the optimizer's ``weight_decay``). Unlike
+        PyTorch, a group has no absolute ``"lr"`` (refused with a ValueError): the multiplier
+        keeps ``opt.lr`` the one rate that schedules set. ``opt.param_groups`` is the list of
+        groups (each ``{"params", "lr_scale", "weight_decay"}``, weight_decay None meaning the
+        optimizer's); ``opt.params`` the flat list, group after group. A plain list is one
+        group with lr_scale 1, and its ``state_dict`` has no group entries.
     lr : float
         The learning rate γ. A plain attribute: schedules (or you) may set ``opt.lr`` at any
         time, and the next ``step`` uses it.
@@ -65,13 +73,31 @@ class Optimizer:
     _array_state: tuple[str, ...] = ()
     _count_state: tuple[str, ...] = ()
 
-    def __init__(self, params: Iterable[Parameter], lr: float):
+    def __init__(self, params: Iterable[Parameter] | Iterable[Mapping[str, Any]], lr: float):
         name = type(self).__name__
+        if isinstance(params, Mapping):
+            raise TypeError(f"{name}: got one dict; parameter groups are passed as a list of "
+                            "dicts, [{'params': [...], 'lr_scale': ...}, ...]")
         try:
-            self.params: list[Parameter] = list(params)
+            items = list(params)
         except TypeError:
             raise TypeError(f"{name}: expected an iterable of Parameter such as "
                             f"model.parameters(), got {type(params).__name__}") from None
+        if not lr >= 0.0:
+            raise ValueError(f"{name}: learning rate must be >= 0, got {lr}")
+        # param_groups: [{"params": [...], "lr_scale": float, "weight_decay": float | None}];
+        # a plain list of parameters is one group with lr_scale 1 and weight_decay None (the
+        # optimizer's own ``weight_decay`` attribute).
+        if items and all(isinstance(it, Mapping) for it in items):
+            self.param_groups = [_parse_group(name, g, i, lr) for i, g in enumerate(items)]
+            self._grouped = True
+        elif any(isinstance(it, Mapping) for it in items):
+            raise TypeError(f"{name}: params mixes Parameter objects and group dicts; pass "
+                            "either a list of Parameter or a list of dicts {'params': [...]}")
+        else:
+            self.param_groups = [{"params": items, "lr_scale": 1.0, "weight_decay": None}]
+            self._grouped = False
+        self.params: list[Parameter] = [p for g in self.param_groups for p in g["params"]]
         if not self.params:
             raise ValueError(f"{name}: got an empty parameter list")
         for p in self.params:
@@ -81,18 +107,24 @@ class Optimizer:
         if len({id(p) for p in self.params}) != len(self.params):
             raise ValueError(f"{name}: a parameter appears more than once; it would be "
                              "updated twice per step")
-        if not lr >= 0.0:
-            raise ValueError(f"{name}: learning rate must be >= 0, got {lr}")
         self.lr = float(lr)
         self.num_steps = 0          # calls to step()
         self.state: list[dict[str, Any]] = [{} for _ in self.params]
+        self._group_index = [gi for gi, g in enumerate(self.param_groups) for _ in g["params"]]
+        self._wd: float | None = None  # the current group's weight decay, set by step()
+
+    def _weight_decay(self) -> float:
+        """λ for the parameter being updated: its group's, else the optimizer's attribute."""
+        wd = self._wd
+        return float(getattr(self, "weight_decay", 0.0) if wd is None else wd)
 
     # -- the update ----------------------------------------------------------------------------
     def step(self) -> None:
         """Update every trainable parameter that has a gradient."""
         lr = float(self.lr)  # a NumPy float64 here would turn float32 updates into float64
         self.num_steps += 1
-        for p, state in zip(self.params, self.state, strict=True):
+        groups = self.param_groups
+        for p, state, gi in zip(self.params, self.state, self._group_index, strict=True):
             if not p.requires_grad or p.grad is None:
                 continue
             if tuple(p.grad.shape) != tuple(p.data.shape):
@@ -100,7 +132,11 @@ class Optimizer:
                                  f"{tuple(p.grad.shape)}, expected {tuple(p.data.shape)}")
             self._follow_parameter(p, state)
             g = p.grad.astype(p.data.dtype, copy=False)
-            self._update(p, g, state, lr)
+            group = groups[gi]
+            scale = group["lr_scale"]
+            self._wd = group["weight_decay"]
+            self._update(p, g, state, lr if scale == 1.0 else lr * float(scale))
+        self._wd = None
 
     def _update(self, p: Parameter, g: Any, state: dict[str, Any], lr: float) -> None:
         raise NotImplementedError  # pragma: no cover - abstract
@@ -134,6 +170,13 @@ class Optimizer:
                     d[f"{key}.{i}"] = np.array(to_numpy(value))
                 else:
                     d[f"{key}.{i}"] = int(value)
+        if self._grouped:  # the groups' settings, as PyTorch's state_dict keeps its param_groups
+            d["num_groups"] = len(self.param_groups)
+            for j, group in enumerate(self.param_groups):
+                d[f"group_size.{j}"] = len(group["params"])
+                d[f"lr_scale.{j}"] = float(group["lr_scale"])
+                wd = group["weight_decay"]
+                d[f"weight_decay.{j}"] = float("nan") if wd is None else float(wd)
         return d
 
     def load_state_dict(self, d: Mapping[str, Any]) -> None:
@@ -147,9 +190,12 @@ class Optimizer:
         if n != len(self.params):
             raise ValueError(f"{name}.load_state_dict: state is for {n} parameter(s), "
                              f"this optimizer has {len(self.params)}")
+        new_groups = self._load_groups(d)
         new_state: list[dict[str, Any]] = [{} for _ in self.params]
         for key in d:
-            if key in ("lr", "step", "num_params"):
+            if key in ("lr", "step", "num_params", "num_groups"):
+                continue
+            if key.rpartition(".")[0] in _GROUP_KEYS and "num_groups" in d:
                 continue
             buf_name, _, index = key.rpartition(".")
             known = buf_name in self._array_state or buf_name in self._count_state
@@ -170,6 +216,77 @@ class Optimizer:
                 new_state[int(index)][buf_name] = int(as_number(d[key]))
         lr, num_steps = float(as_number(d["lr"])), int(as_number(d["step"]))
         self.state, self.lr, self.num_steps = new_state, lr, num_steps  # all checked: commit
+        for group, (scale, wd) in zip(self.param_groups, new_groups, strict=True):
+            group["lr_scale"], group["weight_decay"] = scale, wd
+
+    def _load_groups(self, d: Mapping[str, Any]) -> list[tuple[float, float | None]]:
+        """The groups' (lr_scale, weight_decay) from ``d``, checked against this optimizer's
+        groups; the current ones when ``d`` has none (a state saved from a plain list)."""
+        name = type(self).__name__
+        current = [(g["lr_scale"], g["weight_decay"]) for g in self.param_groups]
+        if "num_groups" not in d:
+            return current
+        n = int(as_number(d["num_groups"]))
+        if n != len(self.param_groups):
+            raise ValueError(f"{name}.load_state_dict: state is for {n} parameter group(s), "
+                             f"this optimizer has {len(self.param_groups)}")
+        out = []
+        for j, group in enumerate(self.param_groups):
+            size = int(as_number(d[f"group_size.{j}"]))
+            if size != len(group["params"]):
+                raise ValueError(f"{name}.load_state_dict: group {j} of the state has {size} "
+                                 f"parameter(s), this optimizer's has {len(group['params'])}")
+            scale = float(as_number(d[f"lr_scale.{j}"]))
+            wd = float(as_number(d[f"weight_decay.{j}"]))
+            if not scale >= 0.0 or not (wd >= 0.0 or math.isnan(wd)):
+                raise ValueError(f"{name}.load_state_dict: group {j} has lr_scale {scale}, "
+                                 f"weight_decay {wd}")
+            out.append((scale, None if math.isnan(wd) else wd))
+        return out
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(lr={self.lr:g}, {len(self.params)} parameters)"
+
+
+_GROUP_KEYS = ("group_size", "lr_scale", "weight_decay")
+_GROUP_FIELDS = ("params", "lr_scale", "weight_decay")
+
+
+def _parse_group(name: str, group: Mapping[str, Any], index: int, lr: float) -> dict[str, Any]:
+    """Check one parameter group ``{"params": [...], "lr_scale": s, "weight_decay": λ}``."""
+    where = f"{name}: parameter group {index}"
+    if "lr" in group:
+        raise ValueError(f"{where} has an absolute 'lr' ({group['lr']!r}); minicnn groups take "
+                         f"a multiplier of the optimizer's lr instead, so that opt.lr and the "
+                         f"schedules keep scaling every group: use 'lr_scale' (here "
+                         f"lr_scale = group lr / {lr:g})")
+    unknown = sorted(set(group) - set(_GROUP_FIELDS))
+    if unknown:
+        raise ValueError(f"{where} has unknown key(s) {unknown}; a group takes "
+                         f"{list(_GROUP_FIELDS)}")
+    if "params" not in group:
+        raise ValueError(f"{where} has no 'params' entry")
+    raw = group["params"]
+    if isinstance(raw, Parameter):
+        params = [raw]
+    else:
+        try:
+            params = list(raw)
+        except TypeError:
+            raise TypeError(f"{where}: 'params' must be a Parameter or a list of them, got "
+                            f"{type(raw).__name__}") from None
+    for p in params:
+        if not isinstance(p, Parameter):
+            raise TypeError(f"{where}: 'params' must hold Parameter objects, got "
+                            f"{type(p).__name__}")
+    scale = group.get("lr_scale", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float, np.integer, np.floating)) \
+            or not float(scale) >= 0.0:
+        raise ValueError(f"{where}: lr_scale must be a number >= 0, got {scale!r}")
+    wd = group.get("weight_decay")
+    if wd is not None and (isinstance(wd, bool)
+                           or not isinstance(wd, (int, float, np.integer, np.floating))
+                           or not float(wd) >= 0.0):
+        raise ValueError(f"{where}: weight_decay must be a number >= 0, got {wd!r}")
+    return {"params": params, "lr_scale": float(scale),
+            "weight_decay": None if wd is None else float(wd)}

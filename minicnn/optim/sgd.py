@@ -5,6 +5,9 @@ PyTorch's update rule, line for line (see ``SGD``)::
     g = ∇θ + λθ;  b = μ b + (1 - τ) g  (b = g at the first step);
     g = g + μ b (Nesterov) or g = b;  θ = θ - γ g
 
+``decoupled_weight_decay=True`` replaces g = ∇θ + λθ by θ = θ - γλθ (applied apart from the
+gradient, as in AdamW; airbench's rule).
+
 Derivation: docs/derivations/optimizers.md
 Tests: tests/test_optim.py
 """
@@ -44,12 +47,22 @@ class SGD(Optimizer):
         λ >= 0. For SGD this equals an ``L2(λ / 2)`` regularizer on every parameter.
     dampening : float
         τ in [0, 1]: the fraction of the new gradient left out of the buffer.
+    decoupled_weight_decay : bool
+        If True, the decay is applied to the weights directly, θ = θ - γλθ, before (and apart
+        from) the gradient step, as in ``AdamW`` and airbench; λθ then never enters the
+        momentum buffer. With momentum this differs from the default (coupled) rule; without
+        momentum the two agree up to rounding. (PyTorch's ``SGD`` has no such option.)
+
+    ``params`` may also be a list of parameter groups, ``[{"params": [...], "lr_scale": s,
+    "weight_decay": λ}, ...]`` (see ``Optimizer``): a group's parameters use the step size
+    ``s · lr`` and their own λ.
     """
 
     _array_state = ("b",)
 
     def __init__(self, params: Iterable[Parameter], lr: float, momentum: float = 0.0,
-                 nesterov: bool = False, weight_decay: float = 0.0, dampening: float = 0.0):
+                 nesterov: bool = False, weight_decay: float = 0.0, dampening: float = 0.0,
+                 decoupled_weight_decay: bool = False):
         super().__init__(params, lr)
         if not momentum >= 0.0:
             raise ValueError(f"SGD: momentum must be >= 0, got {momentum}")
@@ -64,11 +77,15 @@ class SGD(Optimizer):
         self.nesterov = bool(nesterov)
         self.weight_decay = float(weight_decay)
         self.dampening = float(dampening)
+        self.decoupled_weight_decay = bool(decoupled_weight_decay)
 
     def _update(self, p: Parameter, g: Any, state: dict[str, Any], lr: float) -> None:
-        mu, wd = float(self.momentum), float(self.weight_decay)
+        mu, wd = float(self.momentum), self._weight_decay()
         if wd != 0.0:
-            g = g + wd * p.data
+            if self.decoupled_weight_decay:
+                p.data -= (lr * wd) * p.data               # θ = θ - γλθ, outside the momentum
+            else:
+                g = g + wd * p.data
         if mu != 0.0:
             b = state.get("b")
             if b is None:
@@ -81,4 +98,5 @@ class SGD(Optimizer):
 
     def __repr__(self) -> str:
         return (f"SGD(lr={self.lr:g}, momentum={self.momentum:g}, nesterov={self.nesterov}, "
-                f"weight_decay={self.weight_decay:g}, dampening={self.dampening:g})")
+                f"weight_decay={self.weight_decay:g}, dampening={self.dampening:g}"
+                + (", decoupled_weight_decay=True" if self.decoupled_weight_decay else "") + ")")
