@@ -7,7 +7,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .. import layers as L
-from .mobilenet import check_image_size, check_stages, check_width, make_divisible
+from .mobilenet import (
+    check_image_size,
+    check_stages,
+    check_width,
+    make_divisible,
+    stages_stride,
+)
 from .registry import register, seeded_dropout
 
 __all__ = ["efficientnet", "mbconv"]
@@ -90,10 +96,7 @@ def efficientnet(in_channels: int = 3, num_classes: int = 10, image_size: int = 
     check_stages("efficientnet", stages, 5, "expansion, kernel, channels, blocks, stride")
     if not 0 <= se_ratio <= 1:
         raise ValueError(f"efficientnet: se_ratio must be in [0, 1], got {se_ratio!r}")
-    total_stride = 1
-    for *_, s in stages:
-        total_stride *= int(s)
-    check_image_size("efficientnet", image_size, total_stride)
+    check_image_size("efficientnet", image_size, stages_stride(stages))
     c = make_divisible(stem_channels * width_mult, divisor)
     layers: list[L.Layer] = [L.Conv2d(in_channels, c, 3, padding=1, bias=False),
                              L.BatchNorm2d(c), L.SiLU()]

@@ -4,13 +4,14 @@ pointwise 1x1) and, in v2, inverted residual blocks with linear bottlenecks."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from .. import layers as L
 from .registry import register, seeded_dropout
 
 __all__ = ["mobilenet_v1", "mobilenet_v2", "depthwise_separable", "inverted_residual",
-           "make_divisible", "check_image_size"]
+           "make_divisible", "check_image_size", "stages_stride"]
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:
@@ -24,6 +25,11 @@ def make_divisible(value: float, divisor: int = 8) -> int:
     if rounded < 0.9 * value:
         rounded += divisor
     return rounded
+
+
+def stages_stride(stages: Sequence[Sequence[int]]) -> int:
+    """The product of the stages' strides (the last field of each stage row)."""
+    return math.prod(int(row[-1]) for row in stages)
 
 
 def check_image_size(name: str, image_size: int, total_stride: int) -> None:
@@ -100,10 +106,7 @@ def mobilenet_v1(in_channels: int = 3, num_classes: int = 10, image_size: int = 
     """
     check_width("mobilenet_v1", width_mult)
     check_stages("mobilenet_v1", stages, 3, "channels, blocks, stride")
-    total_stride = 1
-    for _, _, s in stages:
-        total_stride *= int(s)
-    check_image_size("mobilenet_v1", image_size, total_stride)
+    check_image_size("mobilenet_v1", image_size, stages_stride(stages))
     c = make_divisible(stem_channels * width_mult, divisor)
     layers: list[L.Layer] = [L.Conv2d(in_channels, c, 3, padding=1, bias=False),
                              L.BatchNorm2d(c), L.ReLU()]
@@ -182,10 +185,7 @@ def mobilenet_v2(in_channels: int = 3, num_classes: int = 10, image_size: int = 
     """
     check_width("mobilenet_v2", width_mult)
     check_stages("mobilenet_v2", stages, 4, "expansion, channels, blocks, stride")
-    total_stride = 1
-    for *_, s in stages:
-        total_stride *= int(s)
-    check_image_size("mobilenet_v2", image_size, total_stride)
+    check_image_size("mobilenet_v2", image_size, stages_stride(stages))
     c = make_divisible(stem_channels * width_mult, divisor)
     layers: list[L.Layer] = [L.Conv2d(in_channels, c, 3, padding=1, bias=False),
                              L.BatchNorm2d(c), L.ReLU()]
