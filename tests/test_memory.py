@@ -24,6 +24,7 @@ import minicnn as mc
 from minicnn import layers as L
 from minicnn.backend import to_numpy
 from minicnn.functional.scratch import (
+    matmul_into,
     release_scratch,
     scratch,
     scratch_nbytes,
@@ -158,6 +159,22 @@ def test_the_arena_hands_out_one_buffer_per_name_grown_to_the_largest_request():
     assert root(workspace("test_a", (5,), np.int64)) is root(d)
     release_scratch()
     assert scratch_nbytes() == 0
+
+
+@pytest.mark.parametrize("a_shape, b_shape", [((3, 7, 5), (3, 5, 1)), ((3, 1, 5), (3, 5, 4)),
+                                              ((7, 5), (5, 4)), ((7, 1), (1, 1))])
+def test_matmul_into_an_arena_view_ignores_what_the_arena_held(a_shape, b_shape):
+    """A scratch view may hold inf / NaN bytes (the arena mixes dtypes); a matrix-vector
+    product into it (BLAS gemv with beta = 0) must neither warn nor return NaN."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal(s).astype(np.float32) for s in (a_shape, b_shape))
+    expected = np.matmul(a, b)
+    for leftover in (np.inf, np.nan):
+        out = scratch(np, "test_matmul", expected.shape, np.float32)
+        out[...] = leftover
+        assert matmul_into(a, b, out) is out          # RuntimeWarnings are errors here
+        np.testing.assert_allclose(out, expected, rtol=1e-6)
+    release_scratch()
 
 
 def conv_stack(depth: int, channels: int = 8) -> L.Sequential:

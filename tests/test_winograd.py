@@ -489,7 +489,7 @@ def test_conv2d_auto_takes_winograd_where_the_rule_says_and_keeps_only_x_and_W()
     assert cached_x is x and winograd["x"] is x and "V" not in winograd      # no tile cache
     plain = L.Conv2d(16, 16, 3, padding=1, algorithm="im2col")
     plain.W.data, plain.b.data = conv.W.data, conv.b.data
-    np.testing.assert_allclose(y, plain(x), rtol=2e-5, atol=2e-5)            # F(4×4)'s float32
+    assert rel(y, plain(x)) < 1e-5            # F(4×4)'s float32, normwise: W is unseeded here
     small = L.Conv2d(16, 16, 3, padding=1)                                   # batch 1: 256 pixels
     small(x[:1])
     assert small.cache[2] is None

@@ -38,6 +38,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..backend import get_array_module
+from .scratch import matmul_into
 
 __all__ = [
     "pair", "normalize_padding", "output_size", "window_slices", "pad_channels_last",
@@ -340,7 +341,7 @@ def col2im_matmul(dout_mat: Any, W_mat: Any, x_shape: tuple[int, int, int, int],
     direct = (sh, sw) == (1, 1) and (Ho, Wo) == (H, W)
     dx = (xp.empty if direct else xp.zeros)((N, H, W, C), dtype=dout_mat.dtype)
     if direct:
-        xp.matmul(dout_mat, W_ab[:, top, left, :], out=dx.reshape(N * H * W, C))
+        matmul_into(dout_mat, W_ab[:, top, left, :], dx.reshape(N * H * W, C))
     shape = (N * Ho * Wo, C)
     block = (xp.empty(shape, dtype=dout_mat.dtype) if workspace is None
              else workspace("dcols_block", shape, dout_mat.dtype))
@@ -350,7 +351,7 @@ def col2im_matmul(dout_mat: Any, W_mat: Any, x_shape: tuple[int, int, int, int],
             along_w = _clipped(b, left, sw, W, Wo)
             if along_h is None or along_w is None or (direct and (a, b) == (top, left)):
                 continue
-            xp.matmul(dout_mat, W_ab[:, a, b, :], out=block)      # dcols' columns of (a, b)
+            matmul_into(dout_mat, W_ab[:, a, b, :], block)        # dcols' columns of (a, b)
             (h_in, i_out), (w_in, j_out) = along_h, along_w
             dx[:, h_in, w_in, :] += block.reshape(N, Ho, Wo, C)[:, i_out, j_out, :]
     return dx.transpose(0, 3, 1, 2)                   # logically NCHW, stored channels-last

@@ -36,7 +36,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["scratch", "scratch_workspace", "scratch_nbytes", "release_scratch"]
+from ..backend import get_array_module
+
+__all__ = ["scratch", "scratch_workspace", "scratch_nbytes", "release_scratch", "matmul_into"]
 
 # (module name, device id, role) -> flat uint8 buffer
 _ARENA: dict[tuple[str, int, str], Any] = {}
@@ -68,6 +70,21 @@ def scratch(xp: Any, name: str, shape: tuple[int, ...], dtype: Any) -> Any:
         _ARENA.pop(key, None)        # drop the old buffer before allocating the larger one
         buf = _ARENA[key] = xp.empty(max(nbytes, 1), dtype=np.uint8)
     return buf[:nbytes].view(dtype).reshape(shape)
+
+
+def matmul_into(a: Any, b: Any, out: Any) -> Any:
+    """``xp.matmul(a, b, out=out)`` for an ``out`` whose content is undefined (a scratch view,
+    ``xp.empty``).
+
+    A (stacked) product with a result dimension of 1 is a matrix-vector product, which NumPy
+    hands to BLAS gemv with beta = 0, and some OpenBLAS kernels apply that beta as a multiply:
+    leftover inf or NaN bytes in ``out`` (the arena mixes dtypes) then raise "invalid value
+    encountered in matmul" or come out NaN (seen once in CI for a 1-channel Winograd case).
+    Such an ``out`` is one vector per product, so it is zeroed first; GEMM-shaped ones are not.
+    """
+    if out.ndim >= 2 and 1 in out.shape[-2:]:
+        out.fill(0)
+    return get_array_module(out).matmul(a, b, out=out)
 
 
 def scratch_workspace(xp: Any) -> Any:

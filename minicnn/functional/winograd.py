@@ -84,6 +84,7 @@ import numpy as np
 
 from ..backend import get_array_module
 from .im2col import Pads, output_size
+from .scratch import matmul_into
 
 __all__ = ["BT", "G", "AT", "toom_cook_matrices", "winograd_transforms", "winograd_applies",
            "winograd_conv2d", "winograd_conv2d_backward", "winograd_is_faster"]
@@ -228,7 +229,7 @@ def _input_transform(x: Any, pads: Pads, m: int, workspace: Workspace | None) ->
     d = _buffer(xp, workspace, "winograd_d", (alpha * alpha, P, C_in), x.dtype)
     xp.copyto(d.reshape(alpha, alpha, N, th, tw, C_in), tiles)
     V = _buffer(xp, workspace, "winograd_V", (alpha * alpha, P, C_in), x.dtype)
-    xp.matmul(BB, d.reshape(alpha * alpha, P * C_in), out=V.reshape(alpha * alpha, P * C_in))
+    matmul_into(BB, d.reshape(alpha * alpha, P * C_in), V.reshape(alpha * alpha, P * C_in))
     return V
 
 
@@ -240,7 +241,7 @@ def _weight_transform(W: Any, m: int, dtype: Any, workspace: Workspace | None) -
     GG = winograd_transforms(xp, dtype, m, like=W)[1]
     W9 = W.astype(dtype, copy=False).transpose(2, 3, 1, 0).reshape(9, C_in * C_out)
     U = _buffer(xp, workspace, "winograd_U", (alpha * alpha, C_in, C_out), dtype)
-    xp.matmul(GG, W9, out=U.reshape(alpha * alpha, C_in * C_out))
+    matmul_into(GG, W9, U.reshape(alpha * alpha, C_in * C_out))
     return U
 
 
@@ -308,9 +309,9 @@ def winograd_conv2d(x: Any, W: Any, pads: Pads, m: int = 4, workspace: Workspace
     V = _input_transform(x, pads, m, workspace)
     U = _weight_transform(W, m, x.dtype, workspace)
     M = _buffer(xp, workspace, "winograd_M", (alpha * alpha, P, C_out), x.dtype)
-    xp.matmul(V, U, out=M)
+    matmul_into(V, U, M)
     Y = _buffer(xp, workspace, "winograd_Y", (m * m, P * C_out), x.dtype)
-    xp.matmul(AA, M.reshape(alpha * alpha, P * C_out), out=Y)
+    matmul_into(AA, M.reshape(alpha * alpha, P * C_out), Y)
 
     # y[n, ti·m + a, tj·m + b, o] = Y[(a, b), (n, ti, tj), o]
     tiles_out = Y.reshape(m, m, N, th, tw, C_out).transpose(2, 3, 0, 4, 1, 5)
@@ -392,7 +393,7 @@ def winograd_conv2d_backward(dout: Any, cache: dict[str, Any], need_dx: bool = T
     dY.reshape(m, m, N, th, tw, C_out)[...] = (
         dout_nhwc.reshape(N, th, m, tw, m, C_out).transpose(2, 4, 0, 1, 3, 5))
     dM = _buffer(xp, workspace, "winograd_M", (alpha * alpha, P, C_out), dtype)
-    xp.matmul(AA.T, dY, out=dM.reshape(alpha * alpha, P * C_out))
+    matmul_into(AA.T, dY, dM.reshape(alpha * alpha, P * C_out))
 
     if kept_tiles:
         V, U = cache["V"], cache["U"]
@@ -404,19 +405,19 @@ def winograd_conv2d_backward(dout: Any, cache: dict[str, Any], need_dx: bool = T
     reuse = workspace is not None or not kept_tiles
     if need_dx:
         dV = _buffer(xp, workspace, "winograd_d", (alpha * alpha, P, C_in), dtype)
-        xp.matmul(dM, U.transpose(0, 2, 1), out=dV)
+        matmul_into(dM, U.transpose(0, 2, 1), dV)
     dW = None
     if need_dW:
         dU = U if reuse else xp.empty_like(U)                       # U is dead after dV
-        xp.matmul(V.transpose(0, 2, 1), dM, out=dU)                 # (α², C_in, C_out)
+        matmul_into(V.transpose(0, 2, 1), dM, dU)                 # (α², C_in, C_out)
         dW9 = GG.T @ dU.reshape(alpha * alpha, C_in * C_out)        # (9, C_in·C_out)
         dW = xp.ascontiguousarray(dW9.reshape(3, 3, C_in, C_out).transpose(3, 2, 0, 1))
     if not need_dx:
         return None, dW
 
     dd = V if reuse else xp.empty_like(V)                           # V is dead after dU
-    xp.matmul(BB.T, dV.reshape(alpha * alpha, P * C_in),
-              out=dd.reshape(alpha * alpha, P * C_in))
+    matmul_into(BB.T, dV.reshape(alpha * alpha, P * C_in),
+                dd.reshape(alpha * alpha, P * C_in))
 
     # The adjoint of the gather: blocks of m×m pixels, (th + 1) × (tw + 1) of them.
     dd = dd.reshape(alpha, alpha, N, th, tw, C_in).transpose(2, 3, 0, 4, 1, 5)
