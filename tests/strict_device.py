@@ -36,6 +36,7 @@ import functools
 import json
 import operator
 import os
+import re
 import sys
 import types
 from collections import Counter
@@ -59,7 +60,8 @@ _THIS_FILE = os.path.abspath(__file__)
 class Event:
     """One host sync or one copy between host and device."""
 
-    kind: str      # "sync" (the host waits for the device), "h2d" or "d2h" (a copy)
+    kind: str      # "sync" (the host waits for the device), "h2d" or "d2h" (a copy), or
+                   # "launch" (an operation that writes device memory: one kernel on CuPy)
     what: str      # e.g. "float()", "boolean-mask index", "asarray(host)"
     nbytes: int    # bytes copied (0 for a sync that copies nothing of note)
     where: str     # "minicnn/losses.py:142": the first minicnn frame (past backend.py)
@@ -69,15 +71,23 @@ class Event:
 class Recorder:
     """The events seen while a ``record()`` block was open."""
 
-    events: list[Event] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)          # syncs and copies
+    launch_events: list[Event] = field(default_factory=list)   # kernel launches
 
     def of(self, kind: str) -> list[Event]:
+        if kind == "launch":
+            return list(self.launch_events)
         return [e for e in self.events if e.kind == kind]
 
     @property
     def syncs(self) -> int:
         """Number of host synchronisations (a device->host read is one too)."""
         return sum(1 for e in self.events if e.kind == "sync")
+
+    @property
+    def launches(self) -> int:
+        """Number of kernel launches: every operation that wrote device memory."""
+        return len(self.launch_events)
 
     @property
     def h2d_bytes(self) -> int:
@@ -89,7 +99,8 @@ class Recorder:
 
     def by_place(self, kind: str | None = None) -> Counter:
         """Counter of (where, what) -> number of events (of ``kind``)."""
-        return Counter((e.where, e.what) for e in self.events if kind in (None, e.kind))
+        events = self.launch_events if kind == "launch" else self.events
+        return Counter((e.where, e.what) for e in events if kind in (None, e.kind))
 
     def report(self, kind: str | None = None, top: int = 12) -> str:
         """A readable table of where the events came from, most frequent first."""
@@ -136,7 +147,7 @@ def _event(kind: str, what: str, nbytes: int = 0) -> None:
     if _recorders:
         e = Event(kind, what, int(nbytes), _caller())
         for r in _recorders:
-            r.events.append(e)
+            (r.launch_events if kind == "launch" else r.events).append(e)
 
 
 @contextlib.contextmanager
@@ -153,6 +164,26 @@ def record() -> Iterator[Recorder]:
 def _sync(what: str, nbytes: int = 0) -> None:
     if _recorders:
         _event("sync", what, nbytes)
+
+
+def _root(a: Any) -> Any:
+    while isinstance(a, np.ndarray) and a.base is not None:
+        a = a.base
+    return a
+
+
+def _launch(what: str, result: Any = None, inputs: tuple = ()) -> None:
+    """Count one kernel launch, unless ``result`` is only a view of one of ``inputs``
+    (reshape, transpose, slicing: no kernel on CuPy). An approximation of CuPy's count:
+    one launch per operation that writes device memory (``empty`` writes nothing; a
+    reduction over several axes, a matmul or an einsum counts one however CuPy splits it)."""
+    if not _recorders:
+        return
+    if isinstance(result, np.ndarray) and inputs:
+        root = _root(result)
+        if any(_root(x) is root for x in inputs if isinstance(x, np.ndarray)):
+            return
+    _event("launch", what)
 
 
 # --------------------------------------------------------------------------------------------
@@ -228,10 +259,15 @@ class ufunc:  # noqa: N801 - CuPy's class name
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         args, kwargs = _ins(args, kwargs, self._where)
+        # CuPy allocates a ufunc's output C-contiguous in the logical shape (NumPy's "K"
+        # keeps the input's memory order): a channels-last input gives an NCHW output.
+        kwargs.setdefault("order", "C")
+        _launch(self._where)
         return _out(self._u(*args, **kwargs))
 
     def _method(self, method: str, *args: Any, **kwargs: Any) -> Any:
         args, kwargs = _ins(args, kwargs, f"{self._where}.{method}")
+        _launch(f"{self._where}.{method}")
         return _out(getattr(self._u, method)(*args, **kwargs))
 
     def reduce(self, *args: Any, **kwargs: Any) -> Any:
@@ -261,13 +297,22 @@ class ufunc:  # noqa: N801 - CuPy's class name
         return f"<ufunc 'cupy_{self.name}' (strict CPU stand-in)>"
 
 
+_NO_KERNEL = frozenset({"empty", "empty_like", "shape", "ndim", "size", "result_type",
+                        "can_cast", "promote_types", "min_scalar_type", "iscomplexobj",
+                        "isrealobj", "isscalar", "broadcast_shapes", "get_array_module"})
+
+
 def _function(np_func: Any, name: str) -> Any:
     where = f"cupy.{name}"
+    writes = name.rsplit(".", 1)[-1] not in _NO_KERNEL
 
     @functools.wraps(np_func)
     def f(*args: Any, **kwargs: Any) -> Any:
         args, kwargs = _ins(args, kwargs, where)
-        return _out(np_func(*args, **kwargs))
+        r = np_func(*args, **kwargs)
+        if writes:
+            _launch(where, None if "out" in kwargs else r, args)
+        return _out(r)
 
     return f
 
@@ -314,6 +359,7 @@ def _from_host(x: Any, dtype: Any, copy: bool | None, order: str, what: str) -> 
     """cupy.asarray / cupy.array of host data: one host->device copy, counted. A list of
     device arrays (``cupy.asarray([a, b])``) is assembled on the device: no copy."""
     if _has_device_array(x):
+        _launch(what)
         return _wrap(np.array(_in(x, what), dtype=dtype, order=order))
     a = np.array(x, dtype=dtype, order=order, copy=True)
     _event("h2d", what, a.nbytes)
@@ -326,6 +372,7 @@ def asarray(a: Any, dtype: Any = None, order: str | None = None, *, blocking: bo
     if type(a) is ndarray:
         if dtype is None or np.dtype(dtype) == a._a.dtype:
             return a
+        _launch("asarray(astype)")
         return _wrap(a._a.astype(dtype))
     return _from_host(a, dtype, None, order or "K", "asarray(host)")
 
@@ -335,6 +382,7 @@ def array(obj: Any, dtype: Any = None, copy: bool = True, order: str = "K", subo
     """cupy.array: always a new device array (a host->device copy for host data)."""
     if type(obj) is ndarray:
         a = np.array(obj._a, dtype=dtype, copy=copy, order=order, ndmin=ndmin)
+        _launch("array(device)", a, (obj._a,))
         return _wrap(a)
     out = _from_host(obj, dtype, copy, order, "array(host)")
     if ndmin > out._a.ndim:
@@ -415,7 +463,9 @@ def _binary(np_ufunc: np.ufunc, reflected: bool = False) -> Any:
             raise StrictDeviceError(f"Unsupported type {t} in {where}")
         else:
             o = other
-        r = np_ufunc(o, self._a) if reflected else np_ufunc(self._a, o)
+        _launch(where)
+        r = (np_ufunc(o, self._a, order="C") if reflected
+             else np_ufunc(self._a, o, order="C"))
         return _out(r)
 
     return op
@@ -425,6 +475,7 @@ def _inplace(np_ufunc: np.ufunc) -> Any:
     where = f"in-place operator {np_ufunc.__name__}"
 
     def op(self: ndarray, other: Any) -> ndarray:
+        _launch(where)
         np_ufunc(self._a, _in(other, where), out=self._a)
         return self
 
@@ -581,16 +632,20 @@ class ndarray:  # noqa: N801 - CuPy's class name
             v = value
         else:
             v = value
+        _launch("setitem")
         self._a[_index(key)] = v
 
     # ---- scatter (CuPy-only methods) -------------------------------------------------------
     def scatter_add(self, slices: Any, value: Any) -> None:
+        _launch("scatter_add")
         np.add.at(self._a, _index(slices), _in(value, "scatter_add"))
 
     def scatter_max(self, slices: Any, value: Any) -> None:
+        _launch("scatter_max")
         np.maximum.at(self._a, _index(slices), _in(value, "scatter_max"))
 
     def scatter_min(self, slices: Any, value: Any) -> None:
+        _launch("scatter_min")
         np.minimum.at(self._a, _index(slices), _in(value, "scatter_min"))
 
     # ---- operators -------------------------------------------------------------------------
@@ -640,7 +695,10 @@ def _method(name: str) -> Any:
     def m(self: ndarray, *args: Any, **kwargs: Any) -> Any:
         if args or kwargs:
             args, kwargs = _ins(args, kwargs, where)
-        return _out(getattr(self._a, name)(*args, **kwargs))
+        r = getattr(self._a, name)(*args, **kwargs)
+        if r is None or isinstance(r, np.ndarray):      # written in place, or a new array
+            _launch(where, None if r is None or "out" in kwargs else r, (self._a,))
+        return _out(r)
 
     m.__name__ = name
     return m
@@ -686,6 +744,7 @@ def _random_method(host: Any, name: str) -> Any:
 
     def m(*args: Any, dtype: Any = None, **kwargs: Any) -> Any:
         args, kwargs = _ins(args, kwargs, f"cupy.random.{name}")
+        _launch(f"cupy.random.{name}")
         r = fn(*args, **kwargs)
         if dtype is not None:
             r = np.asarray(r).astype(dtype, copy=False)
@@ -713,17 +772,21 @@ class RandomState(_DeviceGenerator):
         self._host.seed(None if seed is None else int(seed) % 2**32)
 
     def standard_normal(self, size: Any = None, dtype: Any = float) -> ndarray:
+        _launch("cupy.random.standard_normal")
         return _wrap(np.asarray(self._host.standard_normal(size)).astype(dtype, copy=False))
 
     def normal(self, loc: float = 0.0, scale: float = 1.0, size: Any = None, dtype: Any = float
                ) -> ndarray:
+        _launch("cupy.random.normal")
         return _wrap(np.asarray(self._host.normal(loc, scale, size)).astype(dtype, copy=False))
 
     def uniform(self, low: float = 0.0, high: float = 1.0, size: Any = None, dtype: Any = float
                 ) -> ndarray:
+        _launch("cupy.random.uniform")
         return _wrap(np.asarray(self._host.uniform(low, high, size)).astype(dtype, copy=False))
 
     def random_sample(self, size: Any = None, dtype: Any = float) -> ndarray:
+        _launch("cupy.random.random_sample")
         return _wrap(np.asarray(self._host.random_sample(size)).astype(dtype, copy=False))
 
     def rand(self, *size: int, dtype: Any = float) -> ndarray:
@@ -752,12 +815,112 @@ def default_rng(seed: Any = None) -> Generator:
 
 
 # --------------------------------------------------------------------------------------------
+# RawModule / RawKernel: minicnn's CUDA kernels run as their NumPy twins
+# --------------------------------------------------------------------------------------------
+
+# C parameter type -> what a launch must pass (CuPy passes a NumPy scalar by its bytes: a
+# Python int or float, or a scalar of another width, is a silent bug on a real GPU).
+_C_SCALARS = {"int": np.int32, "unsigned int": np.uint32, "long long": np.int64,
+              "unsigned long long": np.uint64, "float": np.float32, "double": np.float64,
+              "bool": np.bool_, "unsigned char": np.uint8, "char": np.int8}
+_SIGNATURE = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)')
+
+
+def _c_params(code: str, scalar: str | None) -> dict[str, list[tuple[str, bool]]]:
+    """name -> [(C element type, is_pointer)] for every extern "C" kernel of ``code``."""
+    kernels = {}
+    for name, params in _SIGNATURE.findall(code):
+        out = []
+        for p in (q.strip() for q in params.split(",") if q.strip()):
+            p = re.sub(r"\b(const|__restrict__|restrict)\b", " ", p)
+            pointer = "*" in p
+            words = p.replace("*", " ").split()[:-1]          # drop the parameter's name
+            ctype = " ".join(words)
+            out.append((scalar if ctype == "SCALAR" else ctype, pointer))
+        kernels[name] = out
+    return kernels
+
+
+class RawKernel:
+    """A compiled kernel of the stand-in: checks the arguments against the C signature, then
+    runs the twin registered in ``minicnn.kernels`` (one launch)."""
+
+    def __init__(self, name: str, params: list[tuple[str, bool]] | None):
+        self.name, self._params = name, params
+
+    def __call__(self, grid: Any, block: Any, args: tuple, shared_mem: int = 0,
+                 stream: Any = None) -> None:
+        from minicnn.kernels import twin_of  # noqa: PLC0415 - the stand-in is a test tool
+
+        where = f"RawKernel {self.name}"
+        if not isinstance(grid, tuple) or not isinstance(block, tuple) or not grid or not block:
+            raise TypeError(f"{where}: grid and block must be non-empty tuples")
+        if any(int(g) < 1 for g in grid) or any(int(b) < 1 for b in block) or \
+                int(np.prod(block)) > 1024:
+            raise ValueError(f"{where}: grid {grid} / block {block} out of range")
+        args = tuple(args)
+        if self._params is not None:
+            if len(args) != len(self._params):
+                raise TypeError(f"{where}: {len(self._params)} arguments expected, got "
+                                f"{len(args)}")
+            for i, (a, (ctype, pointer)) in enumerate(zip(args, self._params, strict=True)):
+                self._check(i, a, ctype, pointer, where)
+        host = tuple(a._a if type(a) is ndarray else a for a in args)
+        _launch(where)
+        twin_of(self.name)(*host)
+
+    @staticmethod
+    def _check(i: int, a: Any, ctype: str, pointer: bool, where: str) -> None:
+        expected = _C_SCALARS.get(ctype)
+        if pointer:
+            if type(a) is not ndarray:
+                raise StrictDeviceError(f"{where}: argument {i} is a {ctype}* (a device "
+                                        f"array), got {type(a).__name__}")
+            if expected is not None and a._a.dtype != expected:
+                raise TypeError(f"{where}: argument {i} is a {ctype}*, got a {a._a.dtype} "
+                                f"array")
+            if not a._a.flags.c_contiguous:
+                raise ValueError(f"{where}: argument {i} ({ctype}*) must be C-contiguous "
+                                 f"(a kernel reads raw memory)")
+        else:
+            if expected is None:
+                raise TypeError(f"{where}: argument {i}: unknown C type {ctype!r}")
+            if type(a) is not expected:
+                raise TypeError(f"{where}: argument {i} is a {ctype}: pass numpy."
+                                f"{expected.__name__}, got {type(a).__name__} (CuPy passes a "
+                                f"scalar by its bytes)")
+
+
+class RawModule:
+    """cupy.RawModule(code=..., options=...): entry points found in the source."""
+
+    def __init__(self, code: str | None = None, *, path: str | None = None,
+                 options: tuple = (), backend: str = "nvrtc", translate_cucomplex: bool = False,
+                 enable_cooperative_groups: bool = False, name_expressions: Any = None,
+                 jitify: bool = False):
+        if code is None:
+            raise NotImplementedError("RawModule(path=...) is not in the strict stand-in")
+        scalar = None
+        for opt in options:
+            if str(opt).startswith("-DSCALAR="):
+                scalar = str(opt).split("=", 1)[1]
+        self._params = _c_params(code, scalar)
+
+    def get_function(self, name: str) -> RawKernel:
+        if name not in self._params:
+            raise KeyError(f"RawModule.get_function: no extern \"C\" kernel {name!r} in "
+                           f"the source (has {sorted(self._params)})")
+        return RawKernel(name, self._params[name])
+
+
+# --------------------------------------------------------------------------------------------
 # The modules
 # --------------------------------------------------------------------------------------------
 
 _CREATION_FROM_HOST = {"asarray": asarray, "array": array, "asanyarray": asarray,
                        "asnumpy": asnumpy, "get_array_module": get_array_module,
-                       "ndarray": ndarray, "ufunc": ufunc}
+                       "ndarray": ndarray, "ufunc": ufunc, "RawModule": RawModule,
+                       "RawKernel": RawKernel}
 _SYNCING = {"nonzero", "argwhere", "flatnonzero", "unique", "compress", "extract"}
 _BOOL_RESULT = {"array_equal", "array_equiv", "allclose"}
 
@@ -786,6 +949,7 @@ def _where(condition: Any, x: Any = None, y: Any = None) -> Any:
     if x is None and y is None:
         _sync("where(condition)")
         return _out(np.nonzero(_in(condition, "cupy.where")))
+    _launch("cupy.where")
     return _out(np.where(*_ins((condition, x, y), {}, "cupy.where")[0]))
 
 
