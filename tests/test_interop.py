@@ -198,7 +198,8 @@ def test_every_layer_kind_round_trips(opset, tmp_path):
     exported = {type(m) for m in model.modules()}
     assert exported >= {c for c in EXPORTERS if c is not L.PatchWhitening} - {
         L.ReLU, L.Sigmoid, L.BatchNorm2d, L.GlobalAvgPool2d,  # those: in the zoo tests
-        L.ConvTranspose2d, L.Upsample, L.AdaptiveAvgPool2d, L.SqueezeExcite}  # and below
+        L.ConvTranspose2d, L.Upsample, L.AdaptiveAvgPool2d, L.SqueezeExcite,  # and below
+        L.LocalResponseNorm}  # tests/test_local_response_norm.py
     imported, path = round_trip(model, (3, 4, 4), tmp_path, opset=opset)
     assert [type(m).__name__ for m in imported.layers][:3] == ["Conv2d", "GroupNorm", "GELU"]
     assert imported.layers[0].padding == "same"

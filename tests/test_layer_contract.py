@@ -62,6 +62,8 @@ EXAMPLES: dict[str, tuple[Callable[[], Layer], tuple[int, ...]]] = {
     "LayerNorm": (lambda: L.LayerNorm((3, 4)), (2, 3, 4)),
     "GroupNorm": (lambda: L.GroupNorm(2, 4), (2, 4, 3, 3)),
     "InstanceNorm2d": (lambda: L.InstanceNorm2d(3, affine=True), (2, 3, 4, 4)),
+    "LocalResponseNorm": (lambda: L.LocalResponseNorm(4, alpha=0.5, beta=0.75, k=2.0),
+                          (2, 5, 3, 3)),
     "Dropout": (lambda: L.Dropout(0.5, seed=3), (4, 6)),
     "PatchWhitening": (lambda: L.PatchWhitening(3, 2).fit(
         np.random.default_rng(0).standard_normal((4, 3, 5, 5)).astype(np.float32)),

@@ -285,6 +285,25 @@ def _squeeze_excite(g: _Graph, layer: Any, x: str, path: str, xa: Any, ya: Any) 
     return g.node("Mul", [x, gate], path)
 
 
+def _local_response_norm(g: _Graph, layer: Any, x: str, path: str, xa: Any, ya: Any) -> str:
+    """LocalResponseNorm: ONNX's LRN (size, alpha, beta, bias = k), for an odd size on
+    (N, C, H, W). ONNX's window is [c - floor((size-1)/2), c + ceil((size-1)/2)], minicnn's
+    (PyTorch's) [c - size//2, c + (size-1)//2]: the same for an odd size, mirror images for
+    an even one (and ONNX Runtime runs LRN on odd sizes and 4-D inputs only), so those are
+    an error rather than a file that computes something else."""
+    where = f"to_onnx: layer {path or '(the model)'!r} (LocalResponseNorm)"
+    if layer.size % 2 == 0:
+        raise ValueError(f"{where} has the even size {layer.size}: ONNX's LRN window for an "
+                         f"even size is the mirror image of PyTorch's and minicnn's "
+                         f"([c - size/2 + 1, c + size/2] against [c - size/2, c + size/2 - 1]), "
+                         f"and ONNX Runtime refuses even sizes; use an odd size")
+    if xa.ndim != 4:
+        raise ValueError(f"{where} takes an input of shape {tuple(xa.shape)[1:]} (without "
+                         f"N): ONNX Runtime's LRN runs on (N, C, H, W) only")
+    return g.node("LRN", [x], path, size=int(layer.size), alpha=float(layer.alpha),
+                  beta=float(layer.beta), bias=float(layer.k))
+
+
 # minicnn layer class -> its exporter: the op table of docs/interop.md. Exact classes: a
 # subclass may compute something else, so it needs its own row (PatchWhitening and
 # SyncBatchNorm2d have theirs).
@@ -314,6 +333,7 @@ EXPORTERS: dict[type, Exporter] = {
     L.Upsample: _upsample,
     L.AdaptiveAvgPool2d: _adaptive_avg_pool,
     L.SqueezeExcite: _squeeze_excite,
+    L.LocalResponseNorm: _local_response_norm,
 }
 # Containers: written by the walk itself (Sequential chains, Residual adds two branches,
 # Concat joins its branches along the channels).

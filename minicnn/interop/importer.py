@@ -1342,6 +1342,25 @@ def _resize(b: _Builder, i: int, v: str) -> tuple[Layer, str]:
     return L.Upsample((int(factors[2]), int(factors[3])), mode=kind), node.output[0]
 
 
+def _lrn(b: _Builder, i: int, v: str) -> tuple[Layer, str]:
+    """LRN -> LocalResponseNorm(size, alpha, beta, k=bias), for an odd size: ONNX's window
+    [c - floor((size-1)/2), c + ceil((size-1)/2)] is then minicnn's (PyTorch's)
+    [c - size//2, c + (size-1)//2]; for an even size the two are mirror images."""
+    attrs = b.g.attrs[i]
+    size = int(attrs.get("size", 0))
+    if size < 1 or size % 2 == 0:
+        raise b.error(i, f"size={size}: minicnn's LocalResponseNorm reads LRN with an odd "
+                         f"size only (for an even size ONNX's channel window is the mirror "
+                         f"image of minicnn's and PyTorch's)")
+    alpha, beta = float(attrs.get("alpha", 1e-4)), float(attrs.get("beta", 0.75))
+    bias = float(attrs.get("bias", 1.0))
+    try:
+        layer = L.LocalResponseNorm(size, alpha=alpha, beta=beta, k=bias)
+    except ValueError as exc:
+        raise b.error(i, _one_line(exc)) from None
+    return layer, b.g.nodes[i].output[0]
+
+
 def _identity(b: _Builder, i: int, v: str) -> tuple[None, str]:
     return None, b.g.nodes[i].output[0]
 
@@ -1369,6 +1388,7 @@ IMPORTERS: dict[str, Converter] = {
     "Identity": _identity,
     "ConvTranspose": _conv_transpose,
     "Resize": _resize,
+    "LRN": _lrn,
 }
 
 

@@ -6,6 +6,7 @@ One file per family: ``conv`` (Conv2d), ``conv_transpose`` (ConvTranspose2d), ``
 Sigmoid, Tanh, SiLU, GELU),
 ``batchnorm`` (BatchNorm1d/2d), ``sync_batchnorm`` (SyncBatchNorm2d, for
 ``minicnn.distributed``), ``norm`` (LayerNorm, GroupNorm, InstanceNorm2d),
+``local_response_norm`` (LocalResponseNorm, AlexNet's LRN),
 ``whitening`` (PatchWhitening), ``dropout`` (Dropout), ``reshape`` (Flatten),
 ``container`` (Identity, Sequential, Residual, Concat);
 ``base`` holds Layer and Parameter and the layer contract; ``summary`` the Keras-style table
@@ -21,6 +22,7 @@ from .conv import *
 from .conv_transpose import *
 from .dropout import *
 from .linear import *
+from .local_response_norm import *
 from .norm import *
 from .pool import *
 from .reshape import *

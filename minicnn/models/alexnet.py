@@ -19,7 +19,7 @@ def _pooled(size: int, kernel: int = 3, stride: int = 2) -> int:
 def alexnet(in_channels: int = 3, num_classes: int = 10, image_size: int = 32,
             widths: Sequence[int] = (48, 128, 192, 192, 128), hidden: int = 256,
             first_kernel: int = 5, dropout: float = 0.5,
-            batchnorm: bool = False) -> L.Sequential:
+            batchnorm: bool = False, lrn: bool = False) -> L.Sequential:
     """AlexNet for CIFAR-10: five convolutions, overlapping max pooling, two dense layers.
 
     Krizhevsky, Sutskever and Hinton, "ImageNet Classification with Deep Convolutional
@@ -37,9 +37,11 @@ def alexnet(in_channels: int = 3, num_classes: int = 10, image_size: int = 32,
     - the widths are half of the original's or less (48, 128, 192, 192, 128 instead of 96,
       256, 384, 384, 256) and the dense layers have 256 units instead of 4096, so that the
       model has about 1.3 M parameters instead of 60 M and trains on a CPU;
-    - local response normalisation is left out: minicnn has no LRN layer (the paper's
-      follow-ups found it adds little). ``batchnorm=True`` puts BatchNorm after every conv
-      instead (the convs then have no bias, which BatchNorm's mean subtraction cancels);
+    - local response normalisation is off by default (the paper's follow-ups found it adds
+      little): ``lrn=True`` puts the paper's ``LocalResponseNorm(5, alpha=1e-4, beta=0.75,
+      k=2)`` after the ReLU of conv 1 and conv 2, before their pooling (ReLU -> LRN -> pool,
+      as in the paper). ``batchnorm=True`` puts BatchNorm after every conv (the convs then
+      have no bias, which BatchNorm's mean subtraction cancels); the two may be combined;
     - one model on one device: the original's two-GPU split of the filters is dropped.
 
     Spatial sizes for 32x32: 32 -> pool 15 -> pool 7 -> pool 3, so the head sees
@@ -58,7 +60,10 @@ def alexnet(in_channels: int = 3, num_classes: int = 10, image_size: int = 32,
     dropout : float
         Dropout probability before each hidden dense layer (0 leaves Dropout out).
     batchnorm : bool
-        BatchNorm after every convolution (in place of the paper's LRN, which is not here).
+        BatchNorm after every convolution (the modern replacement for the paper's LRN).
+    lrn : bool
+        The paper's local response normalisation (size 5, alpha 1e-4, beta 0.75, k 2) after
+        the ReLU of conv 1 and conv 2, before their max pooling. It has no parameters.
 
     Shapes: x (N, in_channels, image_size, image_size) -> logits (N, num_classes).
     """
@@ -79,10 +84,13 @@ def alexnet(in_channels: int = 3, num_classes: int = 10, image_size: int = 32,
         return [L.Conv2d(c_in, c_out, k, padding=k // 2, bias=not batchnorm),
                 *norm_layers("batch" if batchnorm else None, c_out), L.ReLU()]
 
+    def lrn_layers() -> list[L.Layer]:
+        return [L.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)] if lrn else []
+
     c1, c2, c3, c4, c5 = widths
     layers: list[L.Layer] = [
-        *conv(in_channels, c1, first_kernel), L.MaxPool2d(3, 2),
-        *conv(c1, c2, 5), L.MaxPool2d(3, 2),
+        *conv(in_channels, c1, first_kernel), *lrn_layers(), L.MaxPool2d(3, 2),
+        *conv(c1, c2, 5), *lrn_layers(), L.MaxPool2d(3, 2),
         *conv(c2, c3, 3), *conv(c3, c4, 3), *conv(c4, c5, 3), L.MaxPool2d(3, 2),
         L.Flatten()]
     features = c5 * size * size
