@@ -10,7 +10,8 @@ minicnn file:line that asked for it. This prints, for one Adam step of each mode
 ``benchmarks/models.py`` (after a warm-up step): launches in forward, backward (loss
 included) and the optimizer, and the places that launch most.
 
-The count does not depend on the batch size; a small batch keeps it quick.
+The count depends on the batch size only through choices made by size (``Conv2d``'s
+"auto" algorithm); a small batch keeps it quick.
 """
 
 from __future__ import annotations

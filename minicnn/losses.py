@@ -20,7 +20,12 @@ from typing import Any
 import numpy as np
 
 from .backend import get_array_module, to_numpy
-from .functional.softmax import log_softmax
+from .functional.softmax import (
+    log_softmax,
+    smoothed_one_hot,
+    softmax_cross_entropy,
+    softmax_cross_entropy_backward,
+)
 
 __all__ = ["Loss", "CrossEntropyLoss", "MSELoss"]
 
@@ -96,6 +101,11 @@ class CrossEntropyLoss(Loss):
     ----------
     probs : (N, C) array
         softmax(z) of the last forward, e.g. for accuracy without a second softmax.
+    target : (N, C) array
+        t of the last forward (built on demand from integer labels).
+
+    The arithmetic for integer labels is ``functional.softmax.softmax_cross_entropy``: plain
+    array code on NumPy, three kernel launches a step (forward and backward) on CuPy.
 
     At initialisation, with logits ≈ 0, p = 1/C and L ≈ ln C (2.303 for 10 classes): a
     useful sanity check of a new model.
@@ -112,10 +122,13 @@ class CrossEntropyLoss(Loss):
                              f"got {label_smoothing}")
         self.label_smoothing = float(label_smoothing)
         self.probs: Any = None
-        self.target: Any = None
-        # Deferred check of device labels (0-d device arrays, or None): see check_labels.
-        self._bad_seen: Any = None
-        self._bad_label: Any = None
+        self._labels: Any = None        # the last forward's integer labels (N,), or None
+        self._target: Any = None        # its (N, C) float targets when given as such
+        # Deferred check of device labels: an int64 (2,) device array [seen, first bad label]
+        # that the CuPy kernels update, and whether device labels went in since the last
+        # check_labels (host labels are checked at once). See check_labels.
+        self._bad_labels: Any = None
+        self._labels_pending = False
 
     def forward(self, logits: Any, y: Any) -> Any:
         xp = _check_predictions("CrossEntropyLoss", "logits", logits, "(N, C)", ndim=2)
@@ -129,26 +142,18 @@ class CrossEntropyLoss(Loss):
                 self._check_labels(y, N, C)
         y = _as_array(y, xp)
         eps = self.label_smoothing
-        log_p = log_softmax(logits, axis=1)
-        self.probs = xp.exp(log_p)
 
         if y.ndim == 1:
-            bad_batch = None
             if xp is np:
                 self._check_labels(y, N, C)
             elif not on_host:
-                y, bad_batch = self._defer_label_check(y, N, C, xp)
-            # t = (1 - ε) onehot + ε/C, built once: backward needs it as a whole.
-            target = xp.zeros_like(logits)
-            target[xp.arange(N), y] = 1.0
-            # -log p of the true class, picked directly: reads as the lecture's formula.
-            loss = -log_p[xp.arange(N), y].mean()
-            if eps > 0.0:
-                target = (1.0 - eps) * target + eps / C
-                loss = (1.0 - eps) * loss - (eps / C) * log_p.sum(axis=1).mean()
-            if bad_batch is not None:  # a bad label makes the loss NaN, never a wrong number
-                loss = xp.where(bad_batch, np.nan, loss)  # a Python scalar: no copy
-        elif y.ndim == 2:
+                self._defer_label_check(y, N, C)
+            if xp is not np and self._bad_labels is None:
+                self._bad_labels = xp.zeros(2, dtype=xp.int64)
+            loss, self.probs = softmax_cross_entropy(logits, y, eps, self._bad_labels)
+            self._labels, self._target = y, None
+            return loss
+        if y.ndim == 2:
             if y.shape != logits.shape:
                 raise ValueError(f"CrossEntropyLoss: class-probability targets must have the "
                                  f"logits' shape {tuple(logits.shape)}, got {tuple(y.shape)}")
@@ -159,12 +164,20 @@ class CrossEntropyLoss(Loss):
             target = y.astype(logits.dtype, copy=False)
             if eps > 0.0:
                 target = (1.0 - eps) * target + eps / C
-            loss = -(target * log_p).sum(axis=1).mean()
-        else:
-            raise ValueError(f"CrossEntropyLoss: expected labels of shape ({N},) or class "
-                             f"probabilities of shape ({N}, {C}), got shape {tuple(y.shape)}")
-        self.target = target
-        return xp.asarray(loss, dtype=logits.dtype)
+            log_p = log_softmax(logits, axis=1)
+            self.probs = xp.exp(log_p)
+            self._labels, self._target = None, target
+            return xp.asarray(-(target * log_p).sum(axis=1).mean(), dtype=logits.dtype)
+        raise ValueError(f"CrossEntropyLoss: expected labels of shape ({N},) or class "
+                         f"probabilities of shape ({N}, {C}), got shape {tuple(y.shape)}")
+
+    @property
+    def target(self) -> Any:
+        """t (N, C) of the last forward: (1 - ε) onehot(y) + ε / C for labels y."""
+        if self._labels is None:
+            return self._target
+        return smoothed_one_hot(self._labels, self.probs.shape[1], self.label_smoothing,
+                                self.probs.dtype)
 
     @staticmethod
     def _check_labels(y: Any, N: int, C: int) -> None:
@@ -188,26 +201,18 @@ class CrossEntropyLoss(Loss):
         return (f"CrossEntropyLoss: labels must be in the range [0, {C}) for {C} classes, "
                 f"got {label}")
 
-    def _defer_label_check(self, y: Any, N: int, C: int, xp: Any) -> tuple[Any, Any]:
+    def _defer_label_check(self, y: Any, N: int, C: int) -> None:
         """Device labels: range-check them without a host sync.
 
         Reading ``bad.any()`` back every step would stall the GPU's queue. Instead the check
-        stays on the device: the batch's first bad label (if any) is kept in ``_bad_label``
-        until ``check_labels()`` reads it (the training loop does when a loss comes back
-        NaN), the labels used for the gather are clipped into [0, C) so nothing is read or
-        written out of range (CuPy would wrap the index silently), and the caller makes the
-        batch loss NaN. Returns (the clipped labels, the 0-d "this batch had a bad label").
+        stays on the device, in the loss's kernels (``functional.softmax``): a label outside
+        [0, C) is read as the nearest class, so nothing is read or written out of range
+        (CuPy would wrap an index silently), the batch loss becomes NaN, and the earliest
+        batch's first bad label is kept in ``_bad_labels`` until ``check_labels()`` reads it
+        (the training loop does when a loss comes back NaN). Here: dtype and shape only.
         """
         self._check_label_meta(y, N, C)
-        bad = (y < 0) | (y >= C)
-        bad_batch = bad.any()
-        first = y[bad.argmax()]  # the first bad label when there is one
-        if self._bad_seen is None:
-            self._bad_seen, self._bad_label = bad_batch, first
-        else:  # keep the earliest batch's label
-            self._bad_label = xp.where(self._bad_seen, self._bad_label, first)
-            self._bad_seen = self._bad_seen | bad_batch
-        return xp.clip(y, 0, C - 1), bad_batch
+        self._labels_pending = True
 
     def check_labels(self) -> None:
         """Raise ``ValueError`` naming the first out-of-range label given since the last call.
@@ -218,18 +223,20 @@ class CrossEntropyLoss(Loss):
         and this method, one device read, says which label it was. ``fit``/``evaluate`` call
         it when a loss comes back NaN; call it yourself after a hand-written loop.
         """
-        if self._bad_seen is None:
+        if not self._labels_pending:
             return
-        seen, label = self._bad_seen, self._bad_label
-        self._bad_seen = self._bad_label = None
-        if bool(seen):
+        self._labels_pending = False
+        seen, label = to_numpy(self._bad_labels)  # one read of two numbers
+        if seen:
+            self._bad_labels = None  # a fresh [0, 0] at the next forward
             raise ValueError(self._range_message(int(label), self.probs.shape[1]))
 
     def backward(self) -> Any:
         """dL/dz = (softmax(z) - t) / N, shape (N, C), in the logits' dtype."""
         self._need_forward(self.probs)
-        N = self.probs.shape[0]
-        return (self.probs - self.target) * (1.0 / N)
+        if self._labels is not None:
+            return softmax_cross_entropy_backward(self.probs, self._labels, self.label_smoothing)
+        return (self.probs - self._target) * (1.0 / self.probs.shape[0])
 
     def __repr__(self) -> str:
         return f"CrossEntropyLoss(label_smoothing={self.label_smoothing:g})"

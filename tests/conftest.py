@@ -163,3 +163,14 @@ def adam_losses(model, x, y, steps, lr=1e-2):
         model.backward(loss_fn.backward())
         opt.step()
     return losses
+
+
+def on_device(a: np.ndarray, order: tuple[int, ...]) -> object:
+    """``a`` on the device, its memory holding the axes in ``order``, viewed in a's shape."""
+    stored = mc.to_device(np.ascontiguousarray(a.transpose(order)))
+    return stored.transpose(tuple(int(i) for i in np.argsort(order)))
+
+
+def channels_last(a: object) -> bool:
+    """True when the (N, C, H, W) array ``a`` is stored as NHWC (dense, channels fastest)."""
+    return a.transpose(0, 2, 3, 1).flags.c_contiguous

@@ -123,20 +123,21 @@ def _minicnn_dir() -> str:
 
 
 def _caller() -> str:
-    """File:line of the first frame inside minicnn/ that is not the backend's door
-    (``to_numpy``/``to_device`` are called for someone: name that someone); else the
-    backend's line; else the first frame outside this file."""
+    """File:line of the first frame inside minicnn/ that is not a door (``backend.py``:
+    ``to_numpy``/``to_device`` are called for someone; ``kernels/__init__.py``: ``launch``
+    is called by a family's launcher: name that someone); else the door's line; else the
+    first frame outside this file."""
     root = _minicnn_dir()
-    door = root + "backend.py"
+    doors = (root + "backend.py", root + os.path.join("kernels", "__init__.py"))
     f = sys._getframe(2)
     first_door = first_outside = None
     while f is not None:
         name = f.f_code.co_filename
         if name.startswith(root):
-            if name != door:
+            if name not in doors:
                 return f"minicnn/{name[len(root):]}:{f.f_lineno}"
             if first_door is None:
-                first_door = f"minicnn/backend.py:{f.f_lineno}"
+                first_door = f"minicnn/{name[len(root):]}:{f.f_lineno}"
         elif first_outside is None and os.path.abspath(name) != _THIS_FILE:
             first_outside = f"{os.path.relpath(name)}:{f.f_lineno}"
         f = f.f_back
@@ -696,6 +697,8 @@ def _method(name: str) -> Any:
         if args or kwargs:
             args, kwargs = _ins(args, kwargs, where)
         r = getattr(self._a, name)(*args, **kwargs)
+        if r is self._a:                # astype(copy=False), ...: CuPy returns the array itself
+            return self
         if r is None or isinstance(r, np.ndarray):      # written in place, or a new array
             _launch(where, None if r is None or "out" in kwargs else r, (self._a,))
         return _out(r)
@@ -820,16 +823,16 @@ def default_rng(seed: Any = None) -> Generator:
 
 # C parameter type -> what a launch must pass (CuPy passes a NumPy scalar by its bytes: a
 # Python int or float, or a scalar of another width, is a silent bug on a real GPU).
-_C_SCALARS = {"int": np.int32, "unsigned int": np.uint32, "long long": np.int64,
+C_SCALARS = {"int": np.int32, "unsigned int": np.uint32, "long long": np.int64,
               "unsigned long long": np.uint64, "float": np.float32, "double": np.float64,
               "bool": np.bool_, "unsigned char": np.uint8, "char": np.int8}
-_SIGNATURE = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)')
+SIGNATURE = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)')
 
 
-def _c_params(code: str, scalar: str | None) -> dict[str, list[tuple[str, bool]]]:
+def c_params(code: str, scalar: str | None) -> dict[str, list[tuple[str, bool]]]:
     """name -> [(C element type, is_pointer)] for every extern "C" kernel of ``code``."""
     kernels = {}
-    for name, params in _SIGNATURE.findall(code):
+    for name, params in SIGNATURE.findall(code):
         out = []
         for p in (q.strip() for q in params.split(",") if q.strip()):
             p = re.sub(r"\b(const|__restrict__|restrict)\b", " ", p)
@@ -871,7 +874,7 @@ class RawKernel:
 
     @staticmethod
     def _check(i: int, a: Any, ctype: str, pointer: bool, where: str) -> None:
-        expected = _C_SCALARS.get(ctype)
+        expected = C_SCALARS.get(ctype)
         if pointer:
             if type(a) is not ndarray:
                 raise StrictDeviceError(f"{where}: argument {i} is a {ctype}* (a device "
@@ -904,7 +907,7 @@ class RawModule:
         for opt in options:
             if str(opt).startswith("-DSCALAR="):
                 scalar = str(opt).split("=", 1)[1]
-        self._params = _c_params(code, scalar)
+        self._params = c_params(code, scalar)
 
     def get_function(self, name: str) -> RawKernel:
         if name not in self._params:

@@ -6,7 +6,7 @@
 
     out    = cols @ W_matᵀ + b            forward
     dW_mat = dout_matᵀ @ cols             conv2d_weight_grad
-    db     = Σ_rows dout_mat
+    db     = Σ_rows dout_mat              conv2d_bias_grad
     dx     = col2im(dout_mat @ W_mat)     conv2d_input_grad
 
 cols is KH·KW times the input, so the layer does not keep it from forward to backward: it
@@ -21,6 +21,10 @@ the scratch arena (``minicnn.functional.scratch``), from which both gradients ar
 
 Each function names the simple function of ``minicnn.functional.reference`` it equals;
 tests/test_conv.py compares them.
+
+On CuPy the same functions run in a few launches each (tests/test_kernels_im2col.py counts
+them): im2col and col2im are one gather kernel each (``minicnn.kernels.im2col``), db a
+two-launch reduction, the rest GEMMs and weight reorders; the output and dx stay channels-last.
 """
 
 from __future__ import annotations
@@ -28,7 +32,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from ..backend import get_array_module
+from ..kernels import uses_kernels
+from ..kernels.im2col import conv_bias_grad
 from .im2col import (
     Pads,
     col2im_matmul,
@@ -42,7 +50,7 @@ from .winograd import winograd_applies, winograd_is_faster
 
 __all__ = ["CONV_ALGORITHMS", "conv2d_algorithm", "conv2d_weight_matrix", "BackwardPatches",
            "backward_from_dout", "conv2d_backward_patches", "conv2d_weight_grad",
-           "conv2d_input_grad"]
+           "conv2d_bias_grad", "conv2d_input_grad"]
 
 CONV_ALGORITHMS = ("auto", "im2col", "winograd")
 
@@ -152,6 +160,12 @@ def conv2d_weight_grad(dout_mat: Any, x: Any, patches: BackwardPatches,
         x_mat a view)
     patches : ``BackwardPatches`` built for this backward
     kernel_size : (KH, KW)
+
+    Returns
+    -------
+    dW : array (C_out, C_in, KH, KW), C-contiguous on NumPy; on CuPy the strided view of the
+        product (``Parameter.set_grad`` copies it into the optimizer's flat gradient buffer,
+        and that copy is the reorder)
     """
     xp = get_array_module(x)
     C_out, C_in, (kh, kw) = dout_mat.shape[1], x.shape[1], kernel_size
@@ -162,7 +176,34 @@ def conv2d_weight_grad(dout_mat: Any, x: Any, patches: BackwardPatches,
         x_mat = x.transpose(0, 2, 3, 1).reshape(-1, C_in)        # (N·H·W, C_in)
         G = (patches.cols.T @ x_mat).T                            # (C_in, KH·KW·C_out)
         dW = G.reshape(C_in, kh, kw, C_out)[:, ::-1, ::-1, :].transpose(3, 0, 1, 2)
+    if uses_kernels(dW):
+        # The optimizer's flat gradient buffer takes it by one copy (``Parameter.set_grad``),
+        # which is then the reorder: a contiguous copy first would be a second launch.
+        return dW
     return xp.ascontiguousarray(dW)
+
+
+def conv2d_bias_grad(dout_mat: Any, out: Any = None) -> Any:
+    """db = Σ_rows dout_mat (C_out,): the bias gradient, every output pixel's dout summed.
+
+    Equals the db of ``reference.conv2d_backward`` (``dout.sum(axis=(0, 2, 3))``).
+
+    On CuPy, ``dout_mat.sum(axis=0)`` is one reduction that CuPy spreads over one block per
+    32 channels (2 blocks of a 132-SM GPU for 64 channels, each looping over all N·Ho·Wo
+    rows); ``minicnn.kernels.im2col.conv_bias_grad`` is two launches that use the whole GPU
+    (per-chunk partial sums, then per channel; deterministic, no atomics).
+
+    Parameters
+    ----------
+    dout_mat : array (N·Ho·Wo, C_out), dL/dout with rows (n, ho, wo)
+    out : array (C_out,), optional
+        Where the CuPy kernel writes db (``Parameter.grad_out``: the optimizer's flat
+        gradient buffer, so no copy follows); NumPy ignores it.
+    """
+    if uses_kernels(dout_mat):
+        xp = get_array_module(dout_mat)
+        return conv_bias_grad(xp, xp.ascontiguousarray(dout_mat), out)
+    return dout_mat.sum(axis=0)
 
 
 def conv2d_input_grad(dout_mat: Any, W_mat: Any, x_shape: tuple[int, int, int, int],
@@ -189,7 +230,10 @@ def conv2d_input_grad(dout_mat: Any, W_mat: Any, x_shape: tuple[int, int, int, i
     ----------
     dout_mat : array (N·Ho·Wo, C_out)
         dL/dout with rows ordered (n, ho, wo), as the rows of ``im2col``'s ``cols``.
-    W_mat : array (C_out, KH·KW·C_in), the weights in ``im2col``'s (kh, kw, c) column order
+    W_mat : array (C_out, KH·KW·C_in), the weights in ``im2col``'s (kh, kw, c) column order,
+        or the weights W (C_out, C_in, KH, KW) themselves: then each route makes the one
+        reorder of W it needs (W_mat for ``col2im_matmul``, the flipped kernel for
+        ``conv_input_grad``), one launch on CuPy instead of two
     x_shape : (N, C_in, H, W), the input's shape
     kernel_size, stride, padding : as given to ``im2col``
     patches : ``BackwardPatches``, optional
@@ -214,13 +258,15 @@ def conv2d_input_grad(dout_mat: Any, W_mat: Any, x_shape: tuple[int, int, int, i
         dout = dout_mat.reshape(N, Ho, Wo, C_out).transpose(0, 3, 1, 2)   # a view
         return conv_input_grad(dout, W_mat, x_shape, kernel_size, padding, workspace=workspace,
                                dcols=None if patches is None else patches.cols)
+    if W_mat.ndim == 4:
+        W_mat = conv2d_weight_matrix(W_mat)
     return col2im_matmul(dout_mat, W_mat, x_shape, kernel_size, stride, padding,
                          workspace=workspace)
 
 
 def conv2d_algorithm(algorithm: str, x_shape: tuple[int, ...], C_out: int,
                      kernel_size: tuple[int, int], stride: tuple[int, int],
-                     padding: Pads, groups: int = 1) -> int | None:
+                     padding: Pads, groups: int = 1, xp: Any = np) -> int | None:
     """How a ``Conv2d`` computes its output for an input of ``x_shape``: None for im2col + one
     GEMM (the formula of docs/derivations/conv2d_im2col.md), or m for Winograd's F(m×m, 3×3)
     (``minicnn.functional.winograd``: the same y with fewer multiplies, docs/derivations/
@@ -230,11 +276,20 @@ def conv2d_algorithm(algorithm: str, x_shape: tuple[int, ...], C_out: int,
     layer checked at construction that ``winograd_applies``); "auto" Winograd where it applies
     and was measured faster (``winograd_is_faster``), else im2col. A grouped convolution
     (``groups`` > 1, ``minicnn.functional.grouped_conv``) has no Winograd route: None.
+
+    On CuPy (``xp``, the input's array module) "auto" is im2col: there a training step is
+    bound by kernel launches, not by multiplies (docs/benchmarks.md), and Winograd takes
+    about three times as many: 13 + 26 launches per layer and step (padded copy, tile gather,
+    four transform GEMMs, output and dout tile copies, the four strided writes of dx) against
+    im2col's 4 + 6 for a 3×3 stride-1 layer with bias (a gather, a GEMM, weight reorders,
+    the bias add, db in two), counted on the strict stand-in (tests/test_kernels_im2col.py).
     """
     if algorithm == "im2col" or groups != 1 or not winograd_applies(kernel_size, stride, padding):
         return None
     if algorithm == "winograd":
         return 4
+    if xp is not np:
+        return None
     N, C_in = x_shape[0], x_shape[1]
     Ho, Wo = output_size(x_shape, kernel_size, stride, padding)
     return winograd_is_faster(C_in, C_out, Ho, Wo, N)

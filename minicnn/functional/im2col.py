@@ -38,6 +38,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..backend import get_array_module
+from ..kernels import im2col as im2col_kernels
+from ..kernels import uses_kernels
 from .scratch import matmul_into
 
 __all__ = [
@@ -218,9 +220,21 @@ def im2col(x: Any, kernel_size: tuple[int, int], stride: tuple[int, int],
     (Ho, Wo) : the output size, ``floor((H + pads - K) / s) + 1``
 
     Equals ``reference.im2col`` (a loop over every row and column), in one copy from the
-    strided ``window_view``.
+    strided ``window_view``. On CuPy it is one gather kernel instead
+    (``minicnn.kernels.im2col``: x read in place through its strides, the padding by bounds
+    tests, no "x_pad"): the padded copy and the 6-D strided copy are about six launches.
     """
     xp = get_array_module(x)
+    if uses_kernels(x):
+        N, C = x.shape[:2]
+        (kh, kw), ((top, _), (left, _)) = kernel_size, padding
+        Ho, Wo = output_size(x.shape, kernel_size, stride, padding, "im2col")
+        shape = (N * Ho * Wo, kh * kw * C)
+        cols = (xp.empty(shape, dtype=x.dtype) if workspace is None
+                else workspace("cols", shape, x.dtype))
+        im2col_kernels.im2col_gather_into(xp, x, cols, kernel_size, stride, (top, left),
+                                          (Ho, Wo))
+        return cols, (Ho, Wo)
     windows = padded_windows(x, kernel_size, stride, padding, workspace)
     N, Ho, Wo, kh, kw, C = windows.shape
     if workspace is None:
@@ -253,13 +267,19 @@ def col2im(cols: Any, x_shape: tuple[int, int, int, int], kernel_size: tuple[int
     KH·KW kernel positions, not over pixels (``window_slices``): for a fixed (a, b), the pixels
     hit by all (n, i, j) form one strided slice of the padded input, so each step is a single
     vectorised ``+=``; overlap between windows is handled by the successive steps (measured
-    faster than ``np.add.at``, see docs/benchmarks.md).
+    faster than ``np.add.at``, see docs/benchmarks.md). On CuPy it is one gather kernel
+    (``minicnn.kernels.im2col``: one thread per pixel of dx sums the entries copied from it;
+    no zero-fill, no atomics) instead of 2·KH·KW launches.
     """
     xp = get_array_module(cols)
     N, C, H, W = x_shape
     (kh, kw) = kernel_size
     (top, bottom), (left, right) = padding
     Ho, Wo = output_size(x_shape, kernel_size, stride, padding, "col2im")
+    if uses_kernels(cols):
+        dcols = xp.ascontiguousarray(cols.reshape(N * Ho * Wo, kh * kw * C))
+        return im2col_kernels.col2im_gather(xp, dcols, x_shape, kernel_size, stride,
+                                            (top, left), (Ho, Wo))
     cols = cols.reshape(N, Ho, Wo, kh, kw, C)
     dx_p = xp.zeros((N, H + top + bottom, W + left + right, C), dtype=cols.dtype)
     for a, b, index in window_slices(kernel_size, stride, (Ho, Wo)):
@@ -323,18 +343,30 @@ def col2im_matmul(dout_mat: Any, W_mat: Any, x_shape: tuple[int, int, int, int],
     x_shape : (N, C_in, H, W), the input's shape
     kernel_size, stride, padding : as given to ``im2col``
     workspace : callable, optional
-        ``workspace(name, shape, dtype)`` for the (N·Ho·Wo, C_in) block ("dcols_block"),
-        dead when this returns (the scratch arena, ``minicnn.functional.scratch``).
+        ``workspace(name, shape, dtype)`` for the (N·Ho·Wo, C_in) block ("dcols_block"), or
+        on CuPy the whole dcols ("dcols"), dead when this returns (the scratch arena,
+        ``minicnn.functional.scratch``).
 
     Returns
     -------
     dx : array (N, C_in, H, W), dout_mat's dtype, stored channels-last (C-contiguous NHWC)
+
+    On CuPy the loop is 2·KH·KW launches (a GEMM and a strided ``+=`` per position), and a
+    GPU has the memory for dcols: there it is ``col2im(dout_mat @ W_mat)`` as written, one
+    GEMM into the scratch "dcols" and the one-launch gather ``col2im``.
     """
     xp = get_array_module(dout_mat)
     N, C, H, W = x_shape
     (kh, kw), (sh, sw) = kernel_size, stride
     (top, _), (left, _) = padding
     Ho, Wo = output_size(x_shape, kernel_size, stride, padding, "col2im_matmul")
+    if uses_kernels(dout_mat):
+        shape = (N * Ho * Wo, kh * kw * C)
+        dcols = (xp.empty(shape, dtype=dout_mat.dtype) if workspace is None
+                 else workspace("dcols", shape, dout_mat.dtype))
+        xp.matmul(dout_mat, W_mat, out=dcols)
+        return im2col_kernels.col2im_gather(xp, dcols, x_shape, kernel_size, stride,
+                                            (top, left), (Ho, Wo))
     W_ab = W_mat.reshape(W_mat.shape[0], kh, kw, C)
     # The position (top, left) reads input pixel (i, j) for output (i, j): with stride 1 and
     # Ho, Wo = H, W, its block is dx's first term in full.
@@ -424,7 +456,8 @@ def conv_input_grad(dout: Any, W_mat: Any, x_shape: tuple[int, int, int, int],
     Parameters
     ----------
     dout : array (N, C_out, Ho, Wo), any memory layout (Ho, Wo = the stride-1 output size)
-    W_mat : array (C_out, KH·KW·C_in), the weights in ``im2col``'s (kh, kw, c) column order
+    W_mat : array (C_out, KH·KW·C_in), the weights in ``im2col``'s (kh, kw, c) column order,
+        or the weights W (C_out, C_in, KH, KW) themselves (W_flip is one copy of either)
     x_shape : (N, C_in, H, W), the input's shape
     kernel_size : (KH, KW)
     padding : ((top, bottom), (left, right)) of the forward pass; ``flipped_pads`` must not
@@ -446,7 +479,10 @@ def conv_input_grad(dout: Any, W_mat: Any, x_shape: tuple[int, int, int, int],
     if dcols is None:
         dcols = flipped_patches(dout, x_shape, kernel_size, padding, workspace=workspace)
     # W_flip in the (kh, kw, o) column order of dout's patches: (C_in, KH·KW·C_out), a copy.
-    W_flip = W_mat.reshape(C_out, kh, kw, C_in)[:, ::-1, ::-1, :].transpose(3, 1, 2, 0)
+    if W_mat.ndim == 4:                                       # W (C_out, C_in, KH, KW)
+        W_flip = W_mat[:, :, ::-1, ::-1].transpose(1, 2, 3, 0)
+    else:
+        W_flip = W_mat.reshape(C_out, kh, kw, C_in)[:, ::-1, ::-1, :].transpose(3, 1, 2, 0)
     W_flip = W_flip.reshape(C_in, kh * kw * C_out)
     dx = dcols @ W_flip.T                                     # (N·H·W, C_in)
     return dx.reshape(N, H, W, C_in).transpose(0, 3, 1, 2)    # stored channels-last

@@ -22,6 +22,11 @@ The step-by-step chain rule these closed forms come from, and the twins the test
 them with, are ``minicnn.functional.reference``'s ``batchnorm_forward`` and
 ``batchnorm_backward_stepwise``. The derivation: docs/derivations/batchnorm.md.
 
+BatchNorm's whole step is ``batch_norm_forward`` / ``batch_norm_backward`` (with an optional
+fused ReLU): the code above on NumPy, and on CuPy the fused kernels of
+``minicnn.kernels.batchnorm`` (3 launches forward in training, 1 in evaluation, 2 backward,
+where the array code takes about 33).
+
 The layers: ``minicnn.layers.batchnorm`` (BatchNorm1d/2d), ``minicnn.layers.sync_batchnorm``
 (SyncBatchNorm2d) and ``minicnn.layers.norm`` (LayerNorm, GroupNorm, InstanceNorm2d).
 """
@@ -29,12 +34,16 @@ The layers: ``minicnn.layers.batchnorm`` (BatchNorm1d/2d), ``minicnn.layers.sync
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..backend import get_array_module
+from ..kernels import batchnorm as bn_kernels
+from ..kernels import uses_kernels
 
 __all__ = ["reduce_sum", "center", "normalize", "normalize_backward",
-           "normalize_backward_from_sums", "normalize_backward_centered", "per_channel"]
+           "normalize_backward_from_sums", "normalize_backward_centered", "per_channel",
+           "BatchNormCache", "batch_norm_forward", "batch_norm_backward",
+           "update_running_stats"]
 
 
 def reduce_sum(x: Any, axes: tuple[int, ...], other: Any = None) -> Any:
@@ -193,3 +202,163 @@ def normalize_backward_centered(dout: Any, x_c: Any, inv_std: Any, scale: Any,
 def per_channel(v: Any, ndim: int) -> Any:
     """Reshape a (C,) vector to (1, C, 1, ...) so it broadcasts over an ndim-array."""
     return v.reshape((1, -1) + (1,) * (ndim - 2))
+
+
+# -- BatchNorm's step: statistics, normalisation, running averages, optional ReLU -------------
+
+class BatchNormCache(NamedTuple):
+    """What ``batch_norm_forward`` leaves for ``batch_norm_backward``.
+
+    NumPy keeps x - mu (training) and never writes x_hat; the CuPy kernels keep a reference
+    to x and recompute x_hat = (x - mu) * inv_std on the fly (no full-size array written).
+    """
+
+    batch_stats: bool  # True: normalised by this batch's own mu, var (training mode)
+    inv_std: Any       # 1 / sqrt(var + eps), (1, C, 1, ...)
+    mu: Any            # the mean used, (1, C, 1, ...); None where x_c holds it
+    x: Any             # the input, or None where x_c is kept
+    x_c: Any           # NumPy, training: the centred input x - mu (x_hat = x_c * inv_std)
+    y: Any             # a fused ReLU's output (its mask y > 0), else None
+
+
+def update_running_stats(running_mean: Any, running_var: Any, mu: Any, var: Any, m: int,
+                         momentum: float) -> tuple[Any, Any]:
+    """PyTorch's running averages, with the unbiased variance var * m / (m - 1)::
+
+        running_mean = (1 - momentum) * running_mean + momentum * mu
+        running_var  = (1 - momentum) * running_var  + momentum * var * m / (m - 1)
+
+    ``mu``, ``var``: the batch's statistics, any shape of C elements. Returns new (C,)
+    arrays in the running buffers' dtype (not in place: a caller holding the old buffers
+    keeps them intact).
+    """
+    C = running_mean.shape[0]
+    mu = mu.reshape(C).astype(running_mean.dtype, copy=False)
+    unbiased_var = (var.reshape(C) * (m / (m - 1))).astype(running_var.dtype, copy=False)
+    return ((1.0 - momentum) * running_mean + momentum * mu,
+            (1.0 - momentum) * running_var + momentum * unbiased_var)
+
+
+def batch_norm_forward(x: Any, gamma: Any, beta: Any, running_mean: Any, running_var: Any, *,
+                       training: bool, momentum: float, eps: float, relu: bool = False
+                       ) -> tuple[Any, BatchNormCache, Any, Any]:
+    """BatchNorm over all axes of ``x`` but the channel axis 1, optionally followed by ReLU::
+
+        y = gamma * (x - mu) / sqrt(var + eps) + beta        (then y = max(y, 0) if relu)
+
+    Training: mu, var (biased) of this batch, and the running averages updated
+    (``update_running_stats``). Evaluation: mu, var = the running ones, left as they are.
+
+    Parameters
+    ----------
+    x : array (N, C) or (N, C, *spatial), any memory layout (kept in y)
+    gamma, beta : arrays (C,), in x's dtype
+    running_mean, running_var : arrays (C,)
+    training : bool
+    momentum, eps : float
+    relu : bool
+        Fuse the ReLU that follows (one pass fewer; ``batch_norm_backward`` then applies its
+        mask to dout first).
+
+    Returns
+    -------
+    y : array, shape and layout of x
+    cache : BatchNormCache, for ``batch_norm_backward``
+    running_mean, running_var : the new running averages (training), or the given ones
+    """
+    if uses_kernels(x):
+        return _batch_norm_forward_kernels(x, gamma, beta, running_mean, running_var,
+                                           training, momentum, eps, relu)
+    xp = get_array_module(x)
+    axes = (0,) + tuple(range(2, x.ndim))      # all but the channel axis
+    gamma, beta = per_channel(gamma, x.ndim), per_channel(beta, x.ndim)
+    if training:
+        # y = x_hat * gamma + beta = (x - mu) * (gamma * inv_std) + beta: x_hat itself is
+        # never written (backward works from x - mu), one full-size pass fewer.
+        x_c, inv_std, mu, var = center(x, axes, eps)
+        running_mean, running_var = update_running_stats(
+            running_mean, running_var, mu, var, x.size // x.shape[1], momentum)
+        y = x_c * (gamma * inv_std)
+        y += beta
+        cache = BatchNormCache(True, inv_std, None, None, x_c, None)
+    else:
+        # Fixed statistics: y = (x - mu) * (gamma * inv_std) + beta, one affine map per
+        # channel, in three passes over the data instead of the four through x_hat. Only
+        # backward needs x_hat (for dgamma), so it keeps x and mu to recompute it.
+        mu = per_channel(running_mean.astype(x.dtype, copy=False), x.ndim)
+        var = per_channel(running_var.astype(x.dtype, copy=False), x.ndim)
+        inv_std = 1.0 / xp.sqrt(var + eps)
+        y = x - mu
+        y *= gamma * inv_std
+        y += beta
+        cache = BatchNormCache(False, inv_std, mu, x, None, None)
+    if relu:
+        xp.maximum(y, 0, out=y)
+        cache = cache._replace(y=y)
+    return y, cache, running_mean, running_var
+
+
+def _batch_norm_forward_kernels(x: Any, gamma: Any, beta: Any, running_mean: Any,
+                                running_var: Any, training: bool, momentum: float, eps: float,
+                                relu: bool) -> tuple[Any, BatchNormCache, Any, Any]:
+    """``batch_norm_forward`` on CuPy: 3 launches (training) or 1 (evaluation)."""
+    if training:
+        y, mu, inv_std, running_mean, running_var = bn_kernels.forward_train(
+            x, gamma, beta, running_mean, running_var, momentum, eps, relu)
+    else:
+        y, mu, inv_std = bn_kernels.forward_eval(x, gamma, beta, running_mean, running_var,
+                                                 eps, relu)
+    cache = BatchNormCache(training, per_channel(inv_std, x.ndim), per_channel(mu, x.ndim), x,
+                           None, y if relu else None)
+    return y, cache, running_mean, running_var
+
+
+def batch_norm_backward(dout: Any, cache: BatchNormCache, gamma: Any,
+                        need_dgamma: bool = True, out: tuple[Any, Any] = (None, None)
+                        ) -> tuple[Any, Any, Any]:
+    """dL/dx, dL/dgamma, dL/dbeta of ``batch_norm_forward``, from its cache.
+
+    With g = dout (or dout * [y > 0] after a fused ReLU) and Σ over the m elements of a
+    channel (docs/derivations/batchnorm.md)::
+
+        dgamma = Σ g * x_hat,   dbeta = Σ g
+        batch statistics:    dx = (gamma * inv_std) * (g - dbeta / m - x_hat * dgamma / m)
+        running statistics:  dx = (gamma * inv_std) * g       (y is an affine map of x)
+
+    On NumPy the batch-statistics case is ``normalize_backward_centered`` from the kept
+    x - mu. ``gamma``: (C,) in the forward's dtype. ``need_dgamma`` False (a frozen gamma):
+    dgamma is returned as None (and NumPy's evaluation mode skips x_hat). ``out``: (C,)
+    arrays (or None) the CuPy kernel writes dgamma and dbeta into (``Parameter.grad_out``:
+    the optimizer's flat gradient buffer, so no copy follows); NumPy ignores it.
+
+    Returns
+    -------
+    dx : array, shape of dout (in x's layout on CuPy)
+    dgamma, dbeta : arrays (C,) (dgamma None when not needed)
+    """
+    C = gamma.shape[0]
+    if uses_kernels(dout):
+        dx, dgamma, dbeta = bn_kernels.backward(dout, cache.x, cache.y, cache.mu.reshape(C),
+                                                cache.inv_std.reshape(C), gamma,
+                                                cache.batch_stats, *out)
+        return dx, (dgamma if need_dgamma else None), dbeta
+    inv_std = cache.inv_std
+    axes = (0,) + tuple(range(2, dout.ndim))
+    gamma = per_channel(gamma, dout.ndim)
+    if cache.y is not None:
+        dout = dout * (cache.y > 0)             # the fused ReLU's backward (a new array)
+    if cache.batch_stats:
+        # gamma is constant over the reduced axes: pass dout and fold gamma into the scale;
+        # the two sums come back as dgamma = Σ dout * x_hat and dbeta = Σ dout.
+        dx, dgamma, dbeta = normalize_backward_centered(dout, cache.x_c, inv_std,
+                                                        gamma * inv_std, axes)
+    else:
+        # Fixed statistics: y is an affine map of x.
+        dx = dout * (gamma * inv_std)
+        dgamma = None
+        if need_dgamma:                          # a frozen gamma needs no x_hat
+            x_hat = cache.x - cache.mu
+            x_hat *= inv_std
+            dgamma = reduce_sum(dout, axes, x_hat)             # Σ dout * x_hat
+        dbeta = reduce_sum(dout, axes)                         # Σ dout
+    return dx, (dgamma.reshape(C) if need_dgamma else None), dbeta.reshape(C)

@@ -1,4 +1,4 @@
-"""Max pooling's fast paths: the window max, where it is (the first on ties), and dx from it.
+"""Pooling's passes: the window max, where it is (the first on ties), dx from it; the mean.
 
 ``MaxPool2d`` computes, over the windows of the padded input x̃ (``window_view``: the view
 (N, Ho, Wo, KH, KW, C) with ``windows[n, i, j, a, b, c] = x̃[n, c, i·sh + a, j·sw + b]``)::
@@ -7,8 +7,14 @@
     is_max  = 1 at the window's max, 0 elsewhere (first on ties)    first_max_mask
     dx̃      = col2im(dout · is_max), cropped to x                  max_pool_input_grad
 
-(docs/derivations/pooling.md). Each function names the simple function of
-``minicnn.functional.reference`` it equals; tests/test_pool.py compares them.
+(docs/derivations/pooling.md), and ``AvgPool2d`` the mean of each zero-padded window and
+``dx̃ = col2im(dout / (KH·KW))``. The layers call one function per pass: ``max_pool2d`` /
+``max_pool2d_backward`` and ``avg_pool2d`` / ``avg_pool2d_backward``. On NumPy they run the
+array code named above; on CuPy one kernel each (``minicnn.kernels.pool``: the max and a
+one-byte argmax in one launch, each dx a gather in one launch), where the array code is 4 to
+60 launches per layer and step. Each function names the simple function of
+``minicnn.functional.reference`` it equals; tests/test_pool.py and tests/test_kernels_pool.py
+compare them.
 """
 
 from __future__ import annotations
@@ -16,9 +22,13 @@ from __future__ import annotations
 from typing import Any
 
 from ..backend import get_array_module
-from .im2col import Pads, window_slices
+from ..kernels import pool as pool_kernels
+from ..kernels import uses_kernels
+from .im2col import Pads, col2im, output_size, pad_channels_last, window_slices, window_view
+from .scratch import scratch
 
-__all__ = ["window_max", "first_max", "first_max_mask", "max_pool_input_grad"]
+__all__ = ["window_max", "first_max", "first_max_mask", "max_pool_input_grad", "max_pool2d",
+           "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward"]
 
 
 def window_max(windows: Any) -> Any:
@@ -129,3 +139,110 @@ def max_pool_input_grad(dout: Any, is_max: Any, x_shape: tuple[int, ...],
         for k, (_, _, index) in enumerate(window_slices(kernel_size, stride, (Ho, Wo))):
             dx_p[index] += dout_nhwc * is_max[k]
     return dx_p[:, top:top + H, left:left + W, :].transpose(0, 3, 1, 2)
+
+
+def _padded(x: Any, padding: Pads, value: float) -> Any:
+    """x padded with ``value`` (x itself without padding); the padded copy is scratch (the
+    arena's "x_pad", ``minicnn.functional.scratch``): dead when the pass that asked returns."""
+    (top, bottom), (left, right) = padding
+    if not (top or bottom or left or right):
+        return x
+    N, C, H, W = x.shape
+    buf = scratch(get_array_module(x), "x_pad", (N, H + top + bottom, W + left + right, C),
+                  x.dtype)
+    return pad_channels_last(x, padding, value=value, out=buf)
+
+
+def max_pool2d(x: Any, kernel_size: tuple[int, int], stride: tuple[int, int],
+               padding: Pads) -> tuple[Any, Any]:
+    """y = the max of every window of x padded with -inf, and what the backward needs.
+
+    Equals ``reference.max_pool2d``::
+
+        y[n, c, i, j] = max_{a, b} x̃[n, c, i·sh + a, j·sw + b]
+
+    Parameters
+    ----------
+    x : array (N, C, H, W), any memory layout
+    kernel_size, stride : (KH, KW), (sh, sw)
+    padding : ((top, bottom), (left, right)), -inf (never the max)
+
+    Returns
+    -------
+    y : array (N, C, Ho, Wo), x's dtype, stored channels-last
+    saved : for ``max_pool2d_backward``. On NumPy (x, y as (N, Ho, Wo, C)): the backward
+        finds the max again (``first_max_mask``), which was measured faster than storing
+        where it is. On CuPy the argmax (N, Ho, Wo, C) uint8, the first max's window
+        position a·KW + b, from the same launch as y (``minicnn.kernels.pool``); a quarter
+        of y's bytes.
+    """
+    if uses_kernels(x) and pool_kernels.max_pool_fits(kernel_size):
+        out_size = output_size(x.shape, kernel_size, stride, padding, "max_pool2d")
+        return pool_kernels.max_pool_forward(get_array_module(x), x, kernel_size, stride,
+                                             padding, out_size)
+    windows = window_view(_padded(x, padding, float("-inf")), kernel_size, stride)
+    out = window_max(windows)                      # (N, Ho, Wo, C)
+    return out.transpose(0, 3, 1, 2), (x, out)
+
+
+def max_pool2d_backward(dout: Any, saved: Any, x_shape: tuple[int, ...],
+                        kernel_size: tuple[int, int], stride: tuple[int, int],
+                        padding: Pads) -> Any:
+    """dx̃ = col2im(dout · is_max), the padding cropped: each window's dout onto its max.
+
+    Equals ``reference.max_pool2d_backward`` (the first max of a window on ties)::
+
+        dx̃[n, c, i·sh + a*, j·sw + b*] += dout[n, c, i, j]    (a*, b*) the window's max
+
+    Parameters
+    ----------
+    dout : array (N, C, Ho, Wo), any memory layout
+    saved : the second result of ``max_pool2d``
+    x_shape : (N, C, H, W), the forward's input shape
+    kernel_size, stride, padding : as given to ``max_pool2d``
+
+    Returns
+    -------
+    dx : array (N, C, H, W), dout's dtype, stored channels-last
+    """
+    if not isinstance(saved, tuple):               # CuPy: the argmax of the forward's launch
+        return pool_kernels.max_pool_backward(get_array_module(dout), dout, saved, x_shape,
+                                              kernel_size, stride, padding)
+    x, out = saved
+    windows = window_view(_padded(x, padding, float("-inf")), kernel_size, stride)
+    is_max = first_max_mask(windows, out)          # (KH·KW, N, Ho, Wo, C) bool
+    return max_pool_input_grad(dout, is_max, x_shape, kernel_size, stride, padding)
+
+
+def avg_pool2d(x: Any, kernel_size: tuple[int, int], stride: tuple[int, int],
+               padding: Pads) -> Any:
+    """y = the mean of every window of x padded with zeros (which count: / (KH·KW)).
+
+    Equals ``reference.avg_pool2d``; (N, C, H, W) -> (N, C, Ho, Wo), stored channels-last. On
+    CuPy one launch (``minicnn.kernels.pool``).
+    """
+    xp = get_array_module(x)
+    if uses_kernels(x):
+        out_size = output_size(x.shape, kernel_size, stride, padding, "avg_pool2d")
+        return pool_kernels.avg_pool_forward(xp, x, kernel_size, stride, padding, out_size)
+    windows = window_view(pad_channels_last(x, padding, value=0.0), kernel_size, stride)
+    return windows.mean(axis=(3, 4)).transpose(0, 3, 1, 2)
+
+
+def avg_pool2d_backward(dout: Any, x_shape: tuple[int, ...], kernel_size: tuple[int, int],
+                        stride: tuple[int, int], padding: Pads) -> Any:
+    """dx = col2im(dcols) with every window entry's share dcols = dout / (KH·KW).
+
+    Equals ``reference.avg_pool2d_backward``; dx (N, C, H, W) stored channels-last. On CuPy
+    one launch (``minicnn.kernels.pool``: a gather, each pixel summing the shares of the
+    windows that cover it).
+    """
+    xp = get_array_module(dout)
+    if uses_kernels(dout):
+        return pool_kernels.avg_pool_backward(xp, dout, x_shape, kernel_size, stride, padding)
+    kh, kw = kernel_size
+    N, C, Ho, Wo = dout.shape
+    share = dout.transpose(0, 2, 3, 1) / float(kh * kw)        # (N, Ho, Wo, C)
+    # The same share for every (a, b) of a window: a broadcast view, not a copy.
+    dcols = xp.broadcast_to(share[:, :, :, None, None, :], (N, Ho, Wo, kh, kw, C))
+    return col2im(dcols, x_shape, kernel_size, stride, padding)

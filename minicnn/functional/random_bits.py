@@ -15,6 +15,10 @@ element-wise uint32 operations on the device.
 his hash-prospector search; bias about 0.17, far below what a Bernoulli mask can show).
 Two rounds keyed with independent halves of the seed keep draws with different seeds
 uncorrelated even where their counters coincide.
+
+Dropout on CuPy does not call ``random_bits``: its kernel (``ew_dropout_forward`` in
+``kernels/elementwise.cu``) hashes each element's index the same way, then masks and scales,
+in one launch; ``random_bits`` is that kernel's twin's reference.
 """
 
 from __future__ import annotations

@@ -7,6 +7,13 @@ log is finite). This is the log-sum-exp trick:
 
     logsumexp(z) = m + log Σ_k e^{z_k - m}
     log_softmax(z)_c = z_c - logsumexp(z) = (z_c - m) - log Σ_k e^{z_k - m}
+
+``softmax_cross_entropy`` and its backward are ``CrossEntropyLoss``'s arithmetic for integer
+labels: plain array code on NumPy, three kernel launches per step on CuPy (forward two,
+backward one; ``kernels/elementwise.py``) where they were some twenty.
+
+Derivation: docs/derivations/softmax_cross_entropy.md
+Tests: tests/test_losses.py, tests/test_kernels_elementwise.py
 """
 
 from __future__ import annotations
@@ -14,8 +21,11 @@ from __future__ import annotations
 from typing import Any
 
 from ..backend import get_array_module
+from ..kernels import elementwise as kernels
+from ..kernels import uses_kernels
 
-__all__ = ["softmax", "log_softmax", "logsumexp"]
+__all__ = ["softmax", "log_softmax", "logsumexp", "smoothed_one_hot", "softmax_cross_entropy",
+           "softmax_cross_entropy_backward"]
 
 
 def logsumexp(z: Any, axis: int = -1, keepdims: bool = False) -> Any:
@@ -38,3 +48,50 @@ def softmax(z: Any, axis: int = -1) -> Any:
     xp = get_array_module(z)
     e = xp.exp(z - z.max(axis=axis, keepdims=True))
     return e / e.sum(axis=axis, keepdims=True)
+
+
+def smoothed_one_hot(y: Any, C: int, label_smoothing: float, dtype: Any) -> Any:
+    """t = (1 - ε) onehot(y) + ε / C, shape (N, C): the cross-entropy's target for labels y."""
+    xp = get_array_module(y)
+    N = y.shape[0]
+    t = xp.zeros((N, C), dtype=dtype)
+    t[xp.arange(N), y] = 1.0
+    if label_smoothing > 0.0:
+        t = (1.0 - label_smoothing) * t + label_smoothing / C
+    return t
+
+
+def softmax_cross_entropy(z: Any, y: Any, label_smoothing: float = 0.0,
+                          bad_labels: Any = None) -> tuple[Any, Any]:
+    """(L, p): the mean softmax cross-entropy of logits z (N, C) against integer labels y (N,),
+    and p = softmax(z).
+
+        L = -(1/N) Σ_n [(1 - ε) log p_{n, y_n} + (ε / C) Σ_c log p_nc]
+
+    (ε the label smoothing: the cross-entropy against t = (1 - ε) onehot(y) + ε / C). L is a
+    0-d array of z's dtype. NumPy: log_softmax, then the true classes' entries picked.
+    CuPy: two kernels (``kernels/elementwise.py``: p and each row's loss, then the mean),
+    where labels outside [0, C) are read as the nearest class, make L NaN, and the first of
+    them is written to ``bad_labels`` (an int64 (2,) device array [seen, label], unless it
+    has seen one already): the caller checks the labels later, without a per-step sync.
+    On NumPy the labels must be valid (the caller checks them on the host).
+    """
+    xp = get_array_module(z)
+    if uses_kernels(z):
+        return kernels.cross_entropy(z, y, label_smoothing, bad_labels)
+    N, C = z.shape
+    log_p = log_softmax(z, axis=1)
+    # -log p of the true class, picked directly: reads as the lecture's formula.
+    loss = -log_p[xp.arange(N), y].mean()
+    if label_smoothing > 0.0:
+        loss = (1.0 - label_smoothing) * loss - (label_smoothing / C) * log_p.sum(axis=1).mean()
+    return xp.asarray(loss, dtype=z.dtype), xp.exp(log_p)
+
+
+def softmax_cross_entropy_backward(p: Any, y: Any, label_smoothing: float = 0.0) -> Any:
+    """dL/dz = (p - t) / N, t = (1 - ε) onehot(y) + ε / C (softmax's Jacobian times the
+    cross-entropy's gradient collapses to p - t). One kernel on CuPy."""
+    if uses_kernels(p):
+        return kernels.cross_entropy_backward(p, y, label_smoothing)
+    N, C = p.shape
+    return (p - smoothed_one_hot(y, C, label_smoothing, p.dtype)) * (1.0 / N)

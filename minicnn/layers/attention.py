@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..backend import get_array_module
 from .activation import ReLU, Sigmoid
 from .base import Layer, check_channels, check_float_input, check_ndim
 from .linear import Linear
@@ -74,7 +75,9 @@ class SqueezeExcite(Layer):
         z = self.squeeze.forward(x)                                   # (N, C)
         s = self.gate.forward(self.fc2.forward(self.relu.forward(self.fc1.forward(z))))
         self.cache = (x, s)
-        return x * s[:, :, None, None]
+        xp = get_array_module(x)
+        # y = x ⊙ s, written in x's memory layout (``x * s`` on CuPy would be C-ordered).
+        return xp.multiply(x, s[:, :, None, None], out=xp.empty_like(x))
 
     def backward(self, dout: Any) -> Any:
         x, s = self.cached()
@@ -83,7 +86,7 @@ class SqueezeExcite(Layer):
         dz = self.fc1.backward(self.relu.backward(self.fc2.backward(self.gate.backward(ds))))
         if not self.input_grad:
             return None
-        dx = dout * s[:, :, None, None]                               # the direct path
+        dx = xp.multiply(dout, s[:, :, None, None], out=xp.empty_like(x))  # the direct path
         dx += self.squeeze.backward(dz)                               # the path through s
         return dx
 

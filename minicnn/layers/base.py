@@ -82,7 +82,16 @@ class Parameter:
         dL/d(data), same shape and dtype as ``data``; None before the first backward.
     requires_grad : bool
         False freezes the parameter: optimizers skip it.
+
+    On CuPy an optimizer keeps all parameters in one flat buffer (``minicnn.optim.flat``):
+    ``data`` is then a view of it, and ``set_grad`` writes the gradient into this parameter's
+    view of the optimizer's flat gradient buffer (``_grad_buffer``) instead of binding a new
+    array, so that one kernel launch updates every parameter.
     """
+
+    # The view of an optimizer's flat gradient buffer that ``set_grad`` writes into (CuPy);
+    # None: ``set_grad`` binds ``g`` itself. Never pickled or copied (see __getstate__).
+    _grad_buffer: Any = None
 
     def __init__(self, data: Any, name: str = "", regularizer: Any = None):
         self.data = data
@@ -96,11 +105,41 @@ class Parameter:
         return tuple(self.data.shape)
 
     def set_grad(self, g: Any) -> None:
-        """Store ``g`` as the gradient, in the parameter's dtype, plus the regularizer's term."""
+        """Store ``g`` as the gradient, in the parameter's dtype, plus the regularizer's term.
+
+        With a flat gradient buffer (CuPy, an optimizer's), ``g`` is copied into this
+        parameter's view of it and ``grad`` is that view; otherwise ``grad`` is ``g``.
+        """
+        buf = self._grad_buffer
+        if g is buf is not None:  # written in place by the layer (``grad_out``): no copy
+            self.grad = buf
+            return
         g = g.astype(self.data.dtype, copy=False)
         if self.regularizer is not None:
             g = g + self.regularizer.grad(self.data)
+        if buf is not None and type(buf) is type(g) and buf.shape == g.shape \
+                and buf.dtype == g.dtype:
+            if g is not buf:  # in place: the optimizer reads the whole flat buffer at once
+                buf[...] = g
+            g = buf
         self.grad = g
+
+    def grad_out(self, like: Any) -> Any:
+        """Where a layer may write this parameter's gradient itself, then pass it to
+        ``set_grad`` (which then copies nothing): the parameter's view of the optimizer's flat
+        gradient buffer (CuPy), when it exists, has ``like``'s array type and dtype and no
+        regularizer term must be added; else None (the layer makes a new array)."""
+        buf = self._grad_buffer
+        if buf is None or self.regularizer is not None or type(buf) is not type(like) \
+                or buf.dtype != like.dtype:
+            return None
+        return buf
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A pickled or deep-copied parameter has no optimizer: it binds its gradients.
+        state = dict(self.__dict__)
+        state.pop("_grad_buffer", None)
+        return state
 
     def __repr__(self) -> str:
         return f"Parameter({self.name or 'unnamed'}, shape={self.shape}, dtype={self.data.dtype})"

@@ -7,7 +7,8 @@ Each channel is normalised over all other axes (N, H, W for images: m values per
     y     = gamma * x_hat + beta          gamma, beta (C,)
 
 with the batch's own statistics in training mode and the running averages of them in
-evaluation mode. The shared math (``center``, ``normalize_backward_centered``, ``reduce_sum``)
+evaluation mode. The shared math (``batch_norm_forward`` / ``batch_norm_backward``, built on
+``center``, ``normalize_backward_centered`` and ``reduce_sum``; fused CUDA kernels on CuPy)
 is in ``minicnn.functional.normalization``; the step-by-step twins the tests compare with
 (``batchnorm_forward``, ``batchnorm_backward_stepwise``) are in
 ``minicnn.functional.reference``. LayerNorm, GroupNorm and InstanceNorm2d, which normalise per
@@ -20,30 +21,15 @@ Tests: tests/test_norm.py
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
-from ..functional.normalization import (
-    center,
-    normalize_backward_centered,
-    per_channel,
-    reduce_sum,
-)
+from ..functional.normalization import batch_norm_backward, batch_norm_forward
 from ._checks import check_eps, check_positive_int
 from .base import Layer, Parameter, check_channels, check_float_input, check_ndim, new_array
 
 __all__ = ["BatchNorm1d", "BatchNorm2d"]
-
-
-class _Cache(NamedTuple):
-    """What ``_BatchNorm.forward`` leaves for backward."""
-
-    batch_stats: bool  # True: normalised by this batch's own mu, var (training mode)
-    inv_std: Any       # 1 / sqrt(var + eps), (1, C, 1, ...)
-    x_c: Any           # batch statistics: the centred input x - mu (x_hat = x_c * inv_std)
-    x: Any             # running statistics: the input and the running mean, from which
-    mu: Any            # backward recomputes x_hat for dgamma (evaluation forward skips it)
 
 
 class _BatchNorm(Layer):
@@ -67,8 +53,9 @@ class _BatchNorm(Layer):
         dx     = (gamma / (m sqrt(var + eps))) * (m dout - Σ dout - x_hat Σ dout * x_hat)
                = (gamma / (m sqrt(var + eps))) * (m dout - dbeta - x_hat dgamma)
 
-    computed by ``normalize_backward_centered`` from the x - mu the forward kept (it never
-    writes x_hat).
+    computed on NumPy by ``normalize_backward_centered`` from the x - mu the forward kept (it
+    never writes x_hat); on CuPy by two fused kernels from x itself
+    (``minicnn.functional.normalization.batch_norm_backward``).
 
     Backward uses the mode of its forward (a mode switch in between changes nothing).
 
@@ -117,63 +104,44 @@ class _BatchNorm(Layer):
         return xp
 
     def forward(self, x: Any) -> Any:
-        xp = self._check(x)
-        axes = (0,) + tuple(range(2, x.ndim))      # all but the channel axis
-        gamma = per_channel(self.gamma.data.astype(x.dtype, copy=False), x.ndim)
-        beta = per_channel(self.beta.data.astype(x.dtype, copy=False), x.ndim)
-        if self.training:
-            # y = x_hat * gamma + beta = (x - mu) * (gamma * inv_std) + beta: x_hat itself is
-            # never written (backward works from x - mu), one full-size pass fewer.
-            x_c, inv_std, mu, var = center(x, axes, self.eps)
-            self._update_running_stats(mu, var, m=x.size // self.num_features)
-            y = x_c * (gamma * inv_std)
-            y += beta
-            self.cache = _Cache(True, inv_std, x_c, None, None)
-            return y
-        # Fixed statistics: y = (x - mu) * (gamma * inv_std) + beta, one affine map per
-        # channel, in three passes over the data instead of the four through x_hat. Only
-        # backward needs x_hat (for dgamma), so it keeps x and mu to recompute it.
-        mu = per_channel(self.running_mean.astype(x.dtype, copy=False), x.ndim)
-        var = per_channel(self.running_var.astype(x.dtype, copy=False), x.ndim)
-        inv_std = 1.0 / xp.sqrt(var + self.eps)
-        y = x - mu
-        y *= gamma * inv_std
-        y += beta
-        self.cache = _Cache(False, inv_std, None, x, mu)
-        return y
+        return self._forward(x, relu=False)
 
-    def _update_running_stats(self, mu: Any, var: Any, m: int) -> None:
-        """PyTorch's rule, with the unbiased variance var * m / (m - 1); mu, var (1, C, 1, ...)."""
-        mom, C = self.momentum, self.num_features
-        mu = mu.reshape(C).astype(self.running_mean.dtype, copy=False)
-        unbiased_var = (var.reshape(C) * (m / (m - 1))).astype(self.running_var.dtype,
-                                                                copy=False)
-        # New arrays (not in place), so a caller holding the old buffers keeps them intact.
-        self.running_mean = (1.0 - mom) * self.running_mean + mom * mu
-        self.running_var = (1.0 - mom) * self.running_var + mom * unbiased_var
+    def forward_relu(self, x: Any) -> Any:
+        """max(forward(x), 0) in the same pass, for a BatchNorm followed by a ReLU: backward
+        then takes dL/d(the ReLU's output) and applies the ReLU's mask [y > 0] itself.
+
+        Only for BatchNorm1d/2d's own forward: a subclass that overrides ``forward``
+        (SyncBatchNorm2d) raises TypeError here rather than skip its own statistics."""
+        if type(self).forward is not _BatchNorm.forward:
+            raise TypeError(f"{type(self).__name__}.forward_relu: only BatchNorm1d/2d fuse "
+                            f"the ReLU; call forward, then the ReLU")
+        return self._forward(x, relu=True)
+
+    def _forward(self, x: Any, relu: bool) -> Any:
+        self._check(x)
+        gamma = self.gamma.data.astype(x.dtype, copy=False)
+        beta = self.beta.data.astype(x.dtype, copy=False)
+        # Training: y = (x - mu) * (gamma * inv_std) + beta with this batch's mu, var, and the
+        # running averages updated by PyTorch's rule (above). Evaluation: the same with the
+        # running mu, var, which stay as they are.
+        y, self.cache, self.running_mean, self.running_var = batch_norm_forward(
+            x, gamma, beta, self.running_mean, self.running_var, training=self.training,
+            momentum=self.momentum, eps=self.eps, relu=relu)
+        return y
 
     def backward(self, dout: Any) -> Any:
         cache = self.cached()
-        inv_std = cache.inv_std                     # in the dtype of the forward input
-        axes = (0,) + tuple(range(2, dout.ndim))
-        gamma = per_channel(self.gamma.data.astype(inv_std.dtype, copy=False), dout.ndim)
-        if cache.batch_stats:
-            # gamma is constant over the reduced axes: pass dout and fold gamma into the scale;
-            # the two sums come back as dgamma = Σ dout * x_hat and dbeta = Σ dout.
-            dx, dgamma, dbeta = normalize_backward_centered(dout, cache.x_c, inv_std,
-                                                            gamma * inv_std, axes)
-        else:
-            # Fixed statistics: y is an affine map of x.
-            dx = dout * (gamma * inv_std)
-            dgamma = None
-            if self.gamma.requires_grad:  # a frozen gamma needs no x_hat
-                x_hat = cache.x - cache.mu
-                x_hat *= inv_std
-                dgamma = reduce_sum(dout, axes, x_hat)             # Σ dout * x_hat
-            dbeta = reduce_sum(dout, axes)                         # Σ dout
+        gamma = self.gamma.data.astype(cache.inv_std.dtype, copy=False)
+        # dgamma = Σ dout * x_hat, dbeta = Σ dout and dx as in the class docstring; the mode
+        # (batch or running statistics) is the forward's, kept in the cache.
+        # On CuPy the sums are written straight into the optimizer's gradient buffer.
+        out = (self.gamma.grad_out(dout) if self.gamma.requires_grad else None,
+               self.beta.grad_out(dout))
+        dx, dgamma, dbeta = batch_norm_backward(dout, cache, gamma,
+                                                need_dgamma=self.gamma.requires_grad, out=out)
         if self.gamma.requires_grad:
-            self.gamma.set_grad(dgamma.reshape(self.num_features))
-        self.beta.set_grad(dbeta.reshape(self.num_features))
+            self.gamma.set_grad(dgamma)
+        self.beta.set_grad(dbeta)
         return dx
 
     @property

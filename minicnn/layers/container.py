@@ -9,7 +9,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from ..backend import get_array_module
+from ..kernels import uses_kernels
+from .activation import ReLU
 from .base import Layer, check_float_input
+from .batchnorm import BatchNorm1d, BatchNorm2d
 
 __all__ = ["Identity", "Sequential", "Residual", "Concat"]
 
@@ -28,12 +32,31 @@ class Identity(Layer):
         return dout
 
 
+def _add(a: Any, b: Any) -> Any:
+    """a + b into a new array in a's memory layout: ``a + b`` on CuPy would write it C-ordered
+    and lose a channels-last layout (one pass either way; neither input is written, since
+    either may be the caller's ``dout``, passed through by an Identity)."""
+    xp = get_array_module(a)
+    return xp.add(a, b, out=xp.empty_like(a))
+
+
 def _check_layer(owner: str, what: str, layer: Any) -> Layer:
     if not isinstance(layer, Layer):
         hint = " (pass the layers as separate arguments: Sequential(*layers))" \
             if isinstance(layer, (list, tuple)) else ""
         raise TypeError(f"{owner}: {what} must be a Layer, got {type(layer).__name__}{hint}")
     return layer
+
+
+def _fuses_relu(layer: Layer, following: Layer, x: Any) -> bool:
+    """True when ``layer`` then ``following`` is a BatchNorm then a ReLU that may run as one
+    pass (``BatchNorm.forward_relu``): on CuPy only, where each pass is a kernel launch (on
+    NumPy the two layers run as written); never when either's forward or backward has been
+    replaced on the instance (``explain`` taps a layer that way) or the ReLU passes no
+    gradient back."""
+    return (type(layer) in (BatchNorm1d, BatchNorm2d) and type(following) is ReLU
+            and following.input_grad and uses_kernels(x)
+            and not {"forward", "backward"} & (vars(layer).keys() | vars(following).keys()))
 
 
 class Sequential(Layer):
@@ -43,6 +66,10 @@ class Sequential(Layer):
     Backward: the chain rule, last layer first:
               g_K = dout,  g_{k-1} = f_k.backward(g_k),  dx = g_0
               (stopping with None at a layer whose ``input_grad`` is off)
+
+    On CuPy a BatchNorm directly followed by a ReLU runs as one fused pass each way
+    (``BatchNorm.forward_relu``; its backward applies the ReLU's mask itself): the same
+    numbers, two kernel launches fewer per pair and step.
 
     ``parameters()`` lists the layers' parameters in order. Supports ``len(model)``,
     ``model[i]`` (a slice gives a new Sequential sharing the layers), iteration and
@@ -55,15 +82,27 @@ class Sequential(Layer):
             _check_layer("Sequential", f"argument {i}", layer) for i, layer in enumerate(layers)]
 
     def forward(self, x: Any) -> Any:
-        for layer in self.layers:
-            x = layer.forward(x)
+        layers, fused, k = self.layers, set(), 0
+        while k < len(layers):
+            if k + 1 < len(layers) and _fuses_relu(layers[k], layers[k + 1], x):
+                x = layers[k].forward_relu(x)          # BatchNorm and the ReLU after it
+                fused.add(k)
+                k += 2
+            else:
+                x = layers[k].forward(x)
+                k += 1
+        self._fused = fused                            # where backward skips the ReLU
         return x
 
     def backward(self, dout: Any) -> Any:
-        for layer in reversed(self.layers):
-            dout = layer.backward(dout)
+        fused, k = getattr(self, "_fused", set()), len(self.layers) - 1
+        while k >= 0:
+            if k - 1 in fused:                         # a fused BatchNorm + ReLU pair
+                k -= 1
+            dout = self.layers[k].backward(dout)
             if dout is None:  # a layer with input_grad off: nothing before it needs dL/dx
                 return None
+            k -= 1
         return dout
 
     def append(self, layer: Layer) -> Sequential:
@@ -128,10 +167,10 @@ class Residual(Layer):
                 f"shortcut's output shape {tuple(s.shape)} (input shape {tuple(x.shape)}); "
                 f"use a projection shortcut that maps the input to the body's output shape, "
                 f"e.g. shortcut=Sequential(Conv2d(c_in, c_out, 1, stride=s), BatchNorm2d(c_out))")
-        return f + s
+        return _add(f, s)
 
     def backward(self, dout: Any) -> Any:
-        return self.body.backward(dout) + self.shortcut.backward(dout)
+        return _add(self.body.backward(dout), self.shortcut.backward(dout))
 
     def __repr__(self) -> str:
         body = repr(self.body).replace("\n", "\n  ")
@@ -199,7 +238,7 @@ class Concat(Layer):
             dx_b = branch.backward(dout_b)
             if dx_b is None:  # this branch's input_grad is off: it adds nothing
                 continue
-            dx = dx_b if dx is None else dx + dx_b  # never in place: dx_b may be a view of dout
+            dx = dx_b if dx is None else _add(dx, dx_b)  # never in place: dx_b may be dout's view
         return dx if self.input_grad else None
 
     def __repr__(self) -> str:

@@ -14,6 +14,7 @@ from ..functional.conv import (
     CONV_ALGORITHMS,
     conv2d_algorithm,
     conv2d_backward_patches,
+    conv2d_bias_grad,
     conv2d_input_grad,
     conv2d_weight_grad,
     conv2d_weight_matrix,
@@ -182,7 +183,7 @@ class Conv2d(Layer):
         if self.groups != 1:
             return self._forward_grouped(x, W)
         m = conv2d_algorithm(self.algorithm, x.shape, self.out_channels, self.kernel_size,
-                             self.stride, self.pads)
+                             self.stride, self.pads, xp=xp)
         if m is not None:  # Winograd's F(m×m, 3×3): the same y, fewer multiplies
             return self._forward_winograd(x, W, m)
         # cols is scratch: the arena's patch buffer, dead when forward returns.
@@ -214,12 +215,12 @@ class Conv2d(Layer):
             # dW_mat = dout_matᵀ @ cols
             self.W.set_grad(conv2d_weight_grad(dout_mat, x, patches, self.kernel_size))
         if self.b is not None:
-            self.b.set_grad(dout_mat.sum(axis=0))                  # db = Σ_rows dout_mat
+            # db = Σ_rows dout_mat (on CuPy written straight into the optimizer's buffer)
+            self.b.set_grad(conv2d_bias_grad(dout_mat, out=self.b.grad_out(dout_mat)))
         if not self.input_grad:
             return None
-        W_mat = conv2d_weight_matrix(W)
-        # dx = col2im(dout_mat @ W_mat)
-        return conv2d_input_grad(dout_mat, W_mat, x.shape, self.kernel_size, self.stride,
+        # dx = col2im(dout_mat @ W_mat), given W: the route reorders it as it needs
+        return conv2d_input_grad(dout_mat, W, x.shape, self.kernel_size, self.stride,
                                  self.pads, patches=patches, workspace=workspace)
 
     def _forward_winograd(self, x: Any, W: Any, m: int) -> Any:

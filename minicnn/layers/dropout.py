@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from ..functional.random_bits import random_bits, random_seed
+from ..backend import get_array_module
+from ..functional.special import dropout
 from .base import Layer, check_float_input
 
 __all__ = ["Dropout"]
@@ -48,7 +49,8 @@ class Dropout(Layer):
         forward from it (a host draw: no device synchronisation) and build the mask on the
         GPU from that seed with ``functional.random_bits``, a counter-based hash: a pure
         function of (seed, element index), so no generator lives on the device (nothing
-        there to save, copy or replay) and no mask is copied from the host. (A fresh CuPy
+        there to save, copy or replay) and no mask is copied from the host; one kernel
+        hashes, masks and scales (``functional.special.dropout``). (A fresh CuPy
         generator per forward would do too, but each one allocates and initialises its
         state with a kernel, every step.) The two backends draw different masks from the
         same seed.
@@ -65,30 +67,21 @@ class Dropout(Layer):
         self.p = float(p)
         self.rng = np.random.default_rng(seed)
 
-    def _keep(self, xp: Any, shape: tuple[int, ...]) -> Any:
-        """The boolean keep mask, P(keep) = 1 - p, on x's device."""
-        if xp is np:
-            return self.rng.random(shape, dtype=np.float32) >= self.p
-        # u = bits / 2**32 is uniform on [0, 1), and u >= p  <=>  bits >= p * 2**32.
-        threshold = np.uint32(min(round(self.p * 2**32), 2**32 - 1))
-        return random_bits(xp, shape, random_seed(self.rng)) >= threshold
-
     def forward(self, x: Any) -> Any:
-        xp = check_float_input("Dropout", x)
+        check_float_input("Dropout", x)
         if not self.training or self.p == 0.0:
             self.cache = _IDENTITY
             return x
-        keep = self._keep(xp, tuple(x.shape))
-        # The scaled mask m / (1 - p), in x's dtype (a Python-float scale keeps float32).
-        mask = keep.astype(x.dtype) * (1.0 / (1.0 - self.p))
+        y, mask = dropout(x, self.p, self.rng)   # mask = m / (1 - p), in x's dtype
         self.cache = mask
-        return x * mask
+        return y
 
     def backward(self, dout: Any) -> Any:
         mask = self.cached()
         if mask is _IDENTITY:  # the forward was the identity (eval mode or p = 0)
             return dout
-        return dout * mask
+        xp = get_array_module(dout)
+        return xp.multiply(dout, mask, out=xp.empty_like(dout))  # dout's layout kept
 
     @property
     def mask(self) -> Any:

@@ -2,9 +2,9 @@
 
 The windows come from the same strided view as ``im2col`` (``window_view``) and the backward
 passes are ``col2im``, which adds each window entry's gradient back onto its input pixel
-(summing where windows overlap, i.e. stride < kernel). Max pooling's window max, its mask and
-its dx are named functions of ``minicnn.functional.pooling``; the loop versions the tests
-compare with are in ``minicnn.functional.reference``.
+(summing where windows overlap, i.e. stride < kernel). Each pass of max and average pooling
+is a named function of ``minicnn.functional.pooling`` (array code on NumPy, one kernel on
+CuPy); the loop versions the tests compare with are in ``minicnn.functional.reference``.
 
 Derivation: docs/derivations/pooling.md, docs/derivations/resampling.md
 Tests: tests/test_pool.py, tests/test_adaptive_pool.py
@@ -14,18 +14,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..backend import get_array_module
-from ..functional.im2col import (
-    col2im,
-    normalize_padding,
-    output_size,
-    pad_channels_last,
-    pair,
-    window_view,
-)
-from ..functional.pooling import first_max_mask, max_pool_input_grad, window_max
+from ..functional.im2col import normalize_padding, output_size, pair
+from ..functional.pooling import avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward
 from ..functional.resample import resample, resample_backward, resampling_matrices
-from ..functional.scratch import scratch
 from .base import Layer, check_float_input, check_ndim
 
 __all__ = ["MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "AdaptiveAvgPool2d"]
@@ -90,38 +81,27 @@ class MaxPool2d(_Pool2d):
         dx̃ = col2im(dout · is_max)
 
     On ties only the first such position (row-major window order) gets dout, as in PyTorch.
-    The max is found again in backward (``first_max_mask``), not stored by the forward,
-    which keeps x (a reference) and y; a padded copy of x is scratch, made again in backward.
+    ``minicnn.functional.pooling`` computes both passes: on NumPy the window max of the
+    windows' strided view (``window_max``), the max found again in backward
+    (``first_max_mask``), the forward keeping x (a reference) and y, the -inf padded copy
+    scratch; on CuPy one kernel each, the forward keeping where each max is (one byte per
+    output).
 
     The loop versions are ``reference.max_pool2d`` and ``reference.max_pool2d_backward``.
     """
 
     def forward(self, x: Any) -> Any:
         self._check(x)
-        x_p = self._padded(x)                     # x padded with -inf (scratch), or x itself
-        windows = window_view(x_p, self.kernel_size, self.stride)  # (N, Ho, Wo, KH, KW, C)
-        out = window_max(windows)                 # y = max over (KH, KW): (N, Ho, Wo, C)
-        self.cache = (x, out)  # the input (a reference) and y; the padded copy was scratch
-        return out.transpose(0, 3, 1, 2)  # (N, C, Ho, Wo), stored channels-last
+        # y = max over each window of x padded with -inf; saved: where the max is, or x and y
+        out, saved = max_pool2d(x, self.kernel_size, self.stride, self.pads)
+        self.cache = (x.shape, saved)
+        return out  # (N, C, Ho, Wo), stored channels-last
 
     def backward(self, dout: Any) -> Any:
-        x, out = self.cached()
-        windows = window_view(self._padded(x), self.kernel_size, self.stride)
-        is_max = first_max_mask(windows, out)              # (KH·KW, N, Ho, Wo, C) bool
+        x_shape, saved = self.cached()
         # dx = col2im(dout · is_max), the padding cropped
-        return max_pool_input_grad(dout, is_max, x.shape, self.kernel_size, self.stride,
+        return max_pool2d_backward(dout, saved, x_shape, self.kernel_size, self.stride,
                                    self.pads)
-
-    def _padded(self, x: Any) -> Any:
-        """x padded with -inf (x itself without padding); the padded copy is scratch
-        (``minicnn.functional.scratch``): dead when the pass that asked for it returns."""
-        (top, bottom), (left, right) = self.pads
-        if not (top or bottom or left or right):
-            return x
-        N, C, H, W = x.shape
-        buf = scratch(get_array_module(x), "x_pad", (N, H + top + bottom, W + left + right, C),
-                      x.dtype)
-        return pad_channels_last(x, self.pads, value=float("-inf"), out=buf)
 
 
 class AvgPool2d(_Pool2d):
@@ -150,20 +130,15 @@ class AvgPool2d(_Pool2d):
 
     def forward(self, x: Any) -> Any:
         self._check(x)
-        x_p = pad_channels_last(x, self.pads, value=0.0)
-        windows = window_view(x_p, self.kernel_size, self.stride)  # (N, Ho, Wo, KH, KW, C)
         self.cache = tuple(x.shape)  # all backward needs: the shares are dout / (KH·KW)
-        return windows.mean(axis=(3, 4)).transpose(0, 3, 1, 2)   # (N, C, Ho, Wo)
+        # y = the mean of each zero-padded window: (N, C, Ho, Wo)
+        return avg_pool2d(x, self.kernel_size, self.stride, self.pads)
 
     def backward(self, dout: Any) -> Any:
         x_shape = self.cached()
-        xp = check_float_input("AvgPool2d", dout)
-        kh, kw = self.kernel_size
-        N, C, Ho, Wo = dout.shape
-        share = dout.transpose(0, 2, 3, 1) / float(kh * kw)        # (N, Ho, Wo, C)
-        # The same share for every (a, b) of a window: a broadcast view, not a copy.
-        dcols = xp.broadcast_to(share[:, :, :, None, None, :], (N, Ho, Wo, kh, kw, C))
-        return col2im(dcols, x_shape, self.kernel_size, self.stride, self.pads)
+        check_float_input("AvgPool2d", dout)
+        # dx = col2im(dcols), every window entry's share dcols = dout / (KH·KW)
+        return avg_pool2d_backward(dout, x_shape, self.kernel_size, self.stride, self.pads)
 
 
 class GlobalAvgPool2d(Layer):
@@ -186,7 +161,8 @@ class GlobalAvgPool2d(Layer):
         xp = check_float_input("GlobalAvgPool2d", dout)
         H, W = x.shape[2:]
         dx = xp.empty_like(x, dtype=dout.dtype)  # keeps x's memory layout
-        dx[...] = (dout / float(H * W))[:, :, None, None]
+        # broadcast straight into dx: one pass (a division, then a copy into dx, is two)
+        xp.divide(dout[:, :, None, None], float(H * W), out=dx)
         return dx
 
 

@@ -50,6 +50,9 @@ The package, one concern per file (everything public is importable from ``minicn
     adam.py         Adam, AdamW
     ema.py          EMA: an exponential moving average of the weights
     lookahead.py    Lookahead: slow weights pulled toward any optimizer's every k steps
+    flat.py         FlatLayout: on CuPy, the parameters and gradients as views of one flat
+                    buffer per (device, dtype), so that one kernel launch
+                    (minicnn/kernels/optimizer.cu) updates them all
     schedules.py    LRScheduler, StepLR, CosineAnnealingLR, LambdaLR, LinearLR, OneCycleLR,
                     ReduceLROnPlateau
 

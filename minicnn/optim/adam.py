@@ -17,7 +17,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..backend import get_array_module
+from ..kernels import optimizer as kernels
 from ..layers.base import Parameter
+from .flat import Bucket, FlatState
 from .optimizer import Optimizer
 
 __all__ = ["Adam", "AdamW"]
@@ -100,6 +102,27 @@ class Adam(Optimizer):
         denom *= step_size
         p.data -= denom                          # θ -= γ m̂ / (sqrt(v̂) + ε)
 
+    _decoupled = False   # AdamW: θ = θ (1 - γλ) instead of g = ∇θ + λθ
+
+    def _run_key(self, state: dict[str, Any]) -> Any:
+        return state.get("t", 0)       # one launch per step count (bias corrections)
+
+    def _launch(self, bucket: Bucket, fs: FlatState, j0: int, j1: int,
+                lr_scale: float) -> None:
+        # _update and _adam_step above, over members j0 .. j1 - 1 of the flat buffers at
+        # once; t is counted on the device (hyper) and mirrored in self.state.
+        t = self.state[bucket.members[j0]].get("t", 0)
+        slot = 1 + 2 * j0
+        parity = fs.counter(slot, t)
+        kernels.adam_step(bucket.span(bucket.data, j0, j1), bucket.span(bucket.grad, j0, j1),
+                          bucket.span(fs.flat("m"), j0, j1),
+                          bucket.span(fs.flat("v"), j0, j1), fs.hyper, slot, parity,
+                          lr_scale=lr_scale, betas=self.betas, eps=float(self.eps),
+                          weight_decay=self._weight_decay(), decoupled=self._decoupled)
+        for j in range(j0, j1):
+            state = self.state[bucket.members[j]]
+            state["m"], state["v"], state["t"] = fs.view("m", j), fs.view("v", j), t + 1
+
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(lr={self.lr:g}, betas={self.betas}, eps={self.eps:g}, "
                 f"weight_decay={self.weight_decay:g})")
@@ -113,6 +136,8 @@ class AdamW(Adam):
 
     Same parameters as ``Adam``; ``weight_decay`` defaults to 0.01.
     """
+
+    _decoupled = True
 
     def __init__(self, params: Iterable[Parameter], lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,

@@ -14,8 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import to_numpy
+from ..backend import get_array_module, to_numpy
+from ..kernels import optimizer as kernels
 from ..layers.base import Parameter
+from .flat import runs
 from .optimizer import as_number, to_like
 
 __all__ = ["EMA"]
@@ -57,6 +59,7 @@ class EMA:
         self.num_updates = 0
         self.shadow = [p.data.copy() for p in self.params]
         self._backup: list[Any] | None = None
+        self._flat: dict[str, Any] | None = None   # CuPy: see _flat_update
 
     def current_decay(self) -> float:
         """The decay the next ``update`` uses."""
@@ -69,13 +72,43 @@ class EMA:
         """θ_ema = d θ_ema + (1 - d) θ, for every parameter (call after ``opt.step()``)."""
         if self._backup is not None:
             raise RuntimeError("EMA.update: the averaged weights are applied; restore() first")
-        d = self.current_decay()
-        for i, p in enumerate(self.params):
-            shadow = self.shadow[i]
-            if type(shadow) is not type(p.data) or shadow.dtype != p.data.dtype:
-                shadow = self.shadow[i] = to_like(shadow, p.data)   # the model moved or changed
-            shadow -= (1.0 - d) * (shadow - p.data)   # = d θ_ema + (1 - d) θ, in place
+        if not self._flat_update():   # CuPy, parameters in flat buffers: one launch each
+            d = self.current_decay()
+            for i, p in enumerate(self.params):
+                shadow = self.shadow[i]
+                if type(shadow) is not type(p.data) or shadow.dtype != p.data.dtype:
+                    shadow = self.shadow[i] = to_like(shadow, p.data)  # the model moved
+                shadow -= (1.0 - d) * (shadow - p.data)   # = d θ_ema + (1 - d) θ, in place
         self.num_updates += 1
+
+    def _flat_update(self) -> bool:
+        """``update`` in one launch per run of parameters that lie back to back in an
+        optimizer's flat buffer (``minicnn.optim.flat.runs``: one per dtype when the EMA
+        follows the optimizer's parameters). The shadows are then views of flat buffers of
+        the same runs, and the update count (for the warm-up decay) is counted on the device.
+        False (nothing done) when the parameters are not in flat buffers (NumPy)."""
+        found = runs(self.params)
+        if found is None:
+            return False
+        flat = self._flat
+        if flat is None or len(flat["runs"]) != len(found) or any(
+                a[0] is not b[0] or a[1:3] != b[1:3]
+                for a, b in zip(flat["runs"], found, strict=True)):
+            flat = self._flat = _flat_shadows(found)    # new runs: new shadow buffers
+        for i, view in enumerate(flat["views"]):
+            if self.shadow[i] is not view:              # loaded, or the first time
+                view[...] = to_like(self.shadow[i], view)
+                self.shadow[i] = view
+        for r, (bucket, j0, j1, _, _) in enumerate(found):
+            slot = 2 * r
+            parity, held = flat["counters"].get(slot, (0, None))
+            if held != self.num_updates:                # written only when it differs
+                flat["hyper"][slot + parity] = float(self.num_updates)
+            flat["counters"][slot] = (1 - parity, self.num_updates + 1)
+            kernels.ema_update(flat["shadows"][r], bucket.span(bucket.data, j0, j1),
+                               flat["hyper"], slot, parity, decay=self.decay,
+                               warmup=self.warmup)
+        return True
 
     def apply(self) -> None:
         """Copy the averaged weights into the parameters, keeping the current ones."""
@@ -120,5 +153,28 @@ class EMA:
         decay, num_updates = float(as_number(d["decay"])), int(as_number(d["num_updates"]))
         self.shadow, self.decay, self.num_updates = shadow, decay, num_updates
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_flat"] = None                       # rebuilt at the next update
+        return state
+
     def __repr__(self) -> str:
         return f"EMA(decay={self.decay:g}, {len(self.params)} parameters)"
+
+
+def _flat_shadows(found: list[tuple[Any, ...]]) -> dict[str, Any]:
+    """Flat shadow buffers for the runs ``found`` of ``flat.runs``: one per run, its views
+    (in the parameters' order), a float64 device array of update counters (two cells per
+    run, as ``minicnn/kernels/optimizer.cu`` reads them) and their host mirror."""
+    shadows, views = [], []
+    for bucket, j0, j1, _, _ in found:
+        like = bucket.span(bucket.data, j0, j1)
+        flat = get_array_module(like).empty(like.shape, dtype=like.dtype)
+        shadows.append(flat)
+        start = bucket.offsets[j0]
+        for j in range(j0, j1):
+            o = bucket.offsets[j] - start
+            views.append(flat[o:o + bucket.sizes[j]].reshape(bucket.data_views[j].shape))
+    xp = get_array_module(shadows[0])
+    return {"runs": [r[:3] for r in found], "shadows": shadows, "views": views,
+            "hyper": xp.zeros(2 * len(found), dtype=np.float64), "counters": {}}

@@ -23,7 +23,9 @@ from typing import Any
 import numpy as np
 
 from ..backend import to_device, to_numpy
+from ..kernels import uses_kernels
 from ..layers.base import Parameter
+from .flat import Bucket, FlatLayout, FlatState
 
 __all__ = ["Optimizer", "to_like", "as_number"]
 
@@ -120,9 +122,18 @@ class Optimizer:
 
     # -- the update ----------------------------------------------------------------------------
     def step(self) -> None:
-        """Update every trainable parameter that has a gradient."""
+        """Update every trainable parameter that has a gradient.
+
+        On NumPy, one parameter at a time (``_update``). On CuPy (every parameter a float32
+        or float64 CuPy array, and an optimizer with a fused kernel: SGD, Adam, AdamW), all
+        at once: one kernel launch per parameter group over flat buffers (``_flat_step``).
+        """
         lr = float(self.lr)  # a NumPy float64 here would turn float32 updates into float64
         self.num_steps += 1
+        layout = self._flat_layout()
+        if layout is not None:
+            self._flat_step(layout, lr)
+            return
         groups = self.param_groups
         for p, state, gi in zip(self.params, self.state, self._group_index, strict=True):
             if not p.requires_grad or p.grad is None:
@@ -139,6 +150,74 @@ class Optimizer:
         self._wd = None
 
     def _update(self, p: Parameter, g: Any, state: dict[str, Any], lr: float) -> None:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    # -- the update on CuPy: one launch per run of parameters over flat buffers ---------------
+    _layout: FlatLayout | None = None
+    _flat_states: list[FlatState] = ()  # type: ignore[assignment]  (set with _layout)
+
+    def _flat_layout(self) -> FlatLayout | None:
+        """The flat buffers of the parameters (``minicnn.optim.flat``), made on the first CuPy
+        step and checked at every step; None for the per-parameter path (NumPy, another
+        dtype, mixed devices, or a subclass with no fused kernel)."""
+        if type(self)._launch is Optimizer._launch or not uses_kernels(self.params[0].data):
+            return None
+        layout = self._layout
+        if layout is not None and layout.bind():
+            return layout
+        layout = FlatLayout.of(self.params)
+        if layout is not None:
+            self._flat_states = [FlatState(b) for b in layout.buckets]
+        self._layout = layout
+        return layout
+
+    def _flat_step(self, layout: FlatLayout, lr: float) -> None:
+        """``step`` on flat buffers: per bucket (device, dtype), bring the gradients and the
+        state into the flat buffers where they are not already (a restored state, a gradient
+        assigned by hand or by ``DataParallel``: one copy each), cut the parameters with a
+        gradient into runs that share a group and a state (Adam's t; SGD's first step), and
+        launch the kernel once per run: once per group when every parameter has a gradient.
+        """
+        for bucket, fs in zip(layout.buckets, self._flat_states, strict=True):
+            todo: list[list[Any]] = []
+            for j, k in enumerate(bucket.members):
+                p, state = self.params[k], self.state[k]
+                for key in self._array_state:
+                    held = state.get(key)
+                    if held is not None and held is not fs.view(key, j):  # loaded, or moved
+                        view = fs.view(key, j)
+                        view[...] = to_like(held, view)
+                        state[key] = view
+                if not p.requires_grad or p.grad is None:
+                    continue
+                if tuple(p.grad.shape) != tuple(p.data.shape):
+                    raise ValueError(f"{type(self).__name__}: {p!r} has a gradient of shape "
+                                     f"{tuple(p.grad.shape)}, expected {tuple(p.data.shape)}")
+                if p.grad is not bucket.grad_views[j]:
+                    bucket.grad_views[j][...] = p.grad           # cast to the parameter's dtype
+                key = (self._group_index[k], self._run_key(state))
+                if todo and todo[-1][0] == key and todo[-1][2] == j:
+                    todo[-1][2] = j + 1
+                else:
+                    todo.append([key, j, j + 1])
+            if todo and fs.lr != lr:   # γ goes to the device only when it changed: a fill
+                fs.hyper[0] = lr
+                fs.lr = lr
+            for (gi, _), j0, j1 in todo:
+                group = self.param_groups[gi]
+                self._wd = group["weight_decay"]
+                self._launch(bucket, fs, j0, j1, group["lr_scale"])
+        self._wd = None
+
+    def _run_key(self, state: dict[str, Any]) -> Any:
+        """What the parameters of one launch must share besides their group (Adam: t)."""
+        return None
+
+    def _launch(self, bucket: Bucket, fs: FlatState, j0: int, j1: int,
+                lr_scale: float) -> None:
+        """Update members ``j0 .. j1 - 1`` of ``bucket`` in one kernel launch, and their
+        entries of ``self.state`` (the views ``fs.view(key, j)``, the counters); the fused
+        optimizers implement it."""
         raise NotImplementedError  # pragma: no cover - abstract
 
     def _follow_parameter(self, p: Parameter, state: dict[str, Any]) -> None:

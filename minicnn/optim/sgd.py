@@ -17,7 +17,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from ..kernels import optimizer as kernels
 from ..layers.base import Parameter
+from .flat import Bucket, FlatState
 from .optimizer import Optimizer
 
 __all__ = ["SGD"]
@@ -95,6 +97,25 @@ class SGD(Optimizer):
                 b += (1.0 - float(self.dampening)) * g     # b = μ b + (1 - τ) g
             g = g + mu * b if self.nesterov else b
         p.data -= lr * g
+
+    def _run_key(self, state: dict[str, Any]) -> Any:
+        return "b" in state            # a first step (b = g) launches apart from the others
+
+    def _launch(self, bucket: Bucket, fs: FlatState, j0: int, j1: int,
+                lr_scale: float) -> None:
+        # The rule of _update above, over members j0 .. j1 - 1 of the flat buffers at once.
+        momentum = float(self.momentum)
+        theta = bucket.span(bucket.data, j0, j1)
+        # Without momentum no buffer is kept (as in _update): the kernel gets θ, unread.
+        b = bucket.span(fs.flat("b"), j0, j1) if momentum != 0.0 else theta
+        kernels.sgd_step(theta, bucket.span(bucket.grad, j0, j1), b, fs.hyper,
+                         lr_scale=lr_scale, momentum=momentum,
+                         dampening=float(self.dampening), weight_decay=self._weight_decay(),
+                         nesterov=self.nesterov, decoupled=self.decoupled_weight_decay,
+                         first="b" not in self.state[bucket.members[j0]])
+        if momentum != 0.0:
+            for j in range(j0, j1):
+                self.state[bucket.members[j]]["b"] = fs.view("b", j)
 
     def __repr__(self) -> str:
         return (f"SGD(lr={self.lr:g}, momentum={self.momentum:g}, nesterov={self.nesterov}, "
