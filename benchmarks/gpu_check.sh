@@ -14,12 +14,16 @@
 #   parity  benchmarks/gpu_parity.py: NumPy and CuPy losses agree over 10 steps of each
 #           zoo model, then ms/step against PyTorch+cuDNN on the same GPU if torch is there
 #   models  benchmarks/models.py --backend cupy --batch 128 (ms per training step)
-#   train   examples/train_cifar.py with its GPU preset on $DATA: accuracy, training time
+#   train   examples/train_cifar.py with its GPU preset (airbench94's recipe, presets.py) on
+#           $DATA, once per seed (--seeds N, default 3; seeds 0..N-1): each run prints
+#           "training time ..." (airbench's count, the warm-up reported apart) and
+#           "test accuracy: ... (NmNs of training)"; the summary gives their mean and spread
 #
 # The data travels with the working tree: $DATA (default .gpu_data/, git-ignored) holds
 # cifar10_jpeg.bin, cifar10_jpeg_index.npz and build_cifar10.py (needs numpy + Pillow).
 # Options: --data DIR, --out DIR (default runs/gpu_check/<UTC time>), --epochs N (train
-# step; default: the preset's), --skip STEP[,STEP...]. Exit status 1 when a step failed.
+# step; default: the preset's), --seeds N (train step; default 3, --cpu: 1),
+# --skip STEP[,STEP...]. Exit status 1 when a step failed.
 # Time boxes (seconds) can be changed by environment: T_DATA T_TESTS T_PARITY T_MODELS T_TRAIN.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +32,7 @@ MODE=gpu
 DATA=.gpu_data
 OUT=""
 EPOCHS=""
+SEEDS=""
 SKIP=""
 STAGE=""
 while [ $# -gt 0 ]; do
@@ -36,9 +41,10 @@ while [ $# -gt 0 ]; do
         --data) DATA="$2"; shift ;;
         --out) OUT="$2"; shift ;;
         --epochs) EPOCHS="$2"; shift ;;
+        --seeds) SEEDS="$2"; shift ;;
         --skip) SKIP="$2"; shift ;;
         --stage) STAGE="$2"; shift ;;
-        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
         *) echo "gpu_check: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -114,9 +120,11 @@ if [ "$MODE" = cpu ]; then
         --models simple_cnn resnet
     run models "$T_MODELS" "$PY" benchmarks/models.py --backend numpy --batch 8 \
         --models 2conv --repeats 1 --no-torch --out "$OUT/models_cpu"
-    run train "$T_TRAIN" "$PY" -c "import sys; from tests import strict_device; \
-strict_device.install(); from minicnn.cli import run_example; sys.exit(run_example('cifar10', \
-['--smoke', '--backend', 'cupy', '--preset', 'gpu', '--out', '$OUT/train', '--no-plots']))"
+    run train "$T_TRAIN" bash -c "for seed in \$(seq 0 $((${SEEDS:-1} - 1))); do \
+echo \"== seed \$seed\"; \"$PY\" -c \"import sys; from tests import strict_device; strict_device.install(); \
+from minicnn.cli import run_example; sys.exit(run_example('cifar10', ['--smoke', '--backend', \
+'cupy', '--preset', 'gpu', '--seed', '\$seed', '--out', '$OUT/train_seed\$seed', \
+'--no-plots']))\" || exit 1; done"
 else
     if [ -d "$DATA/cifar10/cifar-10-batches-py" ]; then
         SUMMARY+=("$(printf '%-7s %-8s %s' data ok "found $DATA/cifar10/cifar-10-batches-py")")
@@ -136,8 +144,11 @@ else
     run parity "$T_PARITY" "$PY" benchmarks/gpu_parity.py --torch-speed
     run models "$T_MODELS" "$PY" benchmarks/models.py --backend cupy --batch 128 \
         --out "$OUT/models_cupy"
-    run train "$T_TRAIN" "$PY" examples/train_cifar.py --backend cupy --preset gpu \
-        --data "$DATA" --out "$OUT/train" ${EPOCHS:+--epochs "$EPOCHS"}
+    # One run per seed (never the best one alone: the summary gives mean and spread).
+    run train "$T_TRAIN" bash -c "for seed in \$(seq 0 $((${SEEDS:-3} - 1))); do \
+echo \"== seed \$seed\"; \"$PY\" examples/train_cifar.py --backend cupy --preset gpu \
+--data \"$DATA\" --seed \$seed --out \"$OUT/train_seed\$seed\" ${EPOCHS:+--epochs $EPOCHS} \
+|| exit 1; done"
 fi
 
 {
@@ -154,8 +165,18 @@ fi
         grep -E "^(model|2conv|vgg12|resnet) " "$OUT/models.log"
     fi
     if [ -f "$OUT/train.log" ]; then
-        echo "-- train_cifar"
-        grep -E "^epoch |test accuracy" "$OUT/train.log" | tail -n 3
+        echo "-- train_cifar (one run per seed)"
+        grep -E "^== seed|^warm-up|^training time|^test accuracy" "$OUT/train.log"
+        grep -E "^epoch " "$OUT/train.log" | tail -n 1
+        # mean and spread (sample standard deviation) of the seeds' accuracy and time
+        grep -E "^test accuracy" "$OUT/train.log" | sed -E \
+            's/^test accuracy: ([0-9.]+)%.*\(([0-9]+)m([0-9]+)s of training\)$/\1 \2 \3/' \
+            | awk '{a[NR] = $1; t[NR] = 60 * $2 + $3} END { if (NR == 0) exit;
+                for (i = 1; i <= NR; i++) { sa += a[i]; st += t[i] } ma = sa / NR; mt = st / NR;
+                for (i = 1; i <= NR; i++) { va += (a[i] - ma) ^ 2; vt += (t[i] - mt) ^ 2 }
+                sd = NR > 1 ? sqrt(va / (NR - 1)) : 0; sdt = NR > 1 ? sqrt(vt / (NR - 1)) : 0;
+                printf "test accuracy over %d seed(s): mean %.2f%% (sd %.2f), training time " \
+                       "mean %.1fs (sd %.1f)\n", NR, ma, sd, mt, sdt }'
     fi
     echo "$FAILS step(s) failed"
 } | tee "$OUT/summary.txt"

@@ -7,6 +7,7 @@ docstring. See ``minicnn.layers`` for the layers, ``minicnn.losses``, ``minicnn.
 
 from . import backend, gradcheck, init, layers, losses, optim
 from .backend import get_array_module, get_backend, set_backend, to_device, to_numpy
+from .functional.precision import PRECISIONS, autocast, get_precision, set_precision
 from .layers.base import Layer, Parameter
 
 __version__ = "0.1.0"
@@ -14,6 +15,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Layer", "Parameter", "backend", "gradcheck", "get_array_module", "get_backend", "init",
     "layers", "losses", "optim", "set_backend", "to_device", "to_numpy", "__version__",
+    "autocast", "set_precision", "get_precision", "PRECISIONS",
 ]
 
 

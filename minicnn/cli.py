@@ -41,6 +41,7 @@ from . import commands
 from .backend import BackendError
 from .commands import BadInput, one_line
 from .data import DatasetError
+from .functional.precision import PRECISIONS
 from .ladder import select_rungs
 from .models import MODELS
 from .presets import DATASETS, PRESETS, SMOKE_SIZES, TINY_MODEL_KWARGS
@@ -205,6 +206,11 @@ def _add_train_args(p: argparse.ArgumentParser, dataset: str | None) -> None:
                    help="test-time augmentation of the final test accuracy: flip (alone: "
                         "--tta) averages the logits of each image and its mirror image, "
                         "flip+shift also of both moved by one pixel; none to switch off")
+    p.add_argument("--precision", default=None, choices=PRECISIONS,
+                   help="number format of the GEMMs' inputs while training, with float32 "
+                        "weights, optimizer, BatchNorm and loss: fp32 (default), tf32, bf16, "
+                        "or fp16 with dynamic loss scaling; on the CPU an exact but slower "
+                        "emulation (docs/precision.md)")
     p.add_argument("--seed", type=_int(0), default=0)
     p.add_argument("--out", default=None, metavar="DIR", type=_folder,
                    help="output folder (default runs/<dataset>)")

@@ -20,8 +20,9 @@ harness refuses such a source. One-dimensional launches only (``.x``).
 
 What it checks beyond the twin's numbers (``check_against_twin``):
 
-- arguments against the C signature, as the stand-in does (NumPy scalars of the exact C type,
-  C-contiguous arrays of the right dtype);
+- arguments against the C signature with the stand-in's own check
+  (``strict_device.check_kernel_args``: NumPy scalars of the exact C type, C-contiguous arrays
+  of the right dtype);
 - out-of-bounds accesses: every array is copied into a buffer with guard zones on both sides,
   filled with NaN (float) or a byte pattern (integers); a write there fails the launch, a read
   there poisons the result with NaN;
@@ -48,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from tests.strict_device import C_SCALARS, SIGNATURE, c_params
+from tests.strict_device import SIGNATURE, c_params, check_kernel_args
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNEL_DIR = ROOT / "minicnn" / "kernels"
@@ -60,7 +61,7 @@ GUARD = 256                       # guard elements on each side of every array (
 
 __all__ = ["EmulationError", "UnsupportedKernel", "gxx_available", "skip_without_gxx",
            "family_path", "families", "check_emulatable", "translation_unit", "float_upcasts",
-           "emulated", "check_against_twin"]
+           "emulated", "stored_as", "check_against_twin"]
 
 
 class EmulationError(RuntimeError):
@@ -296,29 +297,6 @@ class EmulatedKernel:
     def __repr__(self) -> str:
         return f"<emulated {self._where}:{self.name} ({self.dtype})>"
 
-    def _check(self, args: tuple) -> None:
-        where = f"emulated kernel {self.name}"
-        if len(args) != len(self.params):
-            raise TypeError(f"{where}: {len(self.params)} arguments expected, got {len(args)}")
-        for i, (a, (ctype, pointer)) in enumerate(zip(args, self.params, strict=True)):
-            expected = C_SCALARS.get(ctype)
-            if pointer:
-                if not isinstance(a, np.ndarray):
-                    raise TypeError(f"{where}: argument {i} is a {ctype}* (an array), got "
-                                    f"{type(a).__name__}")
-                if expected is not None and a.dtype != expected:
-                    raise TypeError(f"{where}: argument {i} is a {ctype}*, got a {a.dtype} "
-                                    f"array")
-                if not a.flags.c_contiguous:
-                    raise ValueError(f"{where}: argument {i} ({ctype}*) must be C-contiguous "
-                                     f"(a kernel reads raw memory)")
-            else:
-                if expected is None:
-                    raise TypeError(f"{where}: argument {i}: unknown C type {ctype!r}")
-                if type(a) is not expected:
-                    raise TypeError(f"{where}: argument {i} is a {ctype}: pass numpy."
-                                    f"{expected.__name__}, got {type(a).__name__}")
-
     def __call__(self, grid: int | tuple, block: int | tuple, *args: Any,
                  reverse: bool = False, guard: bool | int = True) -> None:
         """Launch on the CPU, writing the arrays of ``args`` in place as the GPU would.
@@ -332,7 +310,7 @@ class EmulatedKernel:
         grid, block = _dim(grid, "grid"), _dim(block, "block")
         if block > 1024:
             raise ValueError(f"emulated kernel {self.name}: block {block} > 1024 threads")
-        self._check(args)
+        check_kernel_args(args, self.params, f"emulated kernel {self.name}", device=False)
         call: list[Any] = []
         guarded: dict[tuple[int, int], tuple[np.ndarray, _Guarded]] = {}
         arrays = [a for a in args if isinstance(a, np.ndarray)]
@@ -458,6 +436,14 @@ def _emulated(path: Path, dtype: np.dtype, code: str) -> EmulatedFamily:
 # --------------------------------------------------------------------------------------------
 # Kernel against twin
 # --------------------------------------------------------------------------------------------
+
+def stored_as(a: np.ndarray, order: Sequence[int]) -> np.ndarray:
+    """``a`` copied into memory that holds its axes in ``order`` (e.g. (0, 2, 3, 1):
+    channels-last), viewed in ``a``'s logical shape: a kernel input as a layer would pass it
+    (on the host; ``tests.conftest.on_device`` puts it on the device)."""
+    order = tuple(int(k) for k in order)
+    return np.ascontiguousarray(a.transpose(order)).transpose(tuple(np.argsort(order)))
+
 
 def _copy_args(args: Sequence[Any], outputs: Sequence[int]) -> list[Any]:
     """Copies of the arrays (the same array twice stays one copy: in-place kernels), with the

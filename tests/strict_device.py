@@ -844,6 +844,43 @@ def c_params(code: str, scalar: str | None) -> dict[str, list[tuple[str, bool]]]
     return kernels
 
 
+def check_kernel_args(args: tuple, params: list[tuple[str, bool]], where: str, *,
+                      device: bool = True) -> None:
+    """Check a launch's ``args`` against the kernel's C signature ``params`` (``c_params``).
+
+    A pointer takes a C-contiguous array of its element type (a kernel reads raw memory); a
+    scalar parameter takes a NumPy scalar of exactly its C type (``C_SCALARS``: CuPy passes a
+    scalar by its bytes, so a Python int or float, or another width, is a silent bug on a
+    GPU). ``device``: the arrays are the stand-in's device arrays (a launch on the stand-in);
+    False: NumPy arrays (the CPU emulation, tests/cuda_emulation.py). Raises ``TypeError``
+    (``StrictDeviceError`` for a host array where a device array belongs) or ``ValueError``
+    (a non-contiguous array).
+    """
+    if len(args) != len(params):
+        raise TypeError(f"{where}: {len(params)} arguments expected, got {len(args)}")
+    array_type, what = (ndarray, "a device array") if device else (np.ndarray, "an array")
+    for i, (a, (ctype, pointer)) in enumerate(zip(args, params, strict=True)):
+        expected = C_SCALARS.get(ctype)
+        if pointer:
+            if not isinstance(a, array_type):
+                error = StrictDeviceError if device else TypeError
+                raise error(f"{where}: argument {i} is a {ctype}* ({what}), got "
+                            f"{type(a).__name__}")
+            host = a._a if device else a
+            if expected is not None and host.dtype != expected:
+                raise TypeError(f"{where}: argument {i} is a {ctype}*, got a {host.dtype} "
+                                f"array")
+            if not host.flags.c_contiguous:
+                raise ValueError(f"{where}: argument {i} ({ctype}*) must be C-contiguous "
+                                 f"(a kernel reads raw memory)")
+        elif expected is None:
+            raise TypeError(f"{where}: argument {i}: unknown C type {ctype!r}")
+        elif type(a) is not expected:
+            raise TypeError(f"{where}: argument {i} is a {ctype}: pass numpy."
+                            f"{expected.__name__}, got {type(a).__name__} (CuPy passes a "
+                            f"scalar by its bytes)")
+
+
 class RawKernel:
     """A compiled kernel of the stand-in: checks the arguments against the C signature, then
     runs the twin registered in ``minicnn.kernels`` (one launch)."""
@@ -863,35 +900,10 @@ class RawKernel:
             raise ValueError(f"{where}: grid {grid} / block {block} out of range")
         args = tuple(args)
         if self._params is not None:
-            if len(args) != len(self._params):
-                raise TypeError(f"{where}: {len(self._params)} arguments expected, got "
-                                f"{len(args)}")
-            for i, (a, (ctype, pointer)) in enumerate(zip(args, self._params, strict=True)):
-                self._check(i, a, ctype, pointer, where)
+            check_kernel_args(args, self._params, where)
         host = tuple(a._a if type(a) is ndarray else a for a in args)
         _launch(where)
         twin_of(self.name)(*host)
-
-    @staticmethod
-    def _check(i: int, a: Any, ctype: str, pointer: bool, where: str) -> None:
-        expected = C_SCALARS.get(ctype)
-        if pointer:
-            if type(a) is not ndarray:
-                raise StrictDeviceError(f"{where}: argument {i} is a {ctype}* (a device "
-                                        f"array), got {type(a).__name__}")
-            if expected is not None and a._a.dtype != expected:
-                raise TypeError(f"{where}: argument {i} is a {ctype}*, got a {a._a.dtype} "
-                                f"array")
-            if not a._a.flags.c_contiguous:
-                raise ValueError(f"{where}: argument {i} ({ctype}*) must be C-contiguous "
-                                 f"(a kernel reads raw memory)")
-        else:
-            if expected is None:
-                raise TypeError(f"{where}: argument {i}: unknown C type {ctype!r}")
-            if type(a) is not expected:
-                raise TypeError(f"{where}: argument {i} is a {ctype}: pass numpy."
-                                f"{expected.__name__}, got {type(a).__name__} (CuPy passes a "
-                                f"scalar by its bytes)")
 
 
 class RawModule:

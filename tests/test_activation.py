@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minicnn import layers as L
-from minicnn.functional.special import erf, erfc
+from minicnn.functional.special import erf, erfc, normal_cdf
 from minicnn.gradcheck import assert_gradients
 from tests.conftest import away_from_zero
 
@@ -186,6 +186,36 @@ def test_erf_erfc_float32_relative_accuracy_over_a_wide_range():
     np.testing.assert_allclose(erfc(x), sp.erfc(x64), rtol=1e-6, atol=0)
     assert erf(x).dtype == np.float32 and erfc(x).dtype == np.float32
     np.testing.assert_array_equal(erf(np.array([np.nan, -np.inf, np.inf])), [np.nan, -1.0, 1.0])
+
+
+def test_erf_erfc_float16_are_evaluated_in_float32():
+    # Cody's sums reach 2e6 at |x| = 4, past float16's largest number (65504): in float16
+    # they overflowed to NaN. A float16 input is computed in float32 and rounded back.
+    x = np.linspace(-6.0, 6.0, 1001).astype(np.float16)
+    with np.errstate(over="raise", invalid="raise"):    # (underflow to 0 is expected)
+        e, c = erf(x), erfc(x)
+        y = L.GELU()(x)
+    assert e.dtype == c.dtype == y.dtype == np.float16
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(e, sp.erf(x64), rtol=1e-3, atol=1e-7)   # float16's rounding
+    np.testing.assert_allclose(c, sp.erfc(x64), rtol=1e-3, atol=1e-7)
+    # GELU: float16 rounds -x/√2, which Φ's left tail magnifies x²-fold: absolute accuracy.
+    assert np.all(np.isfinite(y))
+    np.testing.assert_allclose(y, x64 * sp.ndtr(x64), rtol=2e-3, atol=3e-4)
+
+
+def test_normal_cdf_matches_scipy_also_in_the_left_tail():
+    # Φ(x) = ½ erfc(-x/√2): relative accuracy down to Φ(-37) ≈ 6e-300, where ½ (1 + erf)
+    # would give 0 from x ≈ -8.3 on.
+    x = np.linspace(-37.0, 8.0, 10_001)
+    np.testing.assert_allclose(normal_cdf(x), sp.ndtr(x), rtol=1e-13, atol=0)
+    # float32: a few units in the last place, times Φ's condition number in the left tail
+    # (d log Φ / d log x ≈ x²: the rounding of -x/√2 alone costs x² · 6e-8 relative).
+    x32 = np.linspace(-9.0, 5.0, 10_001).astype(np.float32)
+    assert normal_cdf(x32).dtype == np.float32
+    exact = sp.ndtr(x32.astype(np.float64))
+    relative = np.abs(normal_cdf(x32) / exact - 1.0)
+    assert np.all(relative <= 3e-7 * (1.0 + x32.astype(np.float64) ** 2)), relative.max()
 
 
 def test_gelu_left_tail_keeps_relative_accuracy():

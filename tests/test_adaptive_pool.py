@@ -129,6 +129,65 @@ def test_no_host_sync_or_copy_on_the_device(strict_cupy):
     assert rec.h2d_bytes == 0, rec.report("h2d")
 
 
+def stored_nhwc(a) -> bool:
+    """The (N, C, H, W) array ``a`` is stored NHWC (channels fastest)."""
+    return a.transpose(0, 2, 3, 1).flags.c_contiguous
+
+
+def nhwc_view(xp, a):
+    """The host array ``a`` (N, C, H, W) on ``xp``, stored NHWC and viewed as (N, C, H, W)."""
+    return xp.asarray(np.ascontiguousarray(a.transpose(0, 2, 3, 1))).transpose(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("dout_layout", ["nhwc", "nchw"])
+@pytest.mark.parametrize("output_size", [1, (3, 2), (9, None), (2, 7)])
+def test_channels_last_in_channels_last_out(xp, output_size, dout_layout):
+    # On CuPy (and the strict stand-in) a matmul writes C-ordered in its logical shape, so
+    # the NCHW products would turn a channels-last x into an NCHW y; a channels-last x is
+    # pooled on its NHWC view instead, and dx follows x whatever dout's layout. The numbers
+    # are the loop twins'.
+    rng = np.random.default_rng(6)
+    x_np = rng.standard_normal((2, 4, 7, 5)).astype(np.float32)
+    layer = AdaptiveAvgPool2d(output_size)
+    y = layer(nhwc_view(xp, x_np))
+    out_hw = resolved(output_size if isinstance(output_size, tuple) else (output_size,) * 2,
+                      x_np.shape)
+    assert y.shape == (2, 4, *out_hw) and stored_nhwc(y)
+    np.testing.assert_allclose(to_numpy(y), ref.adaptive_avg_pool2d(x_np, out_hw),
+                               rtol=1e-5, atol=1e-6)
+    dout_np = rng.standard_normal(y.shape).astype(np.float32)
+    dout = nhwc_view(xp, dout_np) if dout_layout == "nhwc" else xp.asarray(dout_np)
+    dx = layer.backward(dout)
+    assert dx.dtype == xp.float32 and stored_nhwc(dx)
+    np.testing.assert_allclose(to_numpy(dx), ref.adaptive_avg_pool2d_backward(dout_np, x_np.shape),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_nchw_in_nchw_out(xp):
+    x = xp.asarray(np.random.default_rng(7).standard_normal((2, 4, 7, 5)), dtype=xp.float32)
+    layer = AdaptiveAvgPool2d((3, 2))
+    y = layer(x)
+    assert y.flags.c_contiguous and layer.backward(xp.ones_like(y)).flags.c_contiguous
+
+
+@pytest.mark.cupy
+def test_two_launches_each_way_in_either_layout(strict_cupy):
+    # Two GEMMs per pass, as the NCHW products: the NHWC view costs no copy.
+    import minicnn as mc
+    x_np = np.random.default_rng(8).standard_normal((2, 4, 7, 5)).astype(np.float32)
+    xp = mc.backend.get_xp()
+    for x in (xp.asarray(x_np), nhwc_view(xp, x_np)):
+        layer = AdaptiveAvgPool2d((3, 2))
+        layer(x)                                    # the matrices: built once, then cached
+        with strict_cupy.record() as forward:
+            y = layer(x)
+        dout = xp.ones_like(y)
+        with strict_cupy.record() as backward:
+            layer.backward(dout)
+        assert (forward.launches, backward.launches) == (2, 2), \
+            forward.report("launch") + backward.report("launch")
+
+
 def test_repr_and_no_parameters():
     assert repr(AdaptiveAvgPool2d(1)) == "AdaptiveAvgPool2d(output_size=1)"
     assert repr(AdaptiveAvgPool2d((2, None))) == "AdaptiveAvgPool2d(output_size=(2, None))"

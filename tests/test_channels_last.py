@@ -24,22 +24,16 @@ from tests.test_layer_contract import EXAMPLES, LAYERS
 FOUR_D_INPUTS = {name: (2, 3, 4, 5) for name in (
     "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "SiLU", "GELU", "Dropout", "Identity")}
 
-# Layers that still lose the layout, none of them in this file's owner's reach (issue 24):
-# the lead empties this set as they are fixed; test_not_yet_still_fails says when one is.
+# Layers that lose the layout (issue 24), each with its reason: an entry comes out when its
+# layer keeps the layout (test_not_yet_still_fails says when one does).
 # Each entry: (class name, "forward" | "backward").
 NOT_YET = {
-    # layers/pool.py (the pooling work): the adaptive mean and its backward write new
-    # C-ordered arrays.
-    ("AdaptiveAvgPool2d", "forward"), ("AdaptiveAvgPool2d", "backward"),
-    # functional/normalization.py (the BatchNorm work): GroupNorm's and InstanceNorm's
-    # normalisation over (N, G, C/G, H, W) reshapes and writes NCHW, both ways.
-    ("GroupNorm", "forward"), ("GroupNorm", "backward"),
-    ("InstanceNorm2d", "forward"), ("InstanceNorm2d", "backward"),
-    # layers/local_response_norm.py (new, issue 26): its window sums over channels write NCHW.
-    ("LocalResponseNorm", "forward"), ("LocalResponseNorm", "backward"),
-    # layers/upsample.py: the nearest/bilinear gather and scatter make C-ordered arrays.
-    ("Upsample", "forward"), ("Upsample", "backward"),
-    # layers/reshape.py, Flatten.backward: dout.reshape(x.shape) is NCHW whatever x was.
+    # layers/reshape.py, Flatten.backward, by choice: dout (N, C·H·W) is in (c, h, w) order
+    # (the order the next Linear's weights use), so a dx stored NHWC is a full transposing
+    # copy: one more launch per step in 2conv and VGG-12, whose Flatten follows a max pool
+    # whose backward kernel reads dout through its strides (and writes its dx channels-last
+    # anyway). A Conv2d before a Flatten makes that copy itself (its (N·H·W, C) dout
+    # matrix), so one here would only move it. dx stays the free view dout.reshape(x.shape).
     ("Flatten", "backward"),
 }
 

@@ -945,3 +945,116 @@ def test_pytorch_style_resize_and_conv_transpose(tmp_path):
     assert model.layers[0].output_padding == (1, 1) and model.layers[1].interpolation == "bilinear"
     x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
     assert_close(model.forward(x), run_ort(path, x))
+
+
+# -- Upsample by any scale or to a size (PyTorch's rules; Resize with float32 scales) -------
+
+@pytest.mark.parametrize("layer, shape", [
+    (L.Upsample(1.5), (2, 5, 6)),
+    (L.Upsample((2.6, 0.5), mode="bilinear"), (2, 7, 8)),
+    (L.Upsample(size=(7, 9)), (2, 4, 5)),
+    (L.Upsample(size=(11, 3), mode="bilinear"), (2, 4, 5)),
+    (L.Upsample(2.5, recompute_scale_factor=True), (2, 3, 5)),
+    # 17 rows × 1.2 = 20: float32(1.2) > 1.2, so ONNX's 18 / 1.2f lands below 15 where
+    # PyTorch reads row 15; the export writes the float32 just below (one ulp).
+    (L.Upsample((1.2, 2)), (1, 17, 3)),
+    # 1.1 keeps 6 columns (PyTorch copies that axis): written as scale 1.
+    (L.Upsample((2.5, 1.1)), (1, 3, 6)),
+], ids=["nearest-1.5", "bilinear-2.6x0.5", "nearest-size", "bilinear-size", "recompute",
+        "nearest-17x1.2", "nearest-kept-axis"])
+def test_upsample_by_any_scale_or_size_round_trips(layer, shape, tmp_path):
+    imported, path = round_trip(layer, shape, tmp_path)
+    assert op_types(path) == ["Resize"]
+    back = imported.layers[0]
+    assert type(back) is L.Upsample and back.interpolation == layer.interpolation
+    x = np.random.default_rng(1).standard_normal((2, *shape)).astype(np.float32)
+    assert imported.forward(x).shape == layer.forward(x).shape
+
+
+def test_upsample_export_scale_is_checked_against_onnx_rule():
+    """The written float32 scale reproduces PyTorch's pixels under ONNX's division."""
+    from minicnn.functional.resample import nearest_matrix
+    from minicnn.interop.export import onnx_resize_matrix, onnx_resize_size
+    # 18 / float32(1.2) = 14.99999... -> row 14, PyTorch reads 15: float32(1.2) alone fails.
+    scale = np.float32(1.2)
+    assert onnx_resize_matrix(17, 20, scale, "nearest")[18].argmax() == 14
+    assert nearest_matrix(np, 17, 20, np.float64, 1.2)[18].argmax() == 15
+    below = np.nextafter(scale, np.float32(0))
+    assert onnx_resize_size(17, below) == 20
+    np.testing.assert_array_equal(onnx_resize_matrix(17, 20, below, "nearest"),
+                                  nearest_matrix(np, 17, 20, np.float64, 1.2))
+
+
+def test_upsample_that_onnx_cannot_write_is_one_error(tmp_path):
+    """26 rows to 4: PyTorch reads row floor(2 · 6.5) = 13; ONNX reads floor(2 / s) for the
+    float32 s, and s >= 4/26 (the output length) puts that below 13."""
+    model = L.Sequential(L.Conv2d(3, 2, 1), L.Upsample(size=(4, 4)))
+    with pytest.raises(ValueError) as info:
+        to_onnx(model, tmp_path / "m.onnx", (3, 26, 8))
+    message = str(info.value)
+    assert "layer 'layers.1' (Upsample(size=4, mode='nearest')) takes 26 to 4 rows" in message
+    assert "no float32 scale reads the same input rows" in message
+    assert not (tmp_path / "m.onnx").exists()
+    to_onnx(L.Sequential(L.Conv2d(3, 2, 1), L.Upsample(size=(4, 4), mode="bilinear")),
+            tmp_path / "m.onnx", (3, 26, 8))   # bilinear: the weights agree to rounding
+
+
+@pytest.mark.parametrize("mode, coords, sizes", [
+    ("nearest", "asymmetric", [7, 9]), ("linear", "pytorch_half_pixel", [7, 3]),
+    ("linear", "half_pixel", [5, 12])])
+def test_resize_with_non_integer_sizes_imports(mode, coords, sizes, tmp_path):
+    """A Resize to sizes that are no multiple of H, W (constant sizes, as written by
+    torch.onnx.export for nn.Upsample(size=...) at a fixed batch): Upsample(size=...)."""
+    inits = [numpy_helper.from_array(np.array([1, 3, *sizes], np.int64), "sizes")]
+    attrs = dict(nearest_mode="floor") if mode == "nearest" else {}
+    nodes = [helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], name="up", mode=mode,
+                              coordinate_transformation_mode=coords, **attrs)]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, *sizes])],
+        initializer=inits)
+    path = save(tmp_path, helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                                            ir_version=8), "sizes.onnx")
+    model = from_onnx(path)
+    (layer,) = model.layers
+    assert type(layer) is L.Upsample
+    x = np.random.default_rng(2).standard_normal((1, 3, 4, 5)).astype(np.float32)
+    assert_close(model.forward(x), run_ort(path, x))
+
+
+def test_resize_at_an_exact_tie_imports_with_onnx_pixels(tmp_path):
+    """26 rows to 4 with nearest: ONNX reads row floor(2 / (4/26)) = 12 (the float32
+    division lands below 13), PyTorch's rule for size=4 reads 13. The importer picks the
+    layer that reads ONNX's pixels: the file's float32 scale, whose float32 reciprocal
+    (6.4999995) puts output 2 at 12.99999 under PyTorch's rule too."""
+    inits = [numpy_helper.from_array(np.array([1, 3, 4, 8], np.int64), "sizes")]
+    nodes = [helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], name="up",
+                              mode="nearest", coordinate_transformation_mode="asymmetric",
+                              nearest_mode="floor")]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 26, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 8])],
+        initializer=inits)
+    path = save(tmp_path, helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                                            ir_version=8), "tie.onnx")
+    (layer,) = from_onnx(path).layers
+    assert layer.size is None and layer.scale_factor[0] == float(np.float32(4) / np.float32(26))
+    x = np.random.default_rng(3).standard_normal((1, 3, 26, 8)).astype(np.float32)
+    assert_close(layer.forward(x), run_ort(path, x))
+    assert not np.array_equal(L.Upsample(size=(4, 8)).forward(x), run_ort(path, x))
+
+
+def test_resize_with_scales_that_round_differently_is_one_error(tmp_path):
+    """5 · float32(1.8) is 8.99999976: 9 rows for ONNX Runtime (float32), 8 for ONNX's
+    shape inference (float64). minicnn refuses the ambiguity."""
+    inits = [numpy_helper.from_array(np.array([1, 1, 1.8, 2], np.float32), "scales")]
+    nodes = [helper.make_node("Resize", ["x", "", "scales"], ["y"], name="up",
+                              mode="nearest", coordinate_transformation_mode="asymmetric",
+                              nearest_mode="floor")]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 5, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        initializer=inits)
+    path = save(tmp_path, helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                                            ir_version=8), "round.onnx")
+    expect_error(path, "the output size of 5×4 rounds differently")

@@ -12,6 +12,8 @@
   catch (out-of-bounds writes and reads, grid-dependent results, races, forgotten outputs,
   wrong argument types, constructs it cannot emulate). Each family's kernels are checked
   against their twins with it in tests/test_kernels_<family>.py.
+- **The argument check** (``strict_device.check_kernel_args``), shared by the emulation and
+  the strict stand-in's ``RawKernel``: both refuse the same ill-typed launches.
 """
 
 from __future__ import annotations
@@ -329,24 +331,45 @@ def test_emulation_passes_a_correct_copy(tmp_path):
     np.testing.assert_array_equal(out[1], x)
 
 
+def _bad_axpy_arguments(x, y, to=lambda a: a):
+    """Launch arguments of probe_axpy(x, y, alpha, n) that break its C signature, with the
+    error each must raise; ``to`` puts an array where the kernel reads it (the device)."""
+    return [((to(x), to(y), 1.0, np.int64(4)), TypeError),                 # a Python float
+            ((to(x), to(y), np.float64(1), np.int64(4)), TypeError),       # wrong scalar type
+            ((to(x), to(y), np.float32(1), np.int32(4)), TypeError),       # int for long long
+            ((to(x.astype(np.float64)), to(y), np.float32(1), np.int64(4)), TypeError),
+            ((to(np.ones(8, np.float32))[::2], to(y), np.float32(1), np.int64(4)), ValueError),
+            ((to(x), to(y), np.float32(1)), TypeError),                    # an argument missing
+            ((x.tolist(), to(y), np.float32(1), np.int64(4)), TypeError)]  # not an array
+
+
 def test_emulation_checks_arguments_like_the_stand_in():
     k = emu.emulated(PROBE, np.float32).probe_axpy
     x, y = np.ones(4, np.float32), np.ones(4, np.float32)
     k(1, 4, x, y, np.float32(1), np.int64(4))
-    bad = [((x, y, 1.0, np.int64(4)), TypeError),                # a Python float
-           ((x, y, np.float64(1), np.int64(4)), TypeError),       # the wrong scalar type
-           ((x, y, np.float32(1), np.int32(4)), TypeError),       # int for long long
-           ((x.astype(np.float64), y, np.float32(1), np.int64(4)), TypeError),
-           ((np.ones(8, np.float32)[::2], y, np.float32(1), np.int64(4)), ValueError),
-           ((x, y, np.float32(1)), TypeError),                    # an argument missing
-           ((x.tolist(), y, np.float32(1), np.int64(4)), TypeError)]
-    for args, error in bad:
+    for args, error in _bad_axpy_arguments(x, y):
         with pytest.raises(error):
             k(1, 4, *args)
     with pytest.raises(ValueError, match="one-dimensional"):
         k((1, 2), (4,), x, y, np.float32(1), np.int64(4))
     with pytest.raises(ValueError, match="1024"):
         k(1, 2048, x, y, np.float32(1), np.int64(4))
+
+
+def test_stand_in_checks_arguments_against_the_signature():
+    """The strict stand-in's RawKernel refuses the launches the emulation refuses (the same
+    check, ``strict_device.check_kernel_args``), and a host array where a device array
+    belongs."""
+    from tests import strict_device
+
+    module = strict_device.RawModule(code=PROBE.read_text(), options=("-DSCALAR=float",))
+    k = module.get_function("probe_axpy")
+    x, y = np.ones(4, np.float32), np.ones(4, np.float32)
+    for args, error in _bad_axpy_arguments(x, y, to=strict_device.asarray):
+        with pytest.raises(error):
+            k((1,), (4,), args)
+    with pytest.raises(strict_device.StrictDeviceError, match="device array"):
+        k((1,), (4,), (x, strict_device.asarray(y), np.float32(1), np.int64(4)))
 
 
 def test_emulation_in_place_arguments_share_memory(tmp_path):

@@ -22,7 +22,8 @@ import minicnn as mc
 from minicnn import layers as L
 from minicnn.functional.normalization import batch_norm_backward, batch_norm_forward, center
 from minicnn.kernels import batchnorm as bn
-from tests.cuda_emulation import check_against_twin, emulated, skip_without_gxx
+from tests.conftest import on_device
+from tests.cuda_emulation import check_against_twin, emulated, skip_without_gxx, stored_as
 
 TOL = {np.float32: 5e-5, np.float64: 1e-10}
 on_the_stand_in = settings(max_examples=40, deadline=None,
@@ -35,15 +36,7 @@ ORDERS = {2: [(0, 1), (1, 0)],
           4: [(0, 1, 2, 3), (0, 2, 3, 1), (1, 0, 2, 3), (0, 3, 2, 1)]}
 
 
-def on_device(a: np.ndarray, order: tuple[int, ...]) -> object:
-    """``a`` on the device, its memory holding the axes in ``order`` (e.g. (0, 2, 3, 1):
-    channels-last), viewed in ``a``'s logical shape."""
-    stored = mc.to_device(np.ascontiguousarray(a.transpose(order)))
-    return stored.transpose(tuple(int(k) for k in np.argsort(order)))
-
-
-def host(a: object) -> np.ndarray:
-    return mc.to_numpy(a)
+host = mc.to_numpy
 
 
 def same_layout(a: object, b: object) -> bool:
@@ -344,8 +337,7 @@ def test_numpy_functional_keeps_its_cache_and_running_stats():
 def _case(rng: np.random.Generator, dtype: type, shape: tuple[int, ...],
           order: tuple[int, ...], mean: float = 0.0) -> dict:
     """Random kernel arguments for an (N, C, *spatial) input stored in ``order``."""
-    x = np.ascontiguousarray((rng.standard_normal(shape) * 2 + mean).transpose(order)
-                             ).astype(dtype).transpose(tuple(np.argsort(order)))
+    x = stored_as((rng.standard_normal(shape) * 2 + mean).astype(dtype), order)
     lay = bn.channel_layout(x)
     M = shape[0] * int(np.prod(shape[2:]))
     C = shape[1]

@@ -146,6 +146,30 @@ def test_activation_gradcheck_on_the_device(strict_cupy, name):
     assert y.strides == x_dev.strides
 
 
+@pytest.mark.cupy
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_float16_on_the_device_takes_the_array_code(strict_cupy, name):
+    """The kernels are compiled for float32 and float64 only: a float16 array on CuPy takes
+    the plain array code of functional/activation.py (no kernel), as on NumPy."""
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((2, 3, 4, 5)) * 3).astype(np.float16)
+    dout = rng.standard_normal(x.shape).astype(np.float16)
+    reference = ACTIVATIONS[name]()
+    y_ref, dx_ref = reference.forward(x), reference.backward(dout)
+    layer = ACTIVATIONS[name]()
+    x_dev, dout_dev = mc.to_device(x), mc.to_device(dout)
+    with strict_cupy.record() as rec:
+        y = layer.forward(x_dev)
+        dx = layer.backward(dout_dev)
+    kernels = [e.what for e in rec.of("launch") if e.what.startswith("RawKernel")]
+    assert rec.launches >= 1 and not kernels, kernels
+    assert rec.events == [], rec.report()
+    assert y.dtype == np.float16 and dx.dtype == np.float16
+    # The same array code (GELU's erfc aside: CuPy's own there), rounded to float16.
+    np.testing.assert_allclose(host(y), y_ref, rtol=4e-3, atol=4e-3)
+    np.testing.assert_allclose(host(dx), dx_ref, rtol=4e-3, atol=4e-3)
+
+
 # -- dropout and Residual's add --------------------------------------------------------------
 
 @pytest.mark.cupy
@@ -175,6 +199,24 @@ def test_dropout_on_the_device_is_one_launch_each_way(strict_cupy, dtype, p):
     with strict_cupy.record() as rec:
         assert layer.backward(layer.forward(x_dev)) is x_dev
     assert rec.launches == 0
+
+
+@pytest.mark.cupy
+def test_dropout_float16_on_the_device_draws_the_kernels_bits(strict_cupy):
+    """float16 has no kernel: the array code draws the same ``random_bits`` mask."""
+    x = np.random.default_rng(3).standard_normal((4, 50)).astype(np.float16)
+    layer = L.Dropout(0.3, seed=11)
+    seed = random_seed(np.random.default_rng(11))
+    x_dev = mc.to_device(x)
+    with strict_cupy.record() as rec:
+        y = layer.forward(x_dev)
+    assert not [e for e in rec.of("launch") if e.what.startswith("RawKernel")]
+    assert rec.events == [], rec.report()
+    keep = random_bits(np, x.shape, seed) >= np.uint32(round(0.3 * 2**32))
+    mask = keep.astype(np.float16) * np.float16(1 / 0.7)
+    assert y.dtype == np.float16 and layer.mask.dtype == np.float16
+    np.testing.assert_array_equal(host(layer.mask), mask)
+    np.testing.assert_array_equal(host(y), x * mask)
 
 
 @pytest.mark.cupy

@@ -24,7 +24,7 @@ from minicnn.functional.im2col import col2im, im2col, output_size
 from minicnn.gradcheck import assert_gradients
 from minicnn.kernels import im2col as k
 from tests.conftest import channels_last, on_device
-from tests.cuda_emulation import check_against_twin, skip_without_gxx
+from tests.cuda_emulation import check_against_twin, skip_without_gxx, stored_as
 
 TOL = {np.float32: dict(rtol=1e-4, atol=1e-5), np.float64: dict(rtol=1e-11, atol=1e-12)}
 on_the_stand_in = settings(max_examples=30, deadline=None,
@@ -269,10 +269,6 @@ def test_bias_chunks_fill_the_gpu_and_stay_within_the_rows():
 
 # -- the CUDA C itself (g++ emulation) == the twins ----------------------------------------------
 
-def _geometry_args(N, C, H, W, KH, KW, sh, sw, top, left, Ho, Wo):
-    return tuple(np.int32(v) for v in (N, C, H, W, KH, KW, sh, sw, top, left, Ho, Wo))
-
-
 EMULATED = [  # (N, C, H, W, KH, KW, sh, sw, (top, bottom), (left, right))
     (2, 3, 5, 7, 3, 2, 2, 1, (1, 2), (0, 1)),
     (1, 5, 6, 6, 3, 3, 1, 1, (1, 1), (1, 1)),
@@ -281,34 +277,36 @@ EMULATED = [  # (N, C, H, W, KH, KW, sh, sw, (top, bottom), (left, right))
 ]
 
 
+def _emulated_case(geometry):
+    """(x shape, the kernels' int arguments, (Ho, Wo), a generator) of an EMULATED row."""
+    N, C, H, W, KH, KW, sh, sw, pads_h, pads_w = geometry
+    Ho, Wo = output_size((N, C, H, W), (KH, KW), (sh, sw), (pads_h, pads_w))
+    ints = k.geometry((N, C, H, W), (KH, KW), (sh, sw), (pads_h[0], pads_w[0]), (Ho, Wo))
+    return (N, C, H, W), ints, (Ho, Wo), np.random.default_rng(sum(geometry[:8]))
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("geometry", EMULATED, ids=str)
 @pytest.mark.parametrize("order", [NHWC, NCHW], ids=["nhwc", "nchw"])
 def test_emulated_im2col_gather_equals_its_twin(dtype, geometry, order):
     skip_without_gxx()
-    N, C, H, W, KH, KW, sh, sw, pads_h, pads_w = geometry
-    Ho, Wo = output_size((N, C, H, W), (KH, KW), (sh, sw), (pads_h, pads_w))
-    rng = np.random.default_rng(sum(geometry[:8]))
-    stored = rng.standard_normal(tuple(np.array([N, C, H, W])[list(order)])).astype(dtype)
-    base, strides = k.storage(stored.transpose(tuple(int(i) for i in np.argsort(order))))
+    (N, C, H, W), ints, (Ho, Wo), rng = _emulated_case(geometry)
+    KH, KW = geometry[4:6]
+    base, strides = k.storage(stored_as(rng.standard_normal((N, C, H, W)).astype(dtype), order))
     cols = np.empty((N * Ho * Wo, KH * KW * C), dtype)
-    args = (base, cols, *(np.int64(s) for s in strides),
-            *_geometry_args(N, C, H, W, KH, KW, sh, sw, pads_h[0], pads_w[0], Ho, Wo))
-    check_against_twin("im2col", "im2col_gather", dtype, 2, 32, args, outputs=(1,))
+    check_against_twin("im2col", "im2col_gather", dtype, 2, 32, (base, cols, *strides, *ints),
+                       outputs=(1,))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("geometry", EMULATED, ids=str)
 def test_emulated_col2im_gather_equals_its_twin(dtype, geometry):
     skip_without_gxx()
-    N, C, H, W, KH, KW, sh, sw, pads_h, pads_w = geometry
-    Ho, Wo = output_size((N, C, H, W), (KH, KW), (sh, sw), (pads_h, pads_w))
-    rng = np.random.default_rng(sum(geometry[:8]))
+    (N, C, H, W), ints, (Ho, Wo), rng = _emulated_case(geometry)
+    KH, KW = geometry[4:6]
     dcols = rng.standard_normal((N * Ho * Wo, KH * KW * C)).astype(dtype)
-    dx = np.empty((N, H, W, C), dtype)
-    args = (dcols, dx, *_geometry_args(N, C, H, W, KH, KW, sh, sw, pads_h[0], pads_w[0], Ho,
-                                       Wo))
-    check_against_twin("im2col", "col2im_gather", dtype, 2, 32, args, outputs=(1,))
+    check_against_twin("im2col", "col2im_gather", dtype, 2, 32,
+                       (dcols, np.empty((N, H, W, C), dtype), *ints), outputs=(1,))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -16,12 +16,13 @@ import copy
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import minicnn as mc
 from minicnn.kernels import optimizer as ko
 from minicnn.optim.flat import FlatLayout, layout_of
+from tests.cuda_emulation import check_against_twin, skip_without_gxx
 
 SHAPES = [(3, 2, 3, 3), (3,), (4, 5), (5,), (1,)]
 TOL = {np.float32: dict(rtol=2e-6, atol=1e-7), np.float64: dict(rtol=1e-13, atol=1e-15)}
@@ -51,8 +52,25 @@ def make_params(values, backend):
 
 
 def grads_for(step, shapes, dtype):
+    """The fixed gradients of ``step``: standard normal, one per shape."""
     rng = np.random.default_rng(100 + step)
     return [rng.standard_normal(s).astype(dtype) for s in shapes]
+
+
+def set_grads(params, step, dtype, to=mc.to_device):
+    """Give every parameter its gradient of ``step`` (``grads_for``), moved by ``to``."""
+    for p, g in zip(params, grads_for(step, [p.shape for p in params], dtype), strict=True):
+        p.set_grad(to(g))
+
+
+def one_zero_grad_sgd_step():
+    """Device parameters after one SGD step with zero gradients, and the optimizer."""
+    params = make_params(host_values(SHAPES, np.float32), "cupy")
+    opt = mc.optim.SGD(params, lr=0.1)
+    for p in params:
+        p.set_grad(p.data * 0)
+    opt.step()
+    return params, opt
 
 
 def train(backend, make_opt, values, steps=4, grouped=False, lrs=None, skip=None, ema=None,
@@ -117,20 +135,13 @@ def test_flat_step_equals_the_numpy_step(strict_cupy, name, dtype, grouped):
 
 
 @pytest.mark.cupy
+@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(sizes=st.lists(st.integers(1, 40), min_size=1, max_size=6),
        name=st.sampled_from(sorted(OPTIMIZERS)))
-def test_random_shapes(sizes, name):
-    from tests import strict_device
-
-    if not strict_device.installed():
-        pytest.skip("needs the strict CPU stand-in: pytest --strict-device")
+def test_random_shapes(strict_cupy, sizes, name):
     values = host_values([(n,) for n in sizes], np.float32, seed=len(sizes))
     want = train("numpy", OPTIMIZERS[name], values, 3)[0]
-    mc.set_backend("cupy")
-    try:
-        got = train("cupy", OPTIMIZERS[name], values, 3)[0]
-    finally:
-        mc.set_backend("numpy")
+    got = train("cupy", OPTIMIZERS[name], values, 3)[0]
     assert_same(got, want, np.float32)
 
 
@@ -211,8 +222,7 @@ def test_ema_update_is_one_launch_per_dtype(strict_cupy):
     opt = mc.optim.Adam(params)
     avg = mc.optim.EMA(params, decay=0.99, warmup=True)
     for _ in range(3):
-        for p, g in zip(params, grads_for(0, SHAPES, np.float32), strict=True):
-            p.set_grad(mc.to_device(g))
+        set_grads(params, 0, np.float32)
         opt.step()
         with strict_cupy.record() as rec:
             avg.update()
@@ -235,8 +245,7 @@ def test_rebinding_data_trains_the_new_values(strict_cupy):
             if step == 2:   # a user assigns new weights, as load_state_dict does
                 params[0].data = to(np.full(SHAPES[0], 0.5, np.float32))
                 params[3].data = to(np.arange(5, dtype=np.float32))
-            for p, g in zip(params, grads_for(step, SHAPES, np.float32), strict=True):
-                p.set_grad(to(g))
+            set_grads(params, step, np.float32, to)
             opt.step()
         runs[backend] = [mc.to_numpy(p.data) for p in params]
     assert_same(runs["cupy"], runs["numpy"], np.float32)
@@ -296,15 +305,13 @@ def test_dtype_change_builds_a_new_layout(strict_cupy):
     values = host_values(SHAPES, np.float32)
     params = make_params(values, "cupy")
     opt = mc.optim.SGD(params, lr=0.1, momentum=0.9)
-    for p, g in zip(params, grads_for(0, SHAPES, np.float32), strict=True):
-        p.set_grad(mc.to_device(g))
+    set_grads(params, 0, np.float32)
     opt.step()
     first = opt._layout
     for p in params:                                   # model.astype(float64), by hand
         p.data = p.data.astype(np.float64)
         p.grad = None
-    for p, g in zip(params, grads_for(1, SHAPES, np.float64), strict=True):
-        p.set_grad(mc.to_device(g))
+    set_grads(params, 1, np.float64)
     opt.step()
     assert opt._layout is not first and opt._layout.buckets[0].dtype == np.float64
     host = make_params(values, "numpy")
@@ -335,11 +342,7 @@ def test_gradients_assigned_by_hand_or_none(strict_cupy):
 
 @pytest.mark.cupy
 def test_two_optimizers_share_one_layout(strict_cupy):
-    params = make_params(host_values(SHAPES, np.float32), "cupy")
-    a = mc.optim.SGD(params, lr=0.1)
-    for p in params:
-        p.set_grad(p.data * 0)
-    a.step()
+    params, a = one_zero_grad_sgd_step()
     b = mc.optim.Adam(params)
     b.step()
     assert a._layout is b._layout
@@ -358,32 +361,18 @@ def test_numpy_keeps_the_per_parameter_path():
 
 @pytest.mark.cupy
 def test_pickled_parameter_forgets_the_flat_gradient_buffer(strict_cupy):
-    params = make_params(host_values(SHAPES, np.float32), "cupy")
-    opt = mc.optim.SGD(params, lr=0.1)
-    for p in params:
-        p.set_grad(p.data * 0)
-    opt.step()
+    params, _ = one_zero_grad_sgd_step()
     clone = copy.deepcopy(params[0])
     assert params[0]._grad_buffer is not None and clone._grad_buffer is None
 
 
 # -- the real CUDA C, run on the CPU ---------------------------------------------------------
 
-def _emulation():
-    try:
-        from tests import cuda_emulation
-    except ImportError:                                # pragma: no cover - not yet built
-        pytest.skip("tests/cuda_emulation.py is not available")
-    if not cuda_emulation.gxx_available():
-        pytest.skip("g++ not found")
-    return cuda_emulation
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("t0", [0.0, 4.0])
 @pytest.mark.parametrize("variant", [(0.0, 0), (0.01, 0), (0.01, 1)])
 def test_emulated_adam_equals_twin(dtype, t0, variant):
-    emu = _emulation()
+    skip_without_gxx()
     rng = np.random.default_rng(int(t0) + 7)
     n = 777
     theta, g, m = (rng.standard_normal(n).astype(dtype) for _ in range(3))
@@ -397,7 +386,7 @@ def test_emulated_adam_equals_twin(dtype, t0, variant):
     args = (np.int64(n), theta, g, m, v, hyper, np.int32(2), np.int32(0), np.float64(0.5),
             np.float64(0.9), np.float64(0.999), np.float64(1e-8), np.float64(wd),
             np.int32(decoupled))
-    out, _ = emu.check_against_twin("optimizer", "optim_adam_step", dtype, 3, 128, args)
+    out, _ = check_against_twin("optimizer", "optim_adam_step", dtype, 3, 128, args)
     assert out[5][3] == t0 + 1 and out[5][2] == t0    # the next count, in the other cell
     assert np.isfinite(out[1]).all()
 
@@ -410,7 +399,7 @@ def test_emulated_adam_equals_twin(dtype, t0, variant):
     dict(momentum=0.5, wd=0.0, nesterov=0, decoupled=0, first=0),
 ])
 def test_emulated_sgd_equals_twin(dtype, variant):
-    emu = _emulation()
+    skip_without_gxx()
     rng = np.random.default_rng(3)
     n = 1000
     theta, g, b = (rng.standard_normal(n).astype(dtype) for _ in range(3))
@@ -421,21 +410,21 @@ def test_emulated_sgd_equals_twin(dtype, variant):
             np.float64(variant["momentum"]), np.float64(0.1 if not variant["nesterov"] else 0),
             np.float64(variant["wd"]), np.int32(variant["nesterov"]),
             np.int32(variant["decoupled"]), np.int32(variant["first"]))
-    out, _ = emu.check_against_twin("optimizer", "optim_sgd_step", dtype, 2, 256, args)
+    out, _ = check_against_twin("optimizer", "optim_sgd_step", dtype, 2, 256, args)
     assert np.isfinite(out[1]).all()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("warmup", [0, 1])
 def test_emulated_ema_equals_twin(dtype, warmup):
-    emu = _emulation()
+    skip_without_gxx()
     rng = np.random.default_rng(5)
     n = 300
     shadow, theta = (rng.standard_normal(n).astype(dtype) for _ in range(2))
     hyper = np.array([-1.0, 6.0], np.float64)
     args = (np.int64(n), shadow, theta, hyper, np.int32(0), np.int32(1), np.float64(0.99),
             np.int32(warmup))
-    out, _ = emu.check_against_twin("optimizer", "optim_ema_update", dtype, 2, 64, args)
+    out, _ = check_against_twin("optimizer", "optim_ema_update", dtype, 2, 64, args)
     assert out[3][0] == 7.0
 
 
@@ -452,8 +441,9 @@ def test_twins_equal_the_readable_rules():
     for step in range(3):
         p.set_grad(g * (step + 1))
         opt.step()
-        ko._adam_twin(np.int64(50), flat, g * (step + 1), m, v, hyper, np.int32(1),
-                      np.int32(step % 2), np.float64(1.0), np.float64(0.9), np.float64(0.999),
-                      np.float64(1e-8), np.float64(0.1), np.int32(0))
+        ko.optim_adam_step_twin(np.int64(50), flat, g * (step + 1), m, v, hyper, np.int32(1),
+                                np.int32(step % 2), np.float64(1.0), np.float64(0.9),
+                                np.float64(0.999), np.float64(1e-8), np.float64(0.1),
+                                np.int32(0))
     np.testing.assert_allclose(flat, p.data, rtol=1e-14)
     np.testing.assert_allclose(m, opt.state[0]["m"], rtol=1e-14)

@@ -22,9 +22,9 @@ from minicnn.functional import reference as ref
 from minicnn.functional.im2col import output_size
 from minicnn.gradcheck import assert_gradients
 from minicnn.kernels import pool as k
-from minicnn.kernels.im2col import storage
+from minicnn.kernels.im2col import geometry, storage
 from tests.conftest import channels_last, on_device
-from tests.cuda_emulation import check_against_twin, skip_without_gxx
+from tests.cuda_emulation import check_against_twin, skip_without_gxx, stored_as
 
 TOL = {np.float32: dict(rtol=1e-5, atol=1e-6), np.float64: dict(rtol=1e-12, atol=1e-12)}
 on_the_stand_in = settings(max_examples=40, deadline=None,
@@ -140,17 +140,15 @@ EMULATED = [  # (N, C, H, W, KH, KW, sh, sw, ph, pw)
 
 
 def _args(N, C, H, W, KH, KW, sh, sw, ph, pw):
+    """The kernels' int arguments of an EMULATED row, and (Ho, Wo)."""
     Ho, Wo = output_size((N, C, H, W), (KH, KW), (sh, sw), ((ph, ph), (pw, pw)))
-    geometry = tuple(np.int32(v) for v in (N, C, H, W, KH, KW, sh, sw, ph, pw, Ho, Wo))
-    return geometry, (Ho, Wo)
+    return geometry((N, C, H, W), (KH, KW), (sh, sw), (ph, pw), (Ho, Wo)), (Ho, Wo)
 
 
 def _stored(shape, order, dtype, rng, ties=False):
     """(the buffer, its element strides) of an (N, C, ., .) array stored in ``order``."""
     a = rng.integers(-2, 3, shape) if ties else rng.standard_normal(shape)
-    stored = np.ascontiguousarray(a.astype(dtype).transpose(order))
-    base, strides = storage(stored.transpose(tuple(int(i) for i in np.argsort(order))))
-    return base, tuple(np.int64(s) for s in strides)
+    return storage(stored_as(a.astype(dtype), order))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

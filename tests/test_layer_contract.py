@@ -286,6 +286,7 @@ ZOO_KWARGS: dict[str, dict[str, Any]] = {
     "vgg16": dict(width=1 / 32, cifar=True, batchnorm=True, image_size=32),
     "lenet5": dict(),
     "resnet": dict(widths=(4, 8, 8), blocks=1),
+    "airbench94": dict(widths=(8, 16, 16)),
 }
 ZOO = sorted(models.MODELS)
 
@@ -294,6 +295,7 @@ def zoo_model(name: str, seed: int) -> tuple[Layer, np.ndarray]:
     mc.init.set_seed(seed)
     model = models.build(name, ZOO_KWARGS.get(name, {}))
     x = np.random.default_rng(7).standard_normal((3, *model.input_shape)).astype(np.float32)
+    models.fit_whitening(model, x)       # an unfitted PatchWhitening outputs zeros
     return model, x
 
 

@@ -186,6 +186,54 @@ def test_no_host_sync_on_the_strict_stand_in(strict_cupy):
     assert rec.h2d_bytes == 0, rec.report("h2d")
 
 
+def _nhwc_view(xp, a):
+    """The host array ``a`` (N, C, H, W) on ``xp``, stored NHWC and viewed as (N, C, H, W)."""
+    return xp.asarray(np.ascontiguousarray(a.transpose(0, 2, 3, 1))).transpose(0, 3, 1, 2)
+
+
+def _stored_nhwc(a):
+    return a.transpose(0, 2, 3, 1).flags.c_contiguous
+
+
+@pytest.mark.parametrize("dout_layout", ["nhwc", "nchw"])
+@pytest.mark.parametrize("size", [1, 4, 5, 9])
+def test_channels_last_in_channels_last_out(xp, size, dout_layout):
+    # A CuPy ufunc allocates C-ordered in the logical shape, so x² or s^(-beta) written that
+    # way would turn a channels-last x into an NCHW y; every full-size array is allocated
+    # like x instead, and dx follows x whatever dout's layout. Numbers: NumPy's, on NCHW.
+    layer = LocalResponseNorm(size, alpha=0.5, beta=0.75, k=2.0)
+    rng = np.random.default_rng(1)
+    x_np = (2 * rng.standard_normal((2, 6, 4, 3))).astype(np.float32)
+    dout_np = rng.standard_normal(x_np.shape).astype(np.float32)
+    y_np, dx_np = layer(x_np), layer.backward(dout_np)
+    y = layer(_nhwc_view(xp, x_np))
+    dout = _nhwc_view(xp, dout_np) if dout_layout == "nhwc" else xp.asarray(dout_np)
+    dx = layer.backward(dout)
+    assert _stored_nhwc(y) and _stored_nhwc(dx)
+    assert y.dtype == dx.dtype == np.float32
+    np.testing.assert_allclose(to_numpy(y), y_np, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(to_numpy(dx), dx_np, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.cupy
+def test_one_launch_per_window_offset(strict_cupy):
+    # Each offset of the channel window is one addition into a slice of the sum (``out=``;
+    # ``w[:, lo:hi] += ...`` would copy the slice back onto itself: two launches), and the
+    # rest of each pass is a fixed number of element-wise launches: 6 forward, 9 backward.
+    xp = mc.backend.get_xp()
+    x = _nhwc_view(xp, np.random.default_rng(2).standard_normal((2, 8, 3, 3)).astype(np.float32))
+    counts = {}
+    for size in (1, 3, 5):
+        layer = LocalResponseNorm(size)
+        with strict_cupy.record() as forward:
+            y = layer(x)
+        dout = xp.ones_like(y)
+        with strict_cupy.record() as backward:
+            layer.backward(dout)
+        counts[size] = (forward.launches, backward.launches)
+    assert counts == {size: (6 + size, 9 + size) for size in (1, 3, 5)}, counts
+
+
 # -- ONNX: the LRN operator -------------------------------------------------------------------
 
 def _onnx():

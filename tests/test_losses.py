@@ -228,3 +228,185 @@ def test_cross_entropy_check_labels_on_numpy_is_immediate():
     loss_fn.check_labels()
     with pytest.raises(ValueError, match=r"range \[0, 3\).*got 3"):
         loss_fn.forward(np.zeros((2, 3), dtype=np.float32), np.array([3, 0]))
+
+
+# -- per-position (segmentation) cross-entropy and ignore_index ---------------------------------
+
+def _ce_positions_numpy(z, y, eps=0.0, ignore=None):
+    """The formula, NumPy, float64: softmax over axis 1 at every position, the mean over the
+    positions whose label is not ``ignore``."""
+    C = z.shape[1]
+    log_p = sp.log_softmax(z.astype(np.float64), axis=1)        # (N, C, d...)
+    keep = np.ones(y.shape, bool) if ignore is None else y != ignore
+    label = np.where(keep, y, 0)
+    picked = np.take_along_axis(log_p, label[:, None], axis=1)[:, 0]   # (N, d...)
+    rows = -((1 - eps) * picked + eps / C * log_p.sum(axis=1))
+    return rows[keep].sum() / keep.sum()
+
+
+@st.composite
+def segmentation_cases(draw):
+    """(logits shape (N, C, d...), k = 1..3 spatial axes)."""
+    d = draw(st.lists(st.integers(1, 4), min_size=1, max_size=3))
+    return (draw(st.integers(1, 3)), draw(st.integers(1, 4)), *d)
+
+
+@settings(max_examples=60, deadline=None)
+@given(shape=segmentation_cases(), eps=st.sampled_from([0.0, 0.1]),
+       ignore=st.sampled_from([None, -100, 1]), seed=st.integers(0, 2**31 - 1))
+def test_cross_entropy_per_position_formula_and_gradient(shape, eps, ignore, seed):
+    rng = np.random.default_rng(seed)
+    logits = rng.standard_normal(shape)
+    y = rng.integers(0, shape[1], (shape[0], *shape[2:]))
+    if ignore is not None:
+        y[rng.random(y.shape) < 0.3] = ignore
+        y.flat[0] = 0 if ignore != 0 else 1           # at least one position counts
+    loss_fn = CE(label_smoothing=eps, ignore_index=ignore)
+    np.testing.assert_allclose(float(loss_fn(logits, y)),
+                               _ce_positions_numpy(logits, y, eps, ignore), rtol=1e-12)
+    assert loss_fn.probs.shape == shape
+    np.testing.assert_allclose(loss_fn.probs, sp.softmax(logits, axis=1), rtol=1e-12)
+    _ce_gradcheck(loss_fn, logits, y)
+    dz = loss_fn.backward()
+    assert dz.shape == shape
+    if ignore is not None:   # ignored positions get no gradient at all
+        assert np.all(np.moveaxis(dz, 1, -1)[y == ignore] == 0)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.2])
+@pytest.mark.parametrize("ignore", [None, -100, 2])
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (3, 4, 6), (2, 3, 2, 3, 2)])
+def test_cross_entropy_per_position_matches_pytorch(shape, ignore, eps):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal(shape)
+    y = rng.integers(0, shape[1], (shape[0], *shape[2:]))
+    if ignore is not None:
+        y[rng.random(y.shape) < 0.3] = ignore
+    loss_fn = CE(label_smoothing=eps, ignore_index=ignore)
+    loss = loss_fn(logits, y)
+    zt = torch.tensor(logits, requires_grad=True)
+    kwargs = {} if ignore is None else dict(ignore_index=ignore)
+    lt = torch.nn.functional.cross_entropy(zt, torch.tensor(y), label_smoothing=eps, **kwargs)
+    lt.backward()
+    np.testing.assert_allclose(float(loss), lt.item(), rtol=1e-12)
+    np.testing.assert_allclose(loss_fn.backward(), zt.grad.numpy(), rtol=1e-10, atol=1e-15)
+    # Soft targets of the logits' shape (PyTorch's class probabilities), too.
+    t = sp.softmax(rng.standard_normal(shape), axis=1)
+    soft = CE(label_smoothing=eps)
+    zt.grad = None
+    lt = torch.nn.functional.cross_entropy(zt, torch.tensor(t), label_smoothing=eps)
+    lt.backward()
+    np.testing.assert_allclose(float(soft(logits, t)), lt.item(), rtol=1e-12)
+    np.testing.assert_allclose(soft.backward(), zt.grad.numpy(), rtol=1e-10, atol=1e-15)
+
+
+def test_ignore_index_on_the_n_c_path_and_all_ignored():
+    """(N, C) with ignore_index matches PyTorch's rule; every label ignored gives NaN and a
+    zero gradient (PyTorch's); without ignore_index, -100 is refused with a hint."""
+    rng = np.random.default_rng(5)
+    logits = rng.standard_normal((6, 4))
+    y = np.array([0, -100, 3, 1, -100, 2])
+    loss_fn = CE(ignore_index=-100)
+    keep = y != -100
+    expected = -np.mean(sp.log_softmax(logits, axis=1)[keep, y[keep]])
+    np.testing.assert_allclose(float(loss_fn(logits, y)), expected, rtol=1e-13)
+    dz = loss_fn.backward()
+    assert np.all(dz[~keep] == 0)
+    np.testing.assert_allclose(dz[keep], (sp.softmax(logits, 1)[keep] - np.eye(4)[y[keep]]) / 4,
+                               atol=1e-15)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert math.isnan(float(loss_fn(logits, np.full(6, -100))))
+        assert np.all(loss_fn.backward() == 0)
+    with pytest.raises(ValueError, match=r"got -100 \(PyTorch's ignore_index: pass "
+                                         r"CrossEntropyLoss\(ignore_index=-100\)"):
+        CE()(logits, y)
+    with pytest.raises(ValueError, match=r"range \[0, 4\).*got 7"):
+        CE(ignore_index=-100)(logits, np.array([0, 7, 1, 1, 1, 1]))
+    assert repr(CE(0.1, ignore_index=-100)) == \
+        "CrossEntropyLoss(label_smoothing=0.1, ignore_index=-100)"
+    with pytest.raises(TypeError, match="CrossEntropyLoss: ignore_index must be an integer"):
+        CE(ignore_index=1.5)
+
+
+def test_per_position_keeps_float32_and_channels_last_without_copying():
+    """float32 stays float32; logits stored channels-last are used as (M, C) rows without a
+    copy, and p and dz come back stored channels-last (the layout a convolution gave)."""
+    rng = np.random.default_rng(6)
+    nhwc = rng.standard_normal((2, 5, 6, 3)).astype(np.float32)
+    logits = nhwc.transpose(0, 3, 1, 2)                      # (2, 3, 5, 6), channels-last
+    y = rng.integers(0, 3, (2, 5, 6))
+    loss_fn = CE()
+    loss = loss_fn(logits, y)
+    assert loss.dtype == np.float32 and loss.ndim == 0
+    dz = loss_fn.backward()
+    assert dz.dtype == np.float32 and dz.shape == logits.shape
+    assert dz.transpose(0, 2, 3, 1).flags.c_contiguous
+    assert np.shares_memory(loss_fn.probs, loss_fn._rows)
+    from minicnn.functional.softmax import positions_as_rows
+    assert np.shares_memory(positions_as_rows(logits), nhwc)   # a view, no copy
+    np.testing.assert_allclose(float(loss), _ce_positions_numpy(logits, y), rtol=1e-6)
+    # Equal to the (N·H·W, C) rows fed to the (N, C) loss.
+    rows = CE()
+    np.testing.assert_allclose(float(rows(nhwc.reshape(-1, 3), y.reshape(-1))), float(loss),
+                               rtol=1e-6)
+    np.testing.assert_allclose(rows.backward(), dz.transpose(0, 2, 3, 1).reshape(-1, 3),
+                               rtol=1e-6)
+
+
+def test_per_position_errors_name_the_loss():
+    logits = np.zeros((2, 3, 4, 5), np.float32)
+    with pytest.raises(ValueError, match=r"CrossEntropyLoss: labels of shape \(2, 4, 6\) for "
+                                         r"logits of shape \(2, 3, 4, 5\): expected integer "
+                                         r"labels of shape \(2, 4, 5\)"):
+        CE()(logits, np.zeros((2, 4, 6), np.int64))
+    with pytest.raises(ValueError, match=r"CrossEntropyLoss: labels of shape \(2, 20\)"):
+        CE()(logits, np.zeros((2, 20), np.int64))
+    with pytest.raises(TypeError, match=r"CrossEntropyLoss: labels must be integers"):
+        CE()(logits, np.zeros((2, 4, 5), np.float32))
+    with pytest.raises(TypeError, match=r"CrossEntropyLoss: targets of the logits' shape .* "
+                                        r"must be float class probabilities"):
+        CE()(logits, np.zeros((2, 3, 4, 5), np.int64))
+    with pytest.raises(ValueError, match=r"CrossEntropyLoss: labels must be in the range "
+                                         r"\[0, 3\) for 3 classes, got 3"):
+        CE()(logits, np.full((2, 4, 5), 3))
+    with pytest.raises(ValueError, match=r"CrossEntropyLoss: empty batch"):
+        CE()(np.zeros((2, 3, 0, 5), np.float32), np.zeros((2, 0, 5), np.int64))
+
+
+@pytest.mark.cupy
+@pytest.mark.parametrize("ignore", [None, -100])
+def test_per_position_on_the_device_makes_no_sync(strict_cupy, ignore):
+    """Device logits (N, C, H, W) stored channels-last and device labels: no host sync, no
+    host-to-device copy; the rows are a view of the logits (the kernels' path without
+    ignore_index, plain array code with it); values equal NumPy's; a bad label is still
+    found by the deferred check, an ignored one is not bad."""
+    cp = strict_cupy.cupy
+    rng = np.random.default_rng(7)
+    nhwc = rng.standard_normal((2, 4, 5, 3)).astype(np.float32)
+    y_host = rng.integers(0, 3, (2, 4, 5))
+    if ignore is not None:
+        y_host[0, 0, :2] = ignore
+    logits = cp.asarray(nhwc).transpose(0, 3, 1, 2)
+    y = cp.asarray(y_host)
+    loss_fn = CE(label_smoothing=0.1, ignore_index=ignore)
+    with strict_cupy.record() as rec:
+        for _ in range(2):
+            loss = loss_fn.forward(logits, y)
+            dz = loss_fn.backward()
+    assert rec.syncs == 0 and rec.h2d_bytes == 0, rec.report()
+    assert dz.transpose(0, 2, 3, 1).flags.c_contiguous
+    ref = CE(label_smoothing=0.1, ignore_index=ignore)
+    np.testing.assert_allclose(float(loss), float(ref(nhwc.transpose(0, 3, 1, 2), y_host)),
+                               rtol=1e-5)
+    np.testing.assert_allclose(dz.get(), ref.backward(), rtol=1e-5, atol=1e-7)
+    loss_fn.check_labels()                     # nothing bad so far (ignored labels are fine)
+    bad = y_host.copy()
+    bad[1, 2, 3] = 5
+    with strict_cupy.record() as rec:
+        loss = loss_fn.forward(logits, cp.asarray(bad))
+    assert rec.syncs == 0, rec.report()
+    assert math.isnan(float(loss))
+    with pytest.raises(ValueError, match=r"range \[0, 3\).*got 5"):
+        loss_fn.check_labels()

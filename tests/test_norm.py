@@ -481,21 +481,43 @@ def test_channels_last_input_matches_contiguous(name, factory, shape, training):
         np.testing.assert_allclose(q.grad, p.grad, rtol=1e-10, atol=1e-12)
 
 
+def stored_nhwc(a) -> bool:
+    """The (N, C, H, W) array ``a`` is stored NHWC (channels fastest)."""
+    return a.transpose(0, 2, 3, 1).flags.c_contiguous
+
+
+def nhwc_view(xp, a):
+    """The host array ``a`` (N, C, H, W) on ``xp``, stored NHWC and viewed as (N, C, H, W)."""
+    return xp.asarray(np.ascontiguousarray(a.transpose(0, 2, 3, 1))).transpose(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("dout_layout", ["nhwc", "nchw"])
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("name, factory, shape",
                          [c for c in all_layers() if len(c[2]) == 4],
                          ids=[c[0] for c in all_layers() if len(c[2]) == 4])
-def test_channels_last_stays_channels_last(name, factory, shape, training):
-    # The next convolution relies on its input keeping the NHWC memory order.
+def test_channels_last_stays_channels_last(xp, name, factory, shape, training, dout_layout):
+    # The next convolution relies on its input keeping the NHWC memory order. On CuPy (and
+    # the strict stand-in) a ufunc allocates its output C-ordered, so a layer keeps the
+    # layout only by writing into arrays allocated like x: y follows x, and dx follows x
+    # whatever dout's layout (a Flatten's dout is NCHW). The numbers are NumPy's on an NCHW
+    # copy of the same data.
     rng = np.random.default_rng(13)
-    N, C, H, W = shape
-    x = rng.standard_normal((N, H, W, C)).astype(np.float32).transpose(0, 3, 1, 2)
-    dout = rng.standard_normal((N, H, W, C)).astype(np.float32).transpose(0, 3, 1, 2)
-    layer = factory().train(training)
-    y = layer(x)
+    x_np = rng.standard_normal(shape).astype(np.float32)
+    dout_np = rng.standard_normal(shape).astype(np.float32)
+    reference = random_affine(factory(), np.random.default_rng(3)).train(training).to("cpu")
+    y_ref, dx_ref = reference(x_np), reference.backward(dout_np)
+    layer = random_affine(factory(), np.random.default_rng(3)).train(training)
+    layer.to("cpu" if xp is np else "gpu")
+    dout = nhwc_view(xp, dout_np) if dout_layout == "nhwc" else xp.asarray(dout_np)
+    y = layer(nhwc_view(xp, x_np))
     dx = layer.backward(dout)
-    assert y.transpose(0, 2, 3, 1).flags.c_contiguous
-    assert dx.transpose(0, 2, 3, 1).flags.c_contiguous
+    assert stored_nhwc(y), f"{name}: channels-last x, NCHW y"
+    assert stored_nhwc(dx), f"{name}: channels-last x, {dout_layout} dout, NCHW dx"
+    np.testing.assert_allclose(to_np(y), y_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(to_np(dx), dx_ref, rtol=1e-4, atol=1e-5)
+    for p, q in zip(layer.parameters(), reference.parameters(), strict=True):
+        np.testing.assert_allclose(to_np(p.grad), q.grad, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("shape, axes", [

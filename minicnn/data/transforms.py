@@ -101,6 +101,12 @@ class RandomCrop(Transform):
     The reflected batch is built on the device by one gather with index arrays made there
     (i -> (H-1) - |(H-1) - |i||), so nothing extra crosses to the device.
 
+    On the GPU a batch costs three launches (the reflect gather, its contiguous copy, the
+    window gather) and one host->device copy of 8·N bytes, the offsets as one (2, N) int32
+    array: the index arrays that depend only on the shapes (the reflect map, arange(N)) are
+    made once per shape on the batch's device and kept (``_index_cache``, dropped by copies
+    and pickles).
+
     For sample n with offsets (dy_n, dx_n) drawn uniformly from
     [0, H + 2p - h] x [0, W + 2p - w]:
 
@@ -128,17 +134,36 @@ class RandomCrop(Transform):
         self.padding_mode = padding_mode
 
     @staticmethod
-    def _reflect_pad(x: Any, p: int) -> Any:
+    def _reflect_index(xp: Any, size: int, p: int) -> Any:
+        """The source row (or column) of each of the size + 2p padded ones, reflecting:
+        i -> (size-1) - |(size-1) - |i||  for i = -p .. size+p-1."""
+        i = xp.abs(xp.arange(-p, size + p))
+        return (size - 1) - xp.abs((size - 1) - i)
+
+    @staticmethod
+    def _reflect_pad(x: Any, p: int, rows: Any = None, cols: Any = None) -> Any:
         """NumPy's ``pad(x, ((0, 0), (0, 0), (p, p), (p, p)), "reflect")`` as one gather on
-        the batch's device; a fresh C-contiguous array."""
+        the batch's device; a fresh C-contiguous array. ``rows``/``cols``: the
+        ``_reflect_index`` arrays, if already made."""
         xp = get_array_module(x)
         _, _, h, w = x.shape
+        rows = RandomCrop._reflect_index(xp, h, p) if rows is None else rows
+        cols = RandomCrop._reflect_index(xp, w, p) if cols is None else cols
+        return xp.ascontiguousarray(x[:, :, rows[:, None], cols[None, :]])
 
-        def index(size: int) -> Any:
-            i = xp.abs(xp.arange(-p, size + p))
-            return (size - 1) - xp.abs((size - 1) - i)
+    def _cached(self, xp: Any, key: tuple, make: Any) -> Any:
+        """``make()``, made once per (array module, key) and kept: index arrays that depend
+        only on shapes, so that per batch only the random offsets cross to the device."""
+        cache = self.__dict__.setdefault("_index_cache", {})
+        full_key = (xp.__name__, *key)
+        if full_key not in cache:
+            cache[full_key] = make()
+        return cache[full_key]
 
-        return xp.ascontiguousarray(x[:, :, index(h)[:, None], index(w)[None, :]])
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_index_cache", None)  # device arrays: a cache, rebuilt on first use
+        return state
 
     def __repr__(self) -> str:
         mode = "" if self.padding_mode == "constant" else f", padding_mode={self.padding_mode!r}"
@@ -156,7 +181,10 @@ class RandomCrop(Transform):
             if p >= h_in or p >= w_in:
                 raise ValueError(f"RandomCrop: reflect padding {p} must be smaller than the "
                                  f"image {h_in}x{w_in}")
-            x_pad = self._reflect_pad(x, p)
+            x_pad = self._reflect_pad(
+                x, p, self._cached(xp, ("reflect", h_in, p),
+                                   lambda: self._reflect_index(xp, h_in, p)),
+                self._cached(xp, ("reflect", w_in, p), lambda: self._reflect_index(xp, w_in, p)))
         else:
             x_pad = xp.zeros((n, c, h_in + 2 * p, w_in + 2 * p), dtype=x.dtype)
             x_pad[:, :, p:p + h_in, p:p + w_in] = x  # fresh and C-contiguous, for as_strided
@@ -164,10 +192,13 @@ class RandomCrop(Transform):
         win = xp.lib.stride_tricks.as_strided(
             x_pad, shape=(n, c, x_pad.shape[2] - h + 1, x_pad.shape[3] - w + 1, h, w),
             strides=(s_n, s_c, s_h, s_w, s_h, s_w))
-        dy = xp.asarray(rng.integers(0, x_pad.shape[2] - h + 1, size=n))
-        dx = xp.asarray(rng.integers(0, x_pad.shape[3] - w + 1, size=n))
+        dy = rng.integers(0, x_pad.shape[2] - h + 1, size=n)
+        dx = rng.integers(0, x_pad.shape[3] - w + 1, size=n)
+        # One copy of the (2, N) offsets (int32: 8·N bytes), not two int64 arrays.
+        offsets = xp.asarray(np.stack([dy, dx]).astype(np.int32))
+        samples = self._cached(xp, ("arange", n), lambda: xp.arange(n))
         # Advanced indices on axes 0, 2, 3 around a slice: the result is (N, C, h, w).
-        return win[xp.arange(n), :, dy, dx]
+        return win[samples, :, offsets[0], offsets[1]]
 
 
 def _flip(x: Any, rng: np.random.Generator | None, p: float, axis: int) -> Any:

@@ -46,6 +46,7 @@ from .im2col import (
     im2col,
     output_size,
 )
+from .precision import gemm_inputs, get_precision
 from .winograd import winograd_applies, winograd_is_faster
 
 __all__ = ["CONV_ALGORITHMS", "conv2d_algorithm", "conv2d_weight_matrix", "BackwardPatches",
@@ -170,11 +171,13 @@ def conv2d_weight_grad(dout_mat: Any, x: Any, patches: BackwardPatches,
     xp = get_array_module(x)
     C_out, C_in, (kh, kw) = dout_mat.shape[1], x.shape[1], kernel_size
     if patches.of == "x":
-        dW_mat = (patches.cols.T @ dout_mat).T                    # (C_out, KH·KW·C_in)
+        cols, dout_mat = gemm_inputs(patches.cols, dout_mat)     # the precision policy's
+        dW_mat = (cols.T @ dout_mat).T                            # (C_out, KH·KW·C_in)
         dW = dW_mat.reshape(C_out, kh, kw, C_in).transpose(0, 3, 1, 2)
     else:
         x_mat = x.transpose(0, 2, 3, 1).reshape(-1, C_in)        # (N·H·W, C_in)
-        G = (patches.cols.T @ x_mat).T                            # (C_in, KH·KW·C_out)
+        dcols, x_mat = gemm_inputs(patches.cols, x_mat)          # the precision policy's
+        G = (dcols.T @ x_mat).T                                   # (C_in, KH·KW·C_out)
         dW = G.reshape(C_in, kh, kw, C_out)[:, ::-1, ::-1, :].transpose(3, 0, 1, 2)
     if uses_kernels(dW):
         # The optimizer's flat gradient buffer takes it by one copy (``Parameter.set_grad``),
@@ -283,8 +286,15 @@ def conv2d_algorithm(algorithm: str, x_shape: tuple[int, ...], C_out: int,
     four transform GEMMs, output and dout tile copies, the four strided writes of dx) against
     im2col's 4 + 6 for a 3×3 stride-1 layer with bias (a gather, a GEMM, weight reorders,
     the bias add, db in two), counted on the strict stand-in (tests/test_kernels_im2col.py).
+
+    Under the bf16 and fp16 precision policies (``minicnn.functional.precision``) "auto" is
+    im2col too: F(4×4, 3×3)'s transforms (entries up to 8 and 1/24) magnify the rounding of
+    their 8- or 11-bit inputs about tenfold (tests/test_precision.py), and im2col is what a
+    GPU run takes.
     """
     if algorithm == "im2col" or groups != 1 or not winograd_applies(kernel_size, stride, padding):
+        return None
+    if algorithm == "auto" and get_precision() in ("bf16", "fp16"):
         return None
     if algorithm == "winograd":
         return 4

@@ -40,6 +40,7 @@ from typing import Any
 from ..backend import get_array_module
 from ..kernels import im2col as im2col_kernels
 from ..kernels import uses_kernels
+from .precision import gemm_inputs
 from .scratch import matmul_into
 
 __all__ = [
@@ -360,6 +361,7 @@ def col2im_matmul(dout_mat: Any, W_mat: Any, x_shape: tuple[int, int, int, int],
     (kh, kw), (sh, sw) = kernel_size, stride
     (top, _), (left, _) = padding
     Ho, Wo = output_size(x_shape, kernel_size, stride, padding, "col2im_matmul")
+    dout_mat, W_mat = gemm_inputs(dout_mat, W_mat)      # the precision policy's format
     if uses_kernels(dout_mat):
         shape = (N * Ho * Wo, kh * kw * C)
         dcols = (xp.empty(shape, dtype=dout_mat.dtype) if workspace is None
@@ -484,5 +486,6 @@ def conv_input_grad(dout: Any, W_mat: Any, x_shape: tuple[int, int, int, int],
     else:
         W_flip = W_mat.reshape(C_out, kh, kw, C_in)[:, ::-1, ::-1, :].transpose(3, 1, 2, 0)
     W_flip = W_flip.reshape(C_in, kh * kw * C_out)
+    dcols, W_flip = gemm_inputs(dcols, W_flip)                # the precision policy's format
     dx = dcols @ W_flip.T                                     # (N·H·W, C_in)
     return dx.reshape(N, H, W, C_in).transpose(0, 3, 1, 2)    # stored channels-last

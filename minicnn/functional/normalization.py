@@ -12,8 +12,10 @@ BatchNorm, LayerNorm, GroupNorm and InstanceNorm all compute, over their own set
 from two sums computed elsewhere (SyncBatchNorm's, over all ranks), and
 ``normalize_backward_centered`` the same from x - mu (BatchNorm's). ``reduce_sum`` is the one
 reduction they use: a single pass over memory, in any layout (a channels-last view included),
-so the layers never copy their input first and their outputs keep the input's layout (NumPy's
-element-wise default order 'K').
+so the layers never copy their input first. Their full-size results keep the input's memory
+layout: each is written into ``empty_as(x)`` (NumPy's ufuncs would keep it anyway, CuPy's
+allocate C-ordered), and ``scale_shift`` is the affine step y = x_hat * gamma + beta written
+the same way; so a channels-last input stays channels-last on both backends.
 
 The backward helpers return ``dx, Σ dx_hat·x_hat, Σ dx_hat``: with dx_hat = dout (gamma
 folded into the scale) the two sums are dgamma and dbeta, in the order of the parameters.
@@ -40,10 +42,23 @@ from ..backend import get_array_module
 from ..kernels import batchnorm as bn_kernels
 from ..kernels import uses_kernels
 
-__all__ = ["reduce_sum", "center", "normalize", "normalize_backward",
+__all__ = ["empty_as", "reduce_sum", "center", "normalize", "normalize_backward",
            "normalize_backward_from_sums", "normalize_backward_centered", "per_channel",
-           "BatchNormCache", "batch_norm_forward", "batch_norm_backward",
+           "scale_shift", "BatchNormCache", "batch_norm_forward", "batch_norm_backward",
            "update_running_stats"]
+
+
+def empty_as(x: Any, *operands: Any) -> Any:
+    """An uninitialised array of x's shape and memory layout, in the dtype that x combined with
+    ``operands`` gives (``x - mu``'s dtype): the ``out=`` of an element-wise step on x.
+
+    NumPy's ufuncs already write in the input's memory order, but CuPy's allocate C-ordered
+    in the logical shape, so ``x - mu`` on a channels-last x would come back NCHW there and
+    every later pass would read it with stride C. ``empty_like`` keeps the layout on both
+    (order 'K'), also for the grouped (N, G, C/G, H, W) view of a channels-last x.
+    """
+    xp = get_array_module(x)
+    return xp.empty_like(x, dtype=xp.result_type(x, *operands))
 
 
 def reduce_sum(x: Any, axes: tuple[int, ...], other: Any = None) -> Any:
@@ -81,13 +96,13 @@ def center(x: Any, axes: tuple[int, ...], eps: float) -> tuple[Any, Any, Any, An
     Returns ``x - mu, inv_std, mu, var``; the last three keep the reduced axes (size 1), so
     they broadcast against ``x``. ``inv_std = 1 / sqrt(var + eps)``; ``var`` is biased, and
     computed in two passes (from x - mu, not as E[x²] - mu², which cancels catastrophically
-    in float32 when |mu| >> std). One full-size array is written: x - mu. Steps (1) to (4) of
-    ``reference.batchnorm_forward``, over any axes.
+    in float32 when |mu| >> std). One full-size array is written: x - mu, in x's memory layout
+    (``empty_as``). Steps (1) to (4) of ``reference.batchnorm_forward``, over any axes.
     """
     xp = get_array_module(x)
     m = math.prod(x.shape[a] for a in axes)
     mu = reduce_sum(x, axes) * (1.0 / m)
-    x_c = x - mu
+    x_c = xp.subtract(x, mu, out=empty_as(x, mu))      # x - mu, in x's memory layout
     var = reduce_sum(x_c, axes, x_c) * (1.0 / m)
     inv_std = 1.0 / xp.sqrt(var + eps)
     return x_c, inv_std, mu, var
@@ -153,7 +168,7 @@ def normalize_backward_from_sums(dx_hat: Any, x_hat: Any, scale: Any, sum_dx_hat
 
     The sums may come from elsewhere: ``SyncBatchNorm2d`` adds them up over all ranks (and m
     over all ranks' elements) first. The 1/m lands on the small reduced arrays, not on
-    full-size ones; one full-size array is written.
+    full-size ones; one full-size array is written, in x_hat's memory layout.
 
     Parameters
     ----------
@@ -162,7 +177,9 @@ def normalize_backward_from_sums(dx_hat: Any, x_hat: Any, scale: Any, sum_dx_hat
     sum_dx_hat_x_hat, sum_dx_hat : arrays broadcastable to x (the reduced axes of size 1)
     m : number of elements each sum ran over
     """
-    dx = x_hat * (sum_dx_hat_x_hat * (-1.0 / m))
+    xp = get_array_module(x_hat)
+    coef = sum_dx_hat_x_hat * (-1.0 / m)
+    dx = xp.multiply(x_hat, coef, out=empty_as(x_hat, coef))   # in x_hat's memory layout
     dx += dx_hat
     dx -= sum_dx_hat * (1.0 / m)
     dx *= scale
@@ -202,6 +219,20 @@ def normalize_backward_centered(dout: Any, x_c: Any, inv_std: Any, scale: Any,
 def per_channel(v: Any, ndim: int) -> Any:
     """Reshape a (C,) vector to (1, C, 1, ...) so it broadcasts over an ndim-array."""
     return v.reshape((1, -1) + (1,) * (ndim - 2))
+
+
+def scale_shift(x_hat: Any, gamma: Any, beta: Any) -> Any:
+    """The affine step y = x_hat * gamma + beta, written in x_hat's memory layout.
+
+    ``gamma``, ``beta`` broadcast against x_hat (``per_channel`` vectors, or the trailing
+    shape of a LayerNorm). Two passes, as ``x_hat * gamma + beta`` in place; the output is
+    allocated like x_hat (``empty_as``), so a channels-last x_hat gives a channels-last y on
+    CuPy too.
+    """
+    xp = get_array_module(x_hat)
+    y = xp.multiply(x_hat, gamma, out=empty_as(x_hat, gamma))
+    y += beta
+    return y
 
 
 # -- BatchNorm's step: statistics, normalisation, running averages, optional ReLU -------------
@@ -353,8 +384,9 @@ def batch_norm_backward(dout: Any, cache: BatchNormCache, gamma: Any,
         dx, dgamma, dbeta = normalize_backward_centered(dout, cache.x_c, inv_std,
                                                         gamma * inv_std, axes)
     else:
-        # Fixed statistics: y is an affine map of x.
-        dx = dout * (gamma * inv_std)
+        # Fixed statistics: y is an affine map of x. dx in x's memory layout, as above.
+        scale = gamma * inv_std
+        dx = get_array_module(dout).multiply(dout, scale, out=empty_as(cache.x, dout, scale))
         dgamma = None
         if need_dgamma:                          # a frozen gamma needs no x_hat
             x_hat = cache.x - cache.mu

@@ -9,7 +9,10 @@
 
 (docs/derivations/pooling.md), and ``AvgPool2d`` the mean of each zero-padded window and
 ``dx̃ = col2im(dout / (KH·KW))``. The layers call one function per pass: ``max_pool2d`` /
-``max_pool2d_backward`` and ``avg_pool2d`` / ``avg_pool2d_backward``. On NumPy they run the
+``max_pool2d_backward``, ``avg_pool2d`` / ``avg_pool2d_backward`` and, for
+``AdaptiveAvgPool2d``, ``adaptive_avg_pool2d`` / ``adaptive_avg_pool2d_backward`` (the
+averaging matrices of ``minicnn.functional.resample``, multiplied in the input's memory
+layout, docs/derivations/resampling.md). On NumPy they run the
 array code named above; on CuPy one kernel each (``minicnn.kernels.pool``: the max and a
 one-byte argmax in one launch, each dx a gather in one launch), where the array code is 4 to
 60 launches per layer and step. Each function names the simple function of
@@ -25,10 +28,12 @@ from ..backend import get_array_module
 from ..kernels import pool as pool_kernels
 from ..kernels import uses_kernels
 from .im2col import Pads, col2im, output_size, pad_channels_last, window_slices, window_view
+from .resample import resample, resample_backward, resampling_matrices
 from .scratch import scratch
 
 __all__ = ["window_max", "first_max", "first_max_mask", "max_pool_input_grad", "max_pool2d",
-           "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward"]
+           "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "stored_channels_last",
+           "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward"]
 
 
 def window_max(windows: Any) -> Any:
@@ -246,3 +251,73 @@ def avg_pool2d_backward(dout: Any, x_shape: tuple[int, ...], kernel_size: tuple[
     # The same share for every (a, b) of a window: a broadcast view, not a copy.
     dcols = xp.broadcast_to(share[:, :, :, None, None, :], (N, Ho, Wo, kh, kw, C))
     return col2im(dcols, x_shape, kernel_size, stride, padding)
+
+
+def stored_channels_last(x: Any) -> bool:
+    """True when the (N, C, H, W) array ``x`` is stored NHWC (channels fastest) and not also
+    NCHW (C = 1 or H·W = 1 is both; those take the NCHW code)."""
+    return not x.flags.c_contiguous and x.transpose(0, 2, 3, 1).flags.c_contiguous
+
+
+def adaptive_avg_pool2d(x: Any, out_hw: tuple[int, int]) -> Any:
+    """y = P_h · x · P_wᵀ for every (n, c): adaptive average pooling to (oh, ow) = ``out_hw``.
+
+    P_h (oh, H), P_w (ow, W) are ``resampling_matrices(..., "adaptive_avg")``:
+    P_h[i, h] = 1/(end_i − start_i) on row i's window (PyTorch's rule). Equals
+    ``reference.adaptive_avg_pool2d``::
+
+        y[n, c, i, j] = Σ_{h, w} P_h[i, h] · P_w[j, w] · x[n, c, h, w]
+
+    Two GEMMs over the whole batch, in x's memory layout: an NCHW x is ``resample`` (the
+    columns, then the rows), a channels-last x is multiplied as its NHWC view, where channels
+    are the last axis and the two products write y channels-last (a CuPy matmul writes
+    C-ordered in its logical shape, so ``resample`` would turn it into NCHW)::
+
+        t = P_w · x[n, h]              (N, H, ow, C)        one (ow, W)·(W, C) per (n, h)
+        y = P_h · t[n]                 (N, oh, ow·C)        one (oh, H)·(H, ow·C) per n
+
+    Parameters
+    ----------
+    x : array (N, C, H, W), any memory layout
+    out_hw : (oh, ow)
+
+    Returns
+    -------
+    y : array (N, C, oh, ow), stored NHWC when x is (``stored_channels_last``), else NCHW
+    """
+    N, C, H, W = x.shape
+    P_h, P_w = resampling_matrices(x, (H, W), out_hw, "adaptive_avg")
+    if not stored_channels_last(x):
+        return resample(x, P_h, P_w)
+    oh, ow = out_hw
+    t = P_w @ x.transpose(0, 2, 3, 1)                  # (N, H, ow, C): the columns
+    y = P_h @ t.reshape(N, H, ow * C)                  # (N, oh, ow·C): the rows
+    return y.reshape(N, oh, ow, C).transpose(0, 3, 1, 2)
+
+
+def adaptive_avg_pool2d_backward(dout: Any, x_shape: tuple[int, ...],
+                                 channels_last: bool) -> Any:
+    """dx = P_hᵀ · dout · P_w for every (n, c): the transpose of ``adaptive_avg_pool2d``.
+
+    Each input pixel collects the share 1/(window size) of dout of every window it lies in.
+    Equals ``reference.adaptive_avg_pool2d_backward``. With ``channels_last`` (the forward's
+    x was stored NHWC) dx is computed on the NHWC views and stored NHWC, whatever dout's
+    layout; otherwise ``resample_backward`` (NCHW)::
+
+        t  = P_wᵀ · dout[n, i]         (N, oh, W, C)
+        dx = P_hᵀ · t[n]               (N, H, W·C)
+
+    Parameters
+    ----------
+    dout : array (N, C, oh, ow), any memory layout
+    x_shape : (N, C, H, W), the forward's input shape
+    channels_last : ``stored_channels_last`` of the forward's input
+    """
+    N, C, H, W = x_shape
+    oh, ow = dout.shape[2:]
+    P_h, P_w = resampling_matrices(dout, (H, W), (oh, ow), "adaptive_avg")
+    if not channels_last:
+        return resample_backward(dout, P_h, P_w)
+    t = P_w.T @ dout.transpose(0, 2, 3, 1)             # (N, oh, W, C): the columns
+    dx = P_h.T @ t.reshape(N, oh, W * C)               # (N, H, W·C): the rows
+    return dx.reshape(N, H, W, C).transpose(0, 3, 1, 2)

@@ -16,7 +16,8 @@ his hash-prospector search; bias about 0.17, far below what a Bernoulli mask can
 Two rounds keyed with independent halves of the seed keep draws with different seeds
 uncorrelated even where their counters coincide.
 
-Dropout on CuPy does not call ``random_bits``: its kernel (``ew_dropout_forward`` in
+Dropout on CuPy (``functional/dropout.py``) calls ``random_bits`` only for a dtype without
+kernels (float16): for float32/float64 its kernel (``ew_dropout_forward`` in
 ``kernels/elementwise.cu``) hashes each element's index the same way, then masks and scales,
 in one launch; ``random_bits`` is that kernel's twin's reference.
 """

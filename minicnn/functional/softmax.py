@@ -10,7 +10,11 @@ log is finite). This is the log-sum-exp trick:
 
 ``softmax_cross_entropy`` and its backward are ``CrossEntropyLoss``'s arithmetic for integer
 labels: plain array code on NumPy, three kernel launches per step on CuPy (forward two,
-backward one; ``kernels/elementwise.py``) where they were some twenty.
+backward one; ``kernels/elementwise.py``) where they were some twenty. With an
+``ignore_index`` (positions whose label is that value count for nothing) they are plain
+array code on both backends (``masked_softmax_cross_entropy``). ``positions_as_rows`` and
+``rows_as_positions`` turn segmentation logits (N, C, d1, ..., dk) into the (N·d, C) rows
+these functions take and back, without a copy when the channels are stored last.
 
 Derivation: docs/derivations/softmax_cross_entropy.md
 Tests: tests/test_losses.py, tests/test_kernels_elementwise.py
@@ -25,7 +29,8 @@ from ..kernels import elementwise as kernels
 from ..kernels import uses_kernels
 
 __all__ = ["softmax", "log_softmax", "logsumexp", "smoothed_one_hot", "softmax_cross_entropy",
-           "softmax_cross_entropy_backward"]
+           "softmax_cross_entropy_backward", "masked_softmax_cross_entropy",
+           "masked_softmax_cross_entropy_backward", "positions_as_rows", "rows_as_positions"]
 
 
 def logsumexp(z: Any, axis: int = -1, keepdims: bool = False) -> Any:
@@ -95,3 +100,70 @@ def softmax_cross_entropy_backward(p: Any, y: Any, label_smoothing: float = 0.0)
         return kernels.cross_entropy_backward(p, y, label_smoothing)
     N, C = p.shape
     return (p - smoothed_one_hot(y, C, label_smoothing, p.dtype)) * (1.0 / N)
+
+
+def positions_as_rows(a: Any) -> Any:
+    """(N, C, d1, ..., dk) -> (N·d1·…·dk, C): one row of C class scores per position.
+
+    The channel axis moved last, then the positions flattened. A view when ``a`` is stored
+    channels-last (NHWC after a convolution on CuPy); one copy otherwise. (N, C) is kept."""
+    if a.ndim == 2:
+        return a
+    return a.transpose(0, *range(2, a.ndim), 1).reshape(-1, a.shape[1])
+
+
+def rows_as_positions(r: Any, shape: tuple[int, ...]) -> Any:
+    """The inverse of ``positions_as_rows``: rows r (N·d, C) viewed as ``shape`` (N, C, d...),
+    a view whose memory is channels-last (no copy)."""
+    if len(shape) == 2:
+        return r
+    N, C, *d = shape
+    k = len(d)
+    return r.reshape(N, *d, C).transpose(0, k + 1, *range(1, k + 1))
+
+
+def masked_softmax_cross_entropy(z: Any, y: Any, label_smoothing: float, ignore_index: int,
+                                 bad_labels: Any = None) -> tuple[Any, Any]:
+    """(L, p) as ``softmax_cross_entropy``, where rows whose label is ``ignore_index`` count
+    for nothing, in the sum or in the mean (PyTorch's ``ignore_index``):
+
+        keep_n = [y_n ≠ ignore_index],   K = Σ_n keep_n
+        L = -(1/K) Σ_n keep_n [(1 - ε) log p_{n, y_n} + (ε / C) Σ_c log p_nc]
+
+    K = 0 (every label ignored) gives NaN, as in PyTorch. Plain array code on both backends
+    (no kernel, no host sync). ``bad_labels`` (CuPy): an int64 (2,) device array [seen,
+    label] that gets the first label outside [0, C) that is not ``ignore_index``, which also
+    makes L NaN, as the kernels do; on NumPy the caller checks the labels first.
+    """
+    xp = get_array_module(z)
+    N, C = z.shape
+    keep = y != ignore_index
+    label = xp.clip(xp.where(keep, y, 0), 0, C - 1)     # a valid class at every row
+    log_p = log_softmax(z, axis=1)
+    rows = -log_p[xp.arange(N), label]
+    if label_smoothing > 0.0:
+        rows = (1.0 - label_smoothing) * rows - (label_smoothing / C) * log_p.sum(axis=1)
+    K = keep.sum(dtype=z.dtype)
+    with_rows = xp.where(keep, rows, 0).sum(dtype=z.dtype)
+    loss = xp.where(K > 0, with_rows / xp.maximum(K, 1), xp.nan).astype(z.dtype)
+    if bad_labels is not None:
+        bad = keep & ((y < 0) | (y >= C))
+        seen = bad.any()
+        first = xp.take(y, bad.argmax()).astype(xp.int64)
+        record = xp.stack([xp.ones((), dtype=xp.int64), first])
+        bad_labels[...] = xp.where(seen & (bad_labels[0] == 0), record, bad_labels)
+        loss = xp.where(seen, xp.nan, loss).astype(z.dtype)
+    return loss, xp.exp(log_p)
+
+
+def masked_softmax_cross_entropy_backward(p: Any, y: Any, label_smoothing: float,
+                                          ignore_index: int) -> Any:
+    """dL/dz = keep_n (p - t) / K: the ignored rows get zero, the others (p - t) over the
+    number K of kept rows (zero everywhere when K = 0, as in PyTorch)."""
+    xp = get_array_module(p)
+    N, C = p.shape
+    keep = y != ignore_index
+    label = xp.clip(xp.where(keep, y, 0), 0, C - 1)
+    K = keep.sum(dtype=p.dtype)
+    weight = keep.astype(p.dtype) / xp.maximum(K, 1)     # (N,): 1/K or 0
+    return (p - smoothed_one_hot(label, C, label_smoothing, p.dtype)) * weight[:, None]

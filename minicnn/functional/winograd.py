@@ -84,6 +84,7 @@ import numpy as np
 
 from ..backend import get_array_module
 from .im2col import Pads, output_size
+from .precision import gemm_input, gemm_inputs
 from .scratch import matmul_into
 
 __all__ = ["BT", "G", "AT", "toom_cook_matrices", "winograd_transforms", "winograd_applies",
@@ -308,6 +309,7 @@ def winograd_conv2d(x: Any, W: Any, pads: Pads, m: int = 4, workspace: Workspace
 
     V = _input_transform(x, pads, m, workspace)
     U = _weight_transform(W, m, x.dtype, workspace)
+    V, U = gemm_inputs(V, U)              # the α² GEMMs' inputs in the precision policy's format
     M = _buffer(xp, workspace, "winograd_M", (alpha * alpha, P, C_out), x.dtype)
     matmul_into(V, U, M)
     Y = _buffer(xp, workspace, "winograd_Y", (m * m, P * C_out), x.dtype)
@@ -403,13 +405,16 @@ def winograd_conv2d_backward(dout: Any, cache: dict[str, Any], need_dx: bool = T
         V = _input_transform(cache["x"], pads, m, workspace)
         U = _weight_transform(cache["W"], m, dtype, workspace)
     reuse = workspace is not None or not kept_tiles
+    # The α² GEMMs' inputs in the precision policy's format (V and U are when kept; the
+    # rounded copies are new arrays, so the buffers below may still take dU and dd).
+    dM_g, U_g, V_g = gemm_input(dM), gemm_input(U), gemm_input(V)
     if need_dx:
         dV = _buffer(xp, workspace, "winograd_d", (alpha * alpha, P, C_in), dtype)
-        matmul_into(dM, U.transpose(0, 2, 1), dV)
+        matmul_into(dM_g, U_g.transpose(0, 2, 1), dV)
     dW = None
     if need_dW:
         dU = U if reuse else xp.empty_like(U)                       # U is dead after dV
-        matmul_into(V.transpose(0, 2, 1), dM, dU)                 # (α², C_in, C_out)
+        matmul_into(V_g.transpose(0, 2, 1), dM_g, dU)             # (α², C_in, C_out)
         dW9 = GG.T @ dU.reshape(alpha * alpha, C_in * C_out)        # (9, C_in·C_out)
         dW = xp.ascontiguousarray(dW9.reshape(3, 3, C_in, C_out).transpose(3, 2, 0, 1))
     if not need_dx:

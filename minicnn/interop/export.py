@@ -29,10 +29,12 @@ import numpy as np
 from .. import layers as L
 from .._io import atomic_write
 from ..backend import get_array_module, to_numpy
+from ..functional.resample import linear_matrix, nearest_matrix
 from ..layers.base import Layer
 from .common import EXPORT_MIN_OPSET, require_onnx
 
-__all__ = ["to_onnx", "EXPORTERS", "CONTAINERS", "unsupported_layers"]
+__all__ = ["to_onnx", "EXPORTERS", "CONTAINERS", "unsupported_layers", "onnx_resize_matrix",
+           "onnx_resize_size", "same_resampling"]
 
 _SQRT_HALF = math.sqrt(0.5)
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -239,12 +241,86 @@ def _conv_transpose(g: _Graph, layer: Any, x: str, path: str, xa: Any, ya: Any) 
                   output_padding=list(layer.output_padding), group=int(layer.groups))
 
 
+def onnx_resize_matrix(n_in: int, n_out: int, scale: np.float32, kind: str) -> np.ndarray:
+    """R (n_out, n_in), float64: what ONNX's ``Resize`` does along one axis with the float32
+    ``scale`` (written, or out/in from ``sizes``), as ONNX Runtime computes it. nearest
+    (asymmetric, floor): src = floor(i / scale), the division in float32; linear
+    (half_pixel): s = max((i + 0.5) / scale − 0.5, 0) between floor(s) and the next sample.
+    PyTorch multiplies by the float32 reciprocal instead (``functional.resample``): at an
+    exact tie, such as 26 rows to 4 (row 2 at 13), the two pick neighbouring pixels."""
+    i = np.arange(n_out)
+    if kind == "nearest":
+        src = np.minimum(np.floor(i.astype(np.float32) / np.float32(scale)), n_in - 1)
+        return (np.arange(n_in)[None, :] == src.astype(np.int64)[:, None]).astype(np.float64)
+    s = np.maximum((i + 0.5) / np.float64(scale) - 0.5, 0.0)
+    lo = np.minimum(np.floor(s).astype(np.int64), n_in - 1)
+    lam = np.clip(s - lo, 0.0, 1.0)[:, None]
+    src = np.arange(n_in)[None, :]
+    return (1 - lam) * (src == lo[:, None]) + lam * (src == np.minimum(lo + 1, n_in - 1)[:, None])
+
+
+def onnx_resize_size(n_in: int, scale: np.float32) -> int | None:
+    """The output length of ``Resize`` for a float32 ``scale``: floor(n_in · scale). ONNX
+    Runtime rounds the product to float32 first, ONNX's shape inference (the checker) does
+    not; None when the two disagree (5 · float32(1.8) = 8.99999976, 9.0 in float32)."""
+    exact = math.floor(n_in * float(scale))
+    return exact if exact == int(np.floor(np.float32(n_in) * np.float32(scale))) else None
+
+
+def same_resampling(A: np.ndarray, B: np.ndarray, kind: str) -> bool:
+    """Two (n_out, n_in) resampling matrices agree: exactly for nearest (the same pixels),
+    to float32 rounding for bilinear (the weights)."""
+    if A.shape != B.shape:
+        return False
+    return bool(np.array_equal(A, B) if kind == "nearest" else np.allclose(A, B, atol=1e-5))
+
+
+def _onnx_scale(layer: Any, n_in: int, n_out: int, axis: int) -> np.float32 | None:
+    """A float32 scale that makes ``Resize`` compute the layer's axis ``axis`` (0: H, 1: W):
+    1 for an axis that keeps its size (PyTorch copies it; ONNX Runtime copies only when no
+    axis changes), else the layer's scale (or n_out/n_in for a size) or one of its float32
+    neighbours (a few ulps away) for which ONNX's output length and its sample positions
+    (``onnx_resize_matrix``) are PyTorch's. None when there is none."""
+    if n_out == n_in:
+        return np.float32(1.0)
+    kind = layer.interpolation
+    scales = layer._sample_scales()
+    target = (nearest_matrix if kind == "nearest" else linear_matrix)(
+        np, n_in, n_out, np.float64, None if scales is None else scales[axis])
+    base = np.float32(n_out / n_in if scales is None else scales[axis])
+    for steps in (0, 1, -1, 2, -2, 3, -3, 4, -4):
+        scale = base
+        for _ in range(abs(steps)):
+            scale = np.nextafter(scale, np.float32(np.inf if steps > 0 else 0))
+        if onnx_resize_size(n_in, scale) == n_out and same_resampling(
+                onnx_resize_matrix(n_in, n_out, scale, kind), target, kind):
+            return scale
+    return None
+
+
 def _upsample(g: _Graph, layer: Any, x: str, path: str, xa: Any, ya: Any) -> str:
-    """Upsample by integer scales: Resize with scales [1, 1, sh, sw]; nearest is
-    y[i] = x[floor(i / s)] (asymmetric, floor), bilinear align_corners=False is linear with
-    half_pixel coordinates (edges clamped, as minicnn's)."""
-    sh, sw = layer.scale_factor
-    scales = g.weight(f"{path}.scales", np.array([1, 1, sh, sw], np.float32))
+    """Upsample (a scale, integer or not, or a size): Resize with scales [1, 1, sh, sw];
+    nearest is y[i] = x[floor(i / s)] (asymmetric, floor), bilinear align_corners=False is
+    linear with half_pixel coordinates (edges clamped, as minicnn's).
+
+    The input's H, W are fixed in the file, so a size is written as the scale that gives it.
+    Each float32 scale is checked against ONNX's rule (``_onnx_scale``): the file computes
+    the layer's output exactly (nearest: the same pixels), or the export stops with an error
+    naming the layer — where PyTorch's nearest picks a pixel that no ONNX scale reads."""
+    (H, W), (Ho, Wo) = tuple(xa.shape[2:]), tuple(ya.shape[2:])
+    pair = []
+    for axis, (n_in, n_out) in enumerate(((H, Ho), (W, Wo))):
+        scale = _onnx_scale(layer, n_in, n_out, axis)
+        if scale is None:
+            what = "rows" if axis == 0 else "columns"
+            raise ValueError(
+                f"to_onnx: layer {path or '(the model)'!r} ({layer!r}) takes {n_in} to {n_out} "
+                f"{what} with PyTorch's rule, which multiplies by the float32 reciprocal of "
+                f"the scale; ONNX's Resize divides by the scale, and no float32 scale reads "
+                f"the same input {what} (an exact tie: choose another input_shape, scale or "
+                f"size, or mode='bilinear')")
+        pair.append(scale)
+    scales = g.weight(f"{path}.scales", np.array([1, 1, *pair], np.float32))
     if layer.interpolation == "nearest":
         attrs = dict(mode="nearest", coordinate_transformation_mode="asymmetric",
                      nearest_mode="floor")

@@ -57,9 +57,11 @@ import numpy as np
 
 from .. import layers as L
 from ..backend import get_xp
+from ..functional.resample import resampling_matrices
 from ..layers.base import Layer, new_array
 from ..layers.summary import summary
 from .common import IMPORT_MIN_OPSET, OnnxError, node_label, require_onnx
+from .export import onnx_resize_matrix, onnx_resize_size, same_resampling
 
 __all__ = ["from_onnx", "IMPORTERS", "ELEMENTWISE", "STATIC_OPS"]
 
@@ -1305,9 +1307,15 @@ def _conv_transpose(b: _Builder, i: int, v: str) -> tuple[Layer, str]:
 
 
 def _resize(b: _Builder, i: int, v: str) -> tuple[Layer, str]:
-    """Resize by integer scales of H and W -> Upsample: mode nearest with asymmetric
-    coordinates and floor rounding (PyTorch's nearest), or linear with half_pixel (or
-    pytorch_half_pixel) coordinates (bilinear, align_corners=False)."""
+    """Resize of H and W -> Upsample: mode nearest with asymmetric coordinates and floor
+    rounding (PyTorch's nearest), or linear with half_pixel (or pytorch_half_pixel)
+    coordinates (bilinear, align_corners=False); by any scales or to any sizes.
+
+    The layer is chosen to compute what the file computes on its (fixed) H, W: the integer
+    scale when the factors are integers, else the file's float32 scales, else the output
+    size, whichever reproduces ONNX's rule (``export.onnx_resize_matrix``: nearest divides
+    by the scale where PyTorch multiplies by its reciprocal, so at an exact tie the two read
+    neighbouring pixels); an error when none does."""
     x = _check_ndim(b, i, v, (4,), "minicnn's Upsample takes (N, C, H, W)")
     attrs, node = b.g.attrs[i], b.g.nodes[i]
     mode = attrs.get("mode", "nearest")
@@ -1327,19 +1335,50 @@ def _resize(b: _Builder, i: int, v: str) -> tuple[Layer, str]:
             attrs.get("keep_aspect_ratio_policy", "stretch") != "stretch":
         raise b.error(i, "antialias, axes or keep_aspect_ratio_policy: minicnn's Upsample has "
                          "none of them")
+    H, W = x[2:]
     scales = b.constant(i, 2, "scales", optional=True)
     if scales is not None and scales.size:
-        factors = [float(f) for f in scales.reshape(-1)]
+        scales = [np.float32(f) for f in scales.reshape(-1)]
+        if len(scales) != 4 or scales[:2] != [1, 1] or any(not f > 0 for f in scales[2:]):
+            raise b.error(i, f"scales {[float(f) for f in scales]}: minicnn's Upsample scales "
+                             f"H and W by positive factors (and N, C by 1)")
+        sh, sw = scales[2:]
+        out_hw = (onnx_resize_size(H, sh), onnx_resize_size(W, sw))
+        if None in out_hw:
+            raise b.error(i, f"scales {[float(f) for f in scales]}: the output size of "
+                             f"{H}×{W} rounds differently in float32 (ONNX Runtime) and "
+                             f"float64 (ONNX's shape inference)")
+        if min(out_hw) < 1:
+            raise b.error(i, f"scales {[float(f) for f in scales]} take {H}×{W} to "
+                             f"{out_hw[0]}×{out_hw[1]} pixels")
     else:
         sizes = b.constant(i, 3, "sizes", optional=True)
         if sizes is None or sizes.size != 4:
             raise b.error(i, "has neither scales nor sizes for the 4 axes")
-        factors = [int(o) / n for o, n in zip(sizes.reshape(-1), x, strict=True)]
-    if len(factors) != 4 or factors[:2] != [1.0, 1.0] or \
-            any(f < 1 or f != int(f) for f in factors[2:]):
-        raise b.error(i, f"scales {factors}: minicnn's Upsample scales H and W by positive "
-                         f"integers (and N, C by 1)")
-    return L.Upsample((int(factors[2]), int(factors[3])), mode=kind), node.output[0]
+        sizes = [int(o) for o in sizes.reshape(-1)]
+        if sizes[:2] != list(x[:2]) or min(sizes[2:]) < 1:
+            raise b.error(i, f"sizes {sizes}: minicnn's Upsample keeps N and C (input "
+                             f"{tuple(x)}) and needs positive H, W")
+        out_hw = tuple(sizes[2:])
+        sh, sw = (np.float32(o) / np.float32(n) for o, n in zip(out_hw, (H, W), strict=True))
+    # ONNX Runtime copies when no axis changes; otherwise every axis follows the formula.
+    same = out_hw == (H, W)
+    target = [np.eye(n) if same else onnx_resize_matrix(n, o, s, kind)
+              for n, o, s in zip((H, W), out_hw, (sh, sw), strict=True)]
+    candidates = [L.Upsample(scale_factor=(float(sh), float(sw)), mode=kind),
+                  L.Upsample(size=out_hw, mode=kind)]
+    if all(o % n == 0 for n, o in zip((H, W), out_hw, strict=True)):
+        candidates.insert(0, L.Upsample((out_hw[0] // H, out_hw[1] // W), mode=kind))
+    for layer in candidates:
+        if layer.size is None and (math.floor(H * layer.scale_factor[0]),
+                                   math.floor(W * layer.scale_factor[1])) != out_hw:
+            continue  # PyTorch's float64 product and ONNX's float32 one round differently
+        mine = resampling_matrices(np.zeros(0), (H, W), out_hw, kind, layer._sample_scales())
+        if all(same_resampling(a, t, kind) for a, t in zip(mine, target, strict=True)):
+            return layer, node.output[0]
+    raise b.error(i, f"resizes {H}×{W} to {out_hw[0]}×{out_hw[1]} reading other input pixels "
+                     f"than PyTorch's rule (which minicnn's Upsample follows) does, for every "
+                     f"scale or size it could take: an exact tie of ONNX's division")
 
 
 def _lrn(b: _Builder, i: int, v: str) -> tuple[Layer, str]:

@@ -39,7 +39,7 @@ import numpy as np
 
 from ..backend import get_array_module
 
-__all__ = ["KERNEL_DIR", "SCALAR_TYPES", "twin", "twin_of", "source", "entry_points",
+__all__ = ["KERNEL_DIR", "SCALAR_TYPES", "BLOCK", "twin", "twin_of", "source", "entry_points",
            "kernel", "launch", "grid_for", "uses_kernels"]
 
 KERNEL_DIR = Path(__file__).resolve().parent
@@ -84,8 +84,9 @@ def entry_points(family: str) -> list[str]:
 
 
 def uses_kernels(x: Any) -> bool:
-    """True when ``x`` lives on CuPy (the fused kernels' side); False on NumPy."""
-    return get_array_module(x) is not np
+    """True when ``x`` lives on CuPy and has a kernel element type (float32 or float64): the
+    fused kernels' side. False on NumPy, and for float16 on CuPy (the array code runs)."""
+    return get_array_module(x) is not np and np.dtype(x.dtype) in SCALAR_TYPES
 
 
 @functools.cache

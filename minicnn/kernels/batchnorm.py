@@ -239,7 +239,9 @@ def _chunk_sums(a: np.ndarray, P: Any) -> np.ndarray:
 
 
 @twin("bn_forward_partials")
-def bn_forward_partials(x, part, M, C, S, sN, sS, sC, P):
+def bn_forward_partials_twin(x, part, M, C, S, sN, sS, sC, P):
+    """part[0] = Σ (x - K), part[1] = Σ (x - K)² per chunk and channel, K = the channel's
+    first value."""
     X = _rows(x, M, C, S, sN, sS, sC)
     d = X - X[0]                                   # shifted by each channel's first value
     part = part.reshape(2, int(P), int(C))
@@ -248,8 +250,9 @@ def bn_forward_partials(x, part, M, C, S, sN, sS, sC, P):
 
 
 @twin("bn_forward_finalize")
-def bn_forward_finalize(x, part, running_mean, running_var, mean, inv_std, new_running_mean,
-                        new_running_var, M, C, sC, P, eps, momentum):
+def bn_forward_finalize_twin(x, part, running_mean, running_var, mean, inv_std,
+                             new_running_mean, new_running_var, M, C, sC, P, eps, momentum):
+    """mean, inv_std of the batch from the partial sums, and the new running averages."""
     real = x.dtype.type
     sum_d, sum_d2 = part.reshape(2, int(P), int(C)).sum(axis=1)
     m = real(M)
@@ -262,16 +265,19 @@ def bn_forward_finalize(x, part, running_mean, running_var, mean, inv_std, new_r
 
 
 @twin("bn_forward_apply")
-def bn_forward_apply(x, mean, inv_std, gamma, beta, y, M, C, S, sN, sS, sC, Q, relu):
+def bn_forward_apply_twin(x, mean, inv_std, gamma, beta, y, M, C, S, sN, sS, sC, Q, relu):
+    """y = (x - mean) * (gamma * inv_std) + beta, then max(y, 0) when relu; x's strides."""
     v = (_matrix(x, M, C, S, sN, sS, sC) - mean) * (gamma * inv_std) + beta
     _matrix(y, M, C, S, sN, sS, sC)[...] = np.maximum(v, 0) if relu else v
 
 
 @twin("bn_eval_apply")
-def bn_eval_apply(x, running_mean, running_var, gamma, beta, y, inv_std, M, C, S, sN, sS, sC,
-                  Q, eps, relu):
+def bn_eval_apply_twin(x, running_mean, running_var, gamma, beta, y, inv_std, M, C, S, sN, sS,
+                       sC, Q, eps, relu):
+    """inv_std = 1 / sqrt(running_var + eps), then bn_forward_apply with the running stats."""
     inv_std[:] = 1 / np.sqrt(running_var + eps)
-    bn_forward_apply(x, running_mean, inv_std, gamma, beta, y, M, C, S, sN, sS, sC, Q, relu)
+    bn_forward_apply_twin(x, running_mean, inv_std, gamma, beta, y, M, C, S, sN, sS, sC, Q,
+                          relu)
 
 
 def _g_and_x_hat(dout, x, y, mean, inv_std, M, C, S, gN, gS, gC, sN, sS, sC, relu):
@@ -284,8 +290,9 @@ def _g_and_x_hat(dout, x, y, mean, inv_std, M, C, S, gN, gS, gC, sN, sS, sC, rel
 
 
 @twin("bn_backward_partials")
-def bn_backward_partials(dout, x, y, mean, inv_std, part, M, C, S, gN, gS, gC, sN, sS, sC,
-                         P, relu):
+def bn_backward_partials_twin(dout, x, y, mean, inv_std, part, M, C, S, gN, gS, gC, sN, sS,
+                              sC, P, relu):
+    """part[0] = Σ g * x_hat, part[1] = Σ g per chunk and channel."""
     g, x_hat = _g_and_x_hat(dout, x, y, mean, inv_std, M, C, S, gN, gS, gC, sN, sS, sC, relu)
     part = part.reshape(2, int(P), int(C))
     part[0] = _chunk_sums(g * x_hat, P)
@@ -293,8 +300,10 @@ def bn_backward_partials(dout, x, y, mean, inv_std, part, M, C, S, gN, gS, gC, s
 
 
 @twin("bn_backward_dx")
-def bn_backward_dx(dout, x, y, mean, inv_std, gamma, part, dx, dgamma, dbeta, M, C, S,
-                   gN, gS, gC, sN, sS, sC, P, relu, batch_stats):
+def bn_backward_dx_twin(dout, x, y, mean, inv_std, gamma, part, dx, dgamma, dbeta, M, C, S,
+                        gN, gS, gC, sN, sS, sC, P, relu, batch_stats):
+    """dgamma, dbeta from the partial sums; dx = gamma * inv_std * (g - mean terms) with the
+    batch statistics, gamma * inv_std * g with the running ones; x's strides."""
     g, x_hat = _g_and_x_hat(dout, x, y, mean, inv_std, M, C, S, gN, gS, gC, sN, sS, sC, relu)
     sum_g_x_hat, sum_g = part.reshape(2, int(P), int(C)).sum(axis=1)
     dgamma[:] = sum_g_x_hat

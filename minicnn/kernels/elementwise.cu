@@ -12,7 +12,7 @@
          i += (long long)blockDim.x * gridDim.x)
 
 // σ(v) = exp(min(v, 0)) / (1 + exp(-|v|)): no exponent is positive (no overflow), and the
-// left tail keeps its relative accuracy (functional/special.py: sigmoid).
+// left tail keeps its relative accuracy (functional/activation.py: sigmoid).
 __device__ __forceinline__ static SCALAR ew_sigmoid(SCALAR v) {
     const SCALAR one = 1;
     return exp(v < 0 ? v : (SCALAR)0) / (one + exp(-fabs(v)));

@@ -15,7 +15,8 @@ gradient that arrives in another layout than the cached forward array).
 
 Entry points (``ew_`` element-wise, ``ce_`` cross-entropy): see ``elementwise.cu``. The
 functions that choose them on CuPy and keep the plain array code on NumPy are in
-``functional/special.py`` (activations, dropout) and ``functional/softmax.py`` (the loss).
+``functional/activation.py`` (one launcher here per formula: ``sigmoid``, ``relu_backward``,
+...), ``functional/dropout.py`` and ``functional/softmax.py`` (the loss).
 
 Tests: tests/test_kernels_elementwise.py, tests/test_channels_last.py
 """
@@ -29,10 +30,13 @@ import numpy as np
 
 from ..backend import get_array_module
 from ..functional.random_bits import random_bits
-from . import SCALAR_TYPES, launch, twin
+from ..functional.special import normal_cdf
+from . import SCALAR_TYPES, launch, twin, uses_kernels
 
-__all__ = ["fused", "storage_order", "flat", "unary", "binary", "dropout_forward",
-           "cross_entropy", "cross_entropy_backward"]
+__all__ = ["uses_kernels", "storage_order", "flat", "unary", "binary", "relu_backward",
+           "leaky_relu", "leaky_relu_backward", "sigmoid", "sigmoid_backward", "tanh_backward",
+           "silu", "silu_backward", "gelu", "gelu_backward", "dropout_forward", "cross_entropy",
+           "cross_entropy_backward"]
 
 FAMILY = "elementwise"
 
@@ -40,11 +44,6 @@ FAMILY = "elementwise"
 # --------------------------------------------------------------------------------------------
 # Layouts: arrays as their flat storage
 # --------------------------------------------------------------------------------------------
-
-def fused(x: Any) -> bool:
-    """True when ``x`` takes the element-wise kernels: a float32/float64 array on CuPy."""
-    return get_array_module(x) is not np and np.dtype(x.dtype) in SCALAR_TYPES
-
 
 def storage_order(a: Any) -> tuple[int, ...]:
     """``a``'s axes from the slowest-varying in memory to the fastest: (0, 1, 2, 3) for C
@@ -108,6 +107,63 @@ def binary(name: str, a: Any, dout: Any, *scalars: Any) -> Any:
            (flat(a, order), flat(dout, order), *scalars, flat(dx, order), _n(dout)))
     return dx
 
+
+# -- the activations: one launcher per formula (functional/activation.py) ----------------------
+
+def relu_backward(y: Any, dout: Any) -> Any:
+    """dx = dout * [y > 0] (``ew_relu_backward``)."""
+    return binary("ew_relu_backward", y, dout)
+
+
+def leaky_relu(x: Any, alpha: float) -> Any:
+    """y = x (x > 0), α x (otherwise) (``ew_leaky_relu_forward``)."""
+    return unary("ew_leaky_relu_forward", x, x.dtype.type(alpha))
+
+
+def leaky_relu_backward(x: Any, dout: Any, alpha: float) -> Any:
+    """dx = dout * (1 if x > 0 else α) (``ew_leaky_relu_backward``)."""
+    return binary("ew_leaky_relu_backward", x, dout, dout.dtype.type(alpha))
+
+
+def sigmoid(x: Any) -> Any:
+    """y = σ(x) (``ew_sigmoid_forward``)."""
+    return unary("ew_sigmoid_forward", x)
+
+
+def sigmoid_backward(y: Any, dout: Any) -> Any:
+    """dx = dout * y (1 - y) (``ew_sigmoid_backward``)."""
+    return binary("ew_sigmoid_backward", y, dout)
+
+
+def tanh_backward(y: Any, dout: Any) -> Any:
+    """dx = dout * (1 - y²) (``ew_tanh_backward``)."""
+    return binary("ew_tanh_backward", y, dout)
+
+
+def silu(x: Any) -> Any:
+    """y = x σ(x) (``ew_silu_forward``)."""
+    return unary("ew_silu_forward", x)
+
+
+def silu_backward(x: Any, dout: Any) -> Any:
+    """dx = dout * σ(x) (1 + x (1 - σ(x))), σ recomputed from x (``ew_silu_backward``)."""
+    return binary("ew_silu_backward", x, dout)
+
+
+def gelu(x: Any, approximate: str) -> Any:
+    """y = x Φ(x) (``ew_gelu_forward``) or x σ(2u) (``approximate="tanh"``:
+    ``ew_gelu_tanh_forward``)."""
+    return unary("ew_gelu_tanh_forward" if approximate == "tanh" else "ew_gelu_forward", x)
+
+
+def gelu_backward(x: Any, dout: Any, approximate: str) -> Any:
+    """dx = dout * (Φ + x φ) (``ew_gelu_backward``) or dout * (s + 2 x s (1 - s) du/dx)
+    (``ew_gelu_tanh_backward``), Φ or s recomputed from x."""
+    return binary("ew_gelu_tanh_backward" if approximate == "tanh" else "ew_gelu_backward",
+                  x, dout)
+
+
+# -- dropout and the loss ----------------------------------------------------------------------
 
 def dropout_forward(x: Any, seed: int, threshold: int, scale: float) -> tuple[Any, Any]:
     """(y, mask): mask = [bits >= threshold] · scale, y = x · mask, both in x's layout; the
@@ -174,14 +230,10 @@ def _sigmoid(v: np.ndarray) -> np.ndarray:
     return np.exp(np.minimum(v, 0)) / (1 + np.exp(-np.abs(v)))
 
 
-# NumPy has no erfc (and SciPy is not a dependency): the C library's, element by element.
-_erfc = np.frompyfunc(math.erfc, 1, 1)
-
-
 def _normal_cdf(v: np.ndarray) -> np.ndarray:
-    """Φ(v) = ½ erfc(-v/√2), in v's dtype."""
-    return (0.5 * _erfc(v.astype(np.float64) * -math.sqrt(0.5)).astype(np.float64)
-            ).astype(v.dtype)
+    """Φ(v) = ½ erfc(-v/√2), evaluated in float64 (minicnn's erfc, good to ~1e-13 relative)
+    and rounded to v's dtype."""
+    return normal_cdf(v.astype(np.float64)).astype(v.dtype)
 
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)

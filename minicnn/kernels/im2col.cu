@@ -9,29 +9,50 @@
 // that pixel lies in the padding. Consecutive threads write consecutive columns, and for a
 // channels-last x they also read consecutive channels.
 //
-// Written in the emulatable subset (docs/architecture.md, "Kernels"): grid-stride loops over
-// one element per thread, no shared memory, no atomics; the result does not depend on the grid.
+// Threads. Every entry point runs one thread per output element e, in a grid-stride loop
+//     for (e = blockIdx.x·blockDim.x + threadIdx.x; e < total; e += blockDim.x·gridDim.x)
+// so any grid computes the same thing. Row and pixel indices fit an int (the launcher checks
+// N·Ho·Wo and N·H·W < 2^31); only e is 64-bit. No shared memory and no atomics
+// (docs/architecture.md, "Kernels").
 
-// im2col: one thread per entry of cols, the zero padding done by the bounds test (no padded
-// copy of x). Row indices (n, i, j) fit an int (the launcher checks N·Ho·Wo < 2^31); only the
-// flat index is 64-bit, so each entry costs one 64-bit division.
-extern "C" __global__ void im2col_gather(const SCALAR* __restrict__ x, SCALAR* __restrict__ cols,
-                                         long long s_n, long long s_c, long long s_h,
-                                         long long s_w, int N, int C, int H, int W, int KH,
-                                         int KW, int sh, int sw, int top, int left, int Ho,
-                                         int Wo) {
+// ---- helpers -------------------------------------------------------------------------------
+
+// Row and column of element e of a C-contiguous matrix with K columns: e = row·K + col (one
+// 64-bit division; row and col fit an int).
+__device__ __forceinline__ static void split_index(long long e, int K, int& row, int& col) {
+    row = (int)(e / K);
+    col = (int)(e - (long long)row * K);
+}
+
+// (n, h, w) of pixel p = (n·H + h)·W + w.
+__device__ __forceinline__ static void unravel_pixel(int p, int H, int W, int& n, int& h,
+                                                     int& w) {
+    w = p % W;
+    const int nh = p / W;
+    h = nh % H;
+    n = nh / H;
+}
+
+// ---- im2col and col2im ---------------------------------------------------------------------
+
+// cols[(n, i, j), (a, b, c)] = x̃[n, c, i·sh + a, j·sw + b], x zero-padded by (top, left) in
+// front; the padding is a bounds test (no padded copy of x).
+//   x: (N, C, H, W) through strides (s_n, s_c, s_h, s_w); cols: (N·Ho·Wo, KH·KW·C).
+//   Threads: one per entry of cols, grid-stride.
+extern "C" __global__ void im2col_gather(
+    const SCALAR* __restrict__ x, SCALAR* __restrict__ cols,
+    long long s_n, long long s_c, long long s_h, long long s_w,
+    int N, int C, int H, int W, int KH, int KW, int sh, int sw, int top, int left, int Ho, int Wo)
+{
     const int K = KH * KW * C;
     const long long total = (long long)N * Ho * Wo * K;
     for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < total;
          e += (long long)blockDim.x * gridDim.x) {
-        const int row = (int)(e / K);
-        const int col = (int)(e - (long long)row * K);
-        const int c = col % C;
-        const int ab = col / C;
-        const int a = ab / KW, b = ab - (ab / KW) * KW;
-        const int j = row % Wo;
-        const int ni = row / Wo;
-        const int i = ni % Ho, n = ni / Ho;
+        int row, col, n, i, j;
+        split_index(e, K, row, col);
+        const int c = col % C, ab = col / C;                   // col = (a·KW + b)·C + c
+        const int a = ab / KW, b = ab % KW;
+        unravel_pixel(row, Ho, Wo, n, i, j);
         const int h = i * sh + a - top, w = j * sw + b - left;
         cols[e] = (h >= 0 && h < H && w >= 0 && w < W)
                       ? x[n * s_n + c * s_c + h * s_h + w * s_w]
@@ -39,29 +60,29 @@ extern "C" __global__ void im2col_gather(const SCALAR* __restrict__ x, SCALAR* _
     }
 }
 
-// col2im, the adjoint of im2col, as a gather (no atomics): one thread per input pixel (n, h, w, c)
-// of dx, stored channels-last (N, H, W, C) C-contiguous, sums the entries of dcols that were
-// copied from it:
+// col2im, the adjoint of im2col, as a gather (no atomics): each pixel of dx sums the entries
+// of dcols that were copied from it,
 //     dx[n, h, w, c] = Σ dcols[(n, i, j), (a, b, c)]  over i·sh + a - top = h, j·sw + b - left = w
-// in the order a, then b, ascending. The kernel rows a that reach row h are those with
-// a ≡ h + top (mod sh), 0 <= a < KH and 0 <= (h + top - a) / sh < Ho.
-extern "C" __global__ void col2im_gather(const SCALAR* __restrict__ dcols, SCALAR* __restrict__ dx,
-                                         int N, int C, int H, int W, int KH, int KW, int sh,
-                                         int sw, int top, int left, int Ho, int Wo) {
+// in the order a, then b, ascending: the kernel rows a that reach row h are those with
+// a ≡ h + top (mod sh), 0 <= a < KH and 0 <= (h + top - a) / sh < Ho (the same for b).
+//   dcols: (N·Ho·Wo, KH·KW·C) C-contiguous; dx: (N, H, W, C) C-contiguous (channels-last).
+//   Threads: one per element of dx, grid-stride.
+extern "C" __global__ void col2im_gather(
+    const SCALAR* __restrict__ dcols, SCALAR* __restrict__ dx,
+    int N, int C, int H, int W, int KH, int KW, int sh, int sw, int top, int left, int Ho, int Wo)
+{
     const int K = KH * KW * C;
     const long long total = (long long)N * H * W * C;
     for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < total;
          e += (long long)blockDim.x * gridDim.x) {
-        const int pixel = (int)(e / C);
-        const int c = (int)(e - (long long)pixel * C);
-        const int w = pixel % W;
-        const int nh = pixel / W;
-        const int h = nh % H, n = nh / H;
-        const int hp = h + top, wp = w + left;       // the pixel in padded coordinates
+        int pixel, c, n, h, w;
+        split_index(e, C, pixel, c);
+        unravel_pixel(pixel, H, W, n, h, w);
+        const int hp = h + top, wp = w + left;                 // the pixel in padded coordinates
         SCALAR sum = 0;
-        for (int a = hp % sh; a < KH; a += sh) {
+        for (int a = hp % sh; a < KH; a += sh) {             // a ≡ hp (mod sh): i is whole
             const int i = (hp - a) / sh;
-            if (i < 0) break;                        // a only grows: i only shrinks
+            if (i < 0) break;                                // a only grows: i only shrinks
             if (i >= Ho) continue;
             for (int b = wp % sw; b < KW; b += sw) {
                 const int j = (wp - b) / sw;
@@ -74,10 +95,12 @@ extern "C" __global__ void col2im_gather(const SCALAR* __restrict__ dcols, SCALA
     }
 }
 
-// The bias gradient db[c] = Σ_r dout[r, c] over the rows of the channels-last (rows, C) matrix,
-// in two launches, deterministic: stage 1, one thread per (chunk, channel) sums its chunk of
-// rows (consecutive threads on consecutive channels: coalesced reads) into partial[k·C + c];
-// stage 2 adds a channel's partials in chunk order. dout is C-contiguous (rows, C).
+// ---- the bias gradient ---------------------------------------------------------------------
+
+// db[c] = Σ_r dout[r, c] over the rows of the C-contiguous channels-last (rows, C) matrix, in
+// two launches, deterministic (no atomics). Stage 1: partial[k, c] = the sum over chunk k of
+// ⌈rows / chunks⌉ consecutive rows. Threads: one per (chunk k, channel c), grid-stride over
+// chunks·C; consecutive threads take consecutive channels (coalesced reads).
 extern "C" __global__ void conv_bias_grad_partial(const SCALAR* __restrict__ dout,
                                                   SCALAR* __restrict__ partial, long long rows,
                                                   int C, int chunks) {
@@ -93,6 +116,8 @@ extern "C" __global__ void conv_bias_grad_partial(const SCALAR* __restrict__ dou
     }
 }
 
+// Stage 2: db[c] = Σ_k partial[k, c], the chunks in order. partial: (chunks, C); db: (C,).
+// Threads: one per channel, grid-stride.
 extern "C" __global__ void conv_bias_grad_finish(const SCALAR* __restrict__ partial,
                                                  SCALAR* __restrict__ db, int C, int chunks) {
     for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < C; c += blockDim.x * gridDim.x) {

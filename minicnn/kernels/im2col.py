@@ -27,13 +27,15 @@ import numpy as np
 
 from . import launch, twin
 
-__all__ = ["storage", "im2col_gather_into", "col2im_gather", "conv_bias_grad", "bias_chunks"]
+__all__ = ["storage", "geometry", "im2col_gather_into", "col2im_gather", "conv_bias_grad",
+           "bias_chunks"]
 
 INT32_MAX = 2**31 - 1
 
 
-def storage(x: Any) -> tuple[Any, tuple[int, ...]]:
-    """``x``'s memory as a C-contiguous array, and the element strides of x's axes in it.
+def storage(x: Any) -> tuple[Any, tuple[np.int64, ...]]:
+    """``x``'s memory as a C-contiguous array, and the element strides of x's axes in it (as
+    the kernels' ``long long`` arguments).
 
     A kernel reads raw memory, so it gets the array whose buffer x views and x's strides in
     elements: for a channels-last (N, C, H, W) view that is its (N, H, W, C) base and strides
@@ -44,45 +46,45 @@ def storage(x: Any) -> tuple[Any, tuple[int, ...]]:
     order = sorted(range(x.ndim), key=lambda k: -x.strides[k])
     base = x.transpose(order)
     if not base.flags.c_contiguous:
-        base = x.copy()            # C-ordered in x's logical shape: x's strides are its own
-        return base, tuple(s // base.itemsize for s in base.strides)
-    return base, tuple(s // x.itemsize for s in x.strides)
+        x = base = x.copy()        # C-ordered in x's logical shape: x's strides are its own
+    return base, tuple(np.int64(s // x.itemsize) for s in x.strides)
 
 
-def _int32(*values: int) -> tuple[np.int32, ...]:
-    if max(values) > INT32_MAX:
-        raise ValueError(f"kernels.im2col: a size above 2^31 - 1 ({max(values)}): the kernels "
-                         f"index rows and pixels with 32-bit ints")
-    return tuple(np.int32(v) for v in values)
+def geometry(x_shape: tuple[int, ...], kernel_size: tuple[int, int], stride: tuple[int, int],
+             top_left: tuple[int, int], out_size: tuple[int, int]) -> tuple[np.int32, ...]:
+    """(N, C, H, W, KH, KW, sh, sw, top, left, Ho, Wo), the int arguments of the gather
+    kernels here and in ``pool.cu``. They index pixels (n, h, w), rows (n, i, j) and the
+    columns of cols with 32-bit ints: a ValueError when one of those counts passes 2^31 - 1."""
+    N, C, H, W = x_shape
+    (kh, kw), (Ho, Wo) = kernel_size, out_size
+    largest = max(N * H * W, N * Ho * Wo, kh * kw * C)
+    if largest > INT32_MAX:
+        raise ValueError(f"kernels: a size above 2^31 - 1 ({largest}): the kernels index "
+                         f"pixels, rows and columns with 32-bit ints")
+    return tuple(np.int32(v) for v in (N, C, H, W, kh, kw, *stride, *top_left, Ho, Wo))
 
 
 def im2col_gather_into(xp: Any, x: Any, cols: Any, kernel_size: tuple[int, int],
                        stride: tuple[int, int], top_left: tuple[int, int],
                        out_size: tuple[int, int]) -> None:
-    """Fill ``cols`` (N·Ho·Wo, KH·KW·C) C-contiguous with the patch matrix of x (N, C, H, W)
-    zero-padded by ``top_left`` = (top, left) in front (one launch; the padding behind is
-    implied by ``out_size`` = (Ho, Wo))."""
-    N, C, H, W = x.shape
-    (kh, kw), (sh, sw), (top, left), (Ho, Wo) = kernel_size, stride, top_left, out_size
+    """Fill ``cols`` (N·Ho·Wo, KH·KW·C), C-contiguous, with the patch matrix of x (N, C, H, W)
+    zero-padded by ``top_left`` = (top, left) in front: one launch. The padding behind is
+    implied by ``out_size`` = (Ho, Wo); x is read in place through its strides."""
     base, strides = storage(x)
-    args = (base, cols, *(np.int64(s) for s in strides),
-            *_int32(N, C, H, W, kh, kw, sh, sw, top, left, Ho, Wo))
-    _int32(N * Ho * Wo, kh * kw * C)
+    args = (base, cols, *strides, *geometry(x.shape, kernel_size, stride, top_left, out_size))
     launch(xp, "im2col", "im2col_gather", x.dtype, cols.size, args)
 
 
 def col2im_gather(xp: Any, dcols: Any, x_shape: tuple[int, int, int, int],
                   kernel_size: tuple[int, int], stride: tuple[int, int],
                   top_left: tuple[int, int], out_size: tuple[int, int]) -> Any:
-    """dx = col2im(dcols) (N, C, H, W), stored channels-last (a new array), in one launch.
+    """dx = col2im(dcols) (N, C, H, W), a new array stored channels-last: one launch.
 
     ``dcols`` (N·Ho·Wo, KH·KW·C) C-contiguous; each pixel sums the entries copied from it,
     so no zero-fill and no atomics."""
     N, C, H, W = x_shape
-    (kh, kw), (sh, sw), (top, left), (Ho, Wo) = kernel_size, stride, top_left, out_size
     dx = xp.empty((N, H, W, C), dtype=dcols.dtype)
-    _int32(N * H * W, N * Ho * Wo)
-    args = (dcols, dx, *_int32(N, C, H, W, kh, kw, sh, sw, top, left, Ho, Wo))
+    args = (dcols, dx, *geometry(x_shape, kernel_size, stride, top_left, out_size))
     launch(xp, "im2col", "col2im_gather", dcols.dtype, dx.size, args)
     return dx.transpose(0, 3, 1, 2)
 
@@ -94,9 +96,9 @@ def bias_chunks(rows: int, C: int) -> int:
 
 
 def conv_bias_grad(xp: Any, dout_mat: Any, db: Any = None) -> Any:
-    """db = Σ_rows dout_mat (C,) for a C-contiguous (rows, C) dout_mat, in two launches
-    (partial sums per chunk of rows, then per channel; deterministic); into ``db`` when
-    given (a contiguous (C,) array)."""
+    """db = Σ_rows dout_mat (C,) for a C-contiguous (rows, C) dout_mat: two launches (partial
+    sums per chunk of rows, then per channel; deterministic). Into ``db`` when given (a
+    contiguous (C,) array)."""
     rows, C = dout_mat.shape
     chunks = bias_chunks(rows, C)
     partial = xp.empty((chunks, C), dtype=dout_mat.dtype)
@@ -109,8 +111,10 @@ def conv_bias_grad(xp: Any, dout_mat: Any, db: Any = None) -> Any:
 
 
 # -- the twins ---------------------------------------------------------------------------------
+# Also used by pool.py's twins: the kernels of both families gather over the same windows.
 
-def _logical(buffer: np.ndarray, shape: tuple[int, ...], strides: tuple[int, ...]) -> np.ndarray:
+def strided_view(buffer: np.ndarray, shape: tuple[int, ...], strides: tuple[int, ...]
+                 ) -> np.ndarray:
     """The array a kernel sees at ``buffer`` through element ``strides``: a read-only view."""
     flat = buffer.reshape(-1)
     return np.lib.stride_tricks.as_strided(
@@ -118,33 +122,52 @@ def _logical(buffer: np.ndarray, shape: tuple[int, ...], strides: tuple[int, ...
         writeable=False)
 
 
+def _padded_size(H, W, KH, KW, sh, sw, top, left, Ho, Wo) -> tuple[int, int]:
+    """(Hp, Wp): the padded image holds x at (top, left) and every one of the Ho×Wo windows."""
+    return max(top + H, (Ho - 1) * sh + KH), max(left + W, (Wo - 1) * sw + KW)
+
+
+def padded_windows(x4: np.ndarray, KH, KW, sh, sw, top, left, Ho, Wo, fill) -> np.ndarray:
+    """(N, Ho, Wo, KH, KW, C): the windows of x̃, x (N, C, H, W) copied channels-last into a
+    ``fill`` buffer at (top, left); ``[n, i, j, a, b, c] = x̃[n, c, i·sh + a, j·sw + b]`` (a
+    strided view of that buffer)."""
+    N, C, H, W = x4.shape
+    x_p = np.full((N, *_padded_size(H, W, KH, KW, sh, sw, top, left, Ho, Wo), C), fill,
+                  dtype=x4.dtype)
+    x_p[:, top:top + H, left:left + W, :] = x4.transpose(0, 2, 3, 1)
+    t_n, t_h, t_w, t_c = x_p.strides
+    return np.lib.stride_tricks.as_strided(
+        x_p, shape=(N, Ho, Wo, KH, KW, C), strides=(t_n, sh * t_h, sw * t_w, t_h, t_w, t_c))
+
+
+def add_windows_back(blocks: np.ndarray, H, W, sh, sw, top, left) -> np.ndarray:
+    """dx (N, H, W, C), the adjoint of ``padded_windows``: each window entry
+    blocks[n, i, j, a, b, c] added onto x̃[n, c, i·sh + a, j·sw + b], one kernel position
+    (a, b) at a time in (a, b) order (as the gather kernels sum), the padding cut."""
+    N, Ho, Wo, KH, KW, C = blocks.shape
+    dx_p = np.zeros((N, *_padded_size(H, W, KH, KW, sh, sw, top, left, Ho, Wo), C),
+                    dtype=blocks.dtype)
+    for a in range(KH):
+        for b in range(KW):
+            dx_p[:, a:a + sh * Ho:sh, b:b + sw * Wo:sw, :] += blocks[:, :, :, a, b, :]
+    return dx_p[:, top:top + H, left:left + W, :]
+
+
 @twin("im2col_gather")
 def im2col_gather_twin(x, cols, s_n, s_c, s_h, s_w, N, C, H, W, KH, KW, sh, sw, top, left,
                        Ho, Wo) -> None:
-    """cols[(n, i, j), (a, b, c)] = x̃[n, c, i·sh + a, j·sw + b]: x copied channels-last into
-    a zero buffer at (top, left), large enough for every window, then its windows copied."""
-    x4 = _logical(x, (N, C, H, W), (s_n, s_c, s_h, s_w))
-    Hp, Wp = max(top + H, (Ho - 1) * sh + KH), max(left + W, (Wo - 1) * sw + KW)
-    x_p = np.zeros((N, Hp, Wp, C), dtype=cols.dtype)
-    x_p[:, top:top + H, left:left + W, :] = x4.transpose(0, 2, 3, 1)
-    t_n, t_h, t_w, t_c = x_p.strides
-    windows = np.lib.stride_tricks.as_strided(
-        x_p, shape=(N, Ho, Wo, KH, KW, C), strides=(t_n, sh * t_h, sw * t_w, t_h, t_w, t_c))
-    cols.reshape(N, Ho, Wo, KH, KW, C)[...] = windows
+    """cols[(n, i, j), (a, b, c)] = x̃[n, c, i·sh + a, j·sw + b], x̃ zero-padded."""
+    x4 = strided_view(x, (N, C, H, W), (s_n, s_c, s_h, s_w))
+    cols.reshape(N, Ho, Wo, KH, KW, C)[...] = padded_windows(x4, KH, KW, sh, sw, top, left,
+                                                             Ho, Wo, 0)
 
 
 @twin("col2im_gather")
 def col2im_gather_twin(dcols, dx, N, C, H, W, KH, KW, sh, sw, top, left, Ho, Wo) -> None:
     """dx[n, h, w, c] = Σ dcols[(n, i, j), (a, b, c)] over i·sh + a - top = h,
-    j·sw + b - left = w: each kernel position (a, b) adds its block onto a strided slice of
-    a zero padded buffer (in a, b order, as the kernel sums), then the padding is cut."""
-    Hp, Wp = max(top + H, (Ho - 1) * sh + KH), max(left + W, (Wo - 1) * sw + KW)
+    j·sw + b - left = w."""
     blocks = dcols.reshape(N, Ho, Wo, KH, KW, C)
-    dx_p = np.zeros((N, Hp, Wp, C), dtype=dx.dtype)
-    for a in range(KH):
-        for b in range(KW):
-            dx_p[:, a:a + sh * Ho:sh, b:b + sw * Wo:sw, :] += blocks[:, :, :, a, b, :]
-    dx.reshape(N, H, W, C)[...] = dx_p[:, top:top + H, left:left + W, :]
+    dx.reshape(N, H, W, C)[...] = add_windows_back(blocks, H, W, sh, sw, top, left)
 
 
 @twin("conv_bias_grad_partial")
@@ -161,4 +184,3 @@ def conv_bias_grad_partial_twin(dout, partial, rows, C, chunks) -> None:
 def conv_bias_grad_finish_twin(partial, db, C, chunks) -> None:
     """db[c] = Σ_k partial[k, c]."""
     db.reshape(-1)[:C] = partial.reshape(-1)[:chunks * C].reshape(chunks, C).sum(axis=0)
-

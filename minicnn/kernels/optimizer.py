@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ..backend import get_array_module
 from . import launch, twin
 
 __all__ = ["sgd_step", "adam_step", "ema_update", "power"]
@@ -45,8 +46,9 @@ def sgd_step(theta: Any, grad: Any, b: Any, hyper: Any, *, lr_scale: float, mome
              dampening: float, weight_decay: float, nesterov: bool, decoupled: bool,
              first: bool) -> None:
     """One SGD step over the flat ``theta`` (n,) with ``grad`` (n,) and momentum ``b`` (n,)
-    (``theta`` itself when momentum is 0: not touched then); γ = hyper[0] · lr_scale."""
-    xp = _xp(theta)
+    (``theta`` itself when momentum is 0: not touched then); γ = hyper[0] · lr_scale. One
+    launch."""
+    xp = get_array_module(theta)
     n = int(theta.size)
     launch(xp, FAMILY, "optim_sgd_step", theta.dtype, n,
            (np.int64(n), theta, grad, b, hyper, np.float64(lr_scale), np.float64(momentum),
@@ -59,8 +61,8 @@ def adam_step(theta: Any, grad: Any, m: Any, v: Any, hyper: Any, slot: int, pari
               decoupled: bool) -> None:
     """One Adam (``decoupled`` False) or AdamW step over the flat ``theta`` (n,), with the
     moments ``m``, ``v`` (n,); the step count is read from hyper[slot + parity] and the next
-    one written to hyper[slot + 1 - parity]."""
-    xp = _xp(theta)
+    one written to hyper[slot + 1 - parity]. One launch."""
+    xp = get_array_module(theta)
     n = int(theta.size)
     launch(xp, FAMILY, "optim_adam_step", theta.dtype, n,
            (np.int64(n), theta, grad, m, v, hyper, np.int32(slot), np.int32(parity),
@@ -71,27 +73,23 @@ def adam_step(theta: Any, grad: Any, m: Any, v: Any, hyper: Any, slot: int, pari
 def ema_update(shadow: Any, theta: Any, hyper: Any, slot: int, parity: int, *, decay: float,
                warmup: bool) -> None:
     """θ_ema = θ_ema - (1 - d)(θ_ema - θ) over the flat ``shadow`` (n,); the update count is
-    read from hyper[slot + parity], the next one written to hyper[slot + 1 - parity]."""
-    xp = _xp(shadow)
+    read from hyper[slot + parity], the next one written to hyper[slot + 1 - parity]. One
+    launch."""
+    xp = get_array_module(shadow)
     n = int(shadow.size)
     launch(xp, FAMILY, "optim_ema_update", shadow.dtype, n,
            (np.int64(n), shadow, theta, hyper, np.int32(slot), np.int32(parity),
             np.float64(decay), np.int32(bool(warmup))))
 
 
-def _xp(a: Any) -> Any:
-    from ..backend import get_array_module  # noqa: PLC0415 - kernels import backend lazily
-
-    return get_array_module(a)
-
-
 # -- twins: what each kernel computes, vectorised ---------------------------------------------
 
 @twin("optim_sgd_step")
-def _sgd_twin(n: np.int64, theta: np.ndarray, grad: np.ndarray, b: np.ndarray,
-              hyper: np.ndarray, lr_scale: np.float64, momentum: np.float64,
-              dampening: np.float64, weight_decay: np.float64, nesterov: np.int32,
-              decoupled: np.int32, first: np.int32) -> None:
+def optim_sgd_step_twin(n: np.int64, theta: np.ndarray, grad: np.ndarray, b: np.ndarray,
+                        hyper: np.ndarray, lr_scale: np.float64, momentum: np.float64,
+                        dampening: np.float64, weight_decay: np.float64, nesterov: np.int32,
+                        decoupled: np.int32, first: np.int32) -> None:
+    """SGD on theta[:n], as the kernel computes it (per-launch scalars in float64)."""
     s = theta.dtype.type
     n = int(n)
     lr = float(hyper[0]) * float(lr_scale)
@@ -110,10 +108,13 @@ def _sgd_twin(n: np.int64, theta: np.ndarray, grad: np.ndarray, b: np.ndarray,
 
 
 @twin("optim_adam_step")
-def _adam_twin(n: np.int64, theta: np.ndarray, grad: np.ndarray, m: np.ndarray, v: np.ndarray,
-               hyper: np.ndarray, slot: np.int32, parity: np.int32, lr_scale: np.float64,
-               beta1: np.float64, beta2: np.float64, eps: np.float64,
-               weight_decay: np.float64, decoupled: np.int32) -> None:
+def optim_adam_step_twin(n: np.int64, theta: np.ndarray, grad: np.ndarray, m: np.ndarray,
+                         v: np.ndarray, hyper: np.ndarray, slot: np.int32, parity: np.int32,
+                         lr_scale: np.float64, beta1: np.float64, beta2: np.float64,
+                         eps: np.float64, weight_decay: np.float64, decoupled: np.int32
+                         ) -> None:
+    """Adam / AdamW on theta[:n] at step t = hyper[slot + parity] + 1; writes t for the next
+    launch."""
     s = theta.dtype.type
     n = int(n)
     t = float(hyper[slot + parity]) + 1.0
@@ -139,8 +140,11 @@ def _adam_twin(n: np.int64, theta: np.ndarray, grad: np.ndarray, m: np.ndarray, 
 
 
 @twin("optim_ema_update")
-def _ema_twin(n: np.int64, shadow: np.ndarray, theta: np.ndarray, hyper: np.ndarray,
-              slot: np.int32, parity: np.int32, decay: np.float64, warmup: np.int32) -> None:
+def optim_ema_update_twin(n: np.int64, shadow: np.ndarray, theta: np.ndarray,
+                          hyper: np.ndarray, slot: np.int32, parity: np.int32,
+                          decay: np.float64, warmup: np.int32) -> None:
+    """θ_ema -= (1 - d)(θ_ema - θ) on shadow[:n] after update k = hyper[slot + parity];
+    writes k + 1 for the next launch."""
     s = shadow.dtype.type
     n = int(n)
     k = float(hyper[slot + parity])

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from . import launch, twin
-from .im2col import storage
+from .im2col import add_windows_back, geometry, padded_windows, storage, strided_view
 
 __all__ = ["max_pool_fits", "max_pool_forward", "max_pool_backward", "avg_pool_forward",
            "avg_pool_backward"]
@@ -42,32 +42,24 @@ def max_pool_fits(kernel_size: tuple[int, int]) -> bool:
 
 def _geometry(x_shape: tuple[int, ...], kernel_size: tuple[int, int], stride: tuple[int, int],
               padding: Pads, out_size: tuple[int, int]) -> tuple[np.int32, ...]:
-    """(N, C, H, W, KH, KW, sh, sw, top, left, Ho, Wo) as the kernels' int arguments."""
-    (kh, kw), (sh, sw), ((top, _), (left, _)) = kernel_size, stride, padding
-    values = (*x_shape, kh, kw, sh, sw, top, left, *out_size)
-    N, C, H, W = x_shape
-    if max(N * H * W, N * out_size[0] * out_size[1]) > 2**31 - 1:
-        raise ValueError("kernels.pool: more than 2^31 - 1 pixels: the kernels index them "
-                         "with 32-bit ints")
-    return tuple(np.int32(v) for v in values)
-
-
-def _strides(a: Any) -> tuple[Any, tuple[np.int64, ...]]:
-    base, strides = storage(a)
-    return base, tuple(np.int64(s) for s in strides)
+    """The kernels' int arguments (``im2col.geometry``) for ``padding`` ((top, _), (left, _))."""
+    (top, _), (left, _) = padding
+    return geometry(x_shape, kernel_size, stride, (top, left), out_size)
 
 
 def max_pool_forward(xp: Any, x: Any, kernel_size: tuple[int, int], stride: tuple[int, int],
                      padding: Pads, out_size: tuple[int, int]) -> tuple[Any, Any]:
-    """(y, argmax): y (N, C, Ho, Wo) stored channels-last and the first max's window position
-    (N, Ho, Wo, C) uint8, in one launch."""
+    """Max pooling of x (N, C, H, W), any layout, in one launch.
+
+    Returns y (N, C, Ho, Wo), stored channels-last, and the argmax (N, Ho, Wo, C) uint8: the
+    window position a·KW + b of each window's first max (what backward needs)."""
     N, C = x.shape[:2]
     Ho, Wo = out_size
     y = xp.empty((N, Ho, Wo, C), dtype=x.dtype)
     argmax = xp.empty((N, Ho, Wo, C), dtype=np.uint8)
-    base, strides = _strides(x)
-    args = (base, y, argmax, *strides, *_geometry(x.shape, kernel_size, stride, padding,
-                                                  out_size), x.dtype.type(-np.inf))
+    base, strides = storage(x)
+    args = (base, y, argmax, *strides,
+            *_geometry(x.shape, kernel_size, stride, padding, out_size), x.dtype.type(-np.inf))
     launch(xp, "pool", "pool_max_forward", x.dtype, y.size, args)
     return y.transpose(0, 3, 1, 2), argmax
 
@@ -75,10 +67,11 @@ def max_pool_forward(xp: Any, x: Any, kernel_size: tuple[int, int], stride: tupl
 def max_pool_backward(xp: Any, dout: Any, argmax: Any, x_shape: tuple[int, ...],
                       kernel_size: tuple[int, int], stride: tuple[int, int],
                       padding: Pads) -> Any:
-    """dx (N, C, H, W) stored channels-last: each window's dout onto its argmax, one launch."""
+    """dx (N, C, H, W), stored channels-last, from dout (N, C, Ho, Wo), any layout, and the
+    forward's argmax: each window's dout onto its max, summed per pixel. One launch."""
     N, C, H, W = x_shape
     dx = xp.empty((N, H, W, C), dtype=dout.dtype)
-    base, strides = _strides(dout)
+    base, strides = storage(dout)
     args = (base, argmax, dx, *strides,
             *_geometry(x_shape, kernel_size, stride, padding, dout.shape[2:]))
     launch(xp, "pool", "pool_max_backward", dout.dtype, dx.size, args)
@@ -87,11 +80,12 @@ def max_pool_backward(xp: Any, dout: Any, argmax: Any, x_shape: tuple[int, ...],
 
 def avg_pool_forward(xp: Any, x: Any, kernel_size: tuple[int, int], stride: tuple[int, int],
                      padding: Pads, out_size: tuple[int, int]) -> Any:
-    """y (N, C, Ho, Wo) stored channels-last: each window's mean (zero padding counts)."""
+    """y (N, C, Ho, Wo), stored channels-last: each window's mean of x (N, C, H, W), any
+    layout (zero padding counts). One launch."""
     N, C = x.shape[:2]
     Ho, Wo = out_size
     y = xp.empty((N, Ho, Wo, C), dtype=x.dtype)
-    base, strides = _strides(x)
+    base, strides = storage(x)
     args = (base, y, *strides, *_geometry(x.shape, kernel_size, stride, padding, out_size))
     launch(xp, "pool", "pool_avg_forward", x.dtype, y.size, args)
     return y.transpose(0, 3, 1, 2)
@@ -100,65 +94,27 @@ def avg_pool_forward(xp: Any, x: Any, kernel_size: tuple[int, int], stride: tupl
 def avg_pool_backward(xp: Any, dout: Any, x_shape: tuple[int, ...],
                       kernel_size: tuple[int, int], stride: tuple[int, int],
                       padding: Pads) -> Any:
-    """dx (N, C, H, W) stored channels-last: every window entry gets dout / (KH·KW)."""
+    """dx (N, C, H, W), stored channels-last, from dout (N, C, Ho, Wo), any layout: every
+    window entry gets dout / (KH·KW), summed per pixel. One launch."""
     N, C, H, W = x_shape
     dx = xp.empty((N, H, W, C), dtype=dout.dtype)
-    base, strides = _strides(dout)
+    base, strides = storage(dout)
     args = (base, dx, *strides, *_geometry(x_shape, kernel_size, stride, padding,
                                            dout.shape[2:]))
     launch(xp, "pool", "pool_avg_backward", dout.dtype, dx.size, args)
     return dx.transpose(0, 3, 1, 2)
 
 
-# -- the twins ---------------------------------------------------------------------------------
-
-def _logical(buffer: np.ndarray, shape: tuple[int, ...], strides: tuple[int, ...]) -> np.ndarray:
-    """The array a kernel sees at ``buffer`` through element ``strides`` (read-only view)."""
-    flat = buffer.reshape(-1)
-    return np.lib.stride_tricks.as_strided(
-        flat, shape=shape, strides=tuple(int(s) * flat.itemsize for s in strides),
-        writeable=False)
-
-
-def _padded_nhwc(x4: np.ndarray, KH, KW, sh, sw, top, left, Ho, Wo, fill) -> np.ndarray:
-    """x (N, C, H, W) copied channels-last into a ``fill`` buffer at (top, left), large enough
-    for all Ho×Wo windows."""
-    N, C, H, W = x4.shape
-    Hp, Wp = max(top + H, (Ho - 1) * sh + KH), max(left + W, (Wo - 1) * sw + KW)
-    x_p = np.full((N, Hp, Wp, C), fill, dtype=x4.dtype)
-    x_p[:, top:top + H, left:left + W, :] = x4.transpose(0, 2, 3, 1)
-    return x_p
-
-
-def _windows(x_p: np.ndarray, KH, KW, sh, sw, Ho, Wo) -> np.ndarray:
-    """(N, Ho, Wo, KH·KW, C): window entries in row-major position order (a view)."""
-    N, _, _, C = x_p.shape
-    t_n, t_h, t_w, t_c = x_p.strides
-    return np.lib.stride_tricks.as_strided(
-        x_p, shape=(N, Ho, Wo, KH, KW, C),
-        strides=(t_n, sh * t_h, sw * t_w, t_h, t_w, t_c)).reshape(N, Ho, Wo, KH * KW, C)
-
-
-def _gather_back(share: np.ndarray, N, C, H, W, KH, KW, sh, sw, top, left, Ho, Wo
-                 ) -> np.ndarray:
-    """dx (N, H, W, C): Σ of share[n, i, j, a·KW + b, c] onto the pixel x̃[i·sh + a, j·sw + b],
-    position by position in (a, b) order, the padding cut."""
-    Hp, Wp = max(top + H, (Ho - 1) * sh + KH), max(left + W, (Wo - 1) * sw + KW)
-    dx_p = np.zeros((N, Hp, Wp, C), dtype=share.dtype)
-    for a in range(KH):
-        for b in range(KW):
-            dx_p[:, a:a + sh * Ho:sh, b:b + sw * Wo:sw, :] += share[:, :, :, a * KW + b, :]
-    return dx_p[:, top:top + H, left:left + W, :]
-
+# -- the twins (the window helpers are im2col.py's) ----------------------------------------------
 
 @twin("pool_max_forward")
 def pool_max_forward_twin(x, y, argmax, s_n, s_c, s_h, s_w, N, C, H, W, KH, KW, sh, sw, top,
                           left, Ho, Wo, fill) -> None:
     """argmax = the first position of each window's max (``np.argmax``: first on ties, the
     first NaN if any), y = the entry there."""
-    x_p = _padded_nhwc(_logical(x, (N, C, H, W), (s_n, s_c, s_h, s_w)), KH, KW, sh, sw, top,
-                       left, Ho, Wo, fill)
-    windows = _windows(x_p, KH, KW, sh, sw, Ho, Wo)                 # (N, Ho, Wo, K, C)
+    x4 = strided_view(x, (N, C, H, W), (s_n, s_c, s_h, s_w))
+    windows = padded_windows(x4, KH, KW, sh, sw, top, left, Ho, Wo, fill).reshape(
+        N, Ho, Wo, KH * KW, C)
     where = windows.argmax(axis=3)                                  # (N, Ho, Wo, C)
     argmax.reshape(N, Ho, Wo, C)[...] = where
     y.reshape(N, Ho, Wo, C)[...] = np.take_along_axis(windows, where[:, :, :, None], 3)[
@@ -169,20 +125,20 @@ def pool_max_forward_twin(x, y, argmax, s_n, s_c, s_h, s_w, N, C, H, W, KH, KW, 
 def pool_max_backward_twin(dout, argmax, dx, d_n, d_c, d_h, d_w, N, C, H, W, KH, KW, sh, sw,
                            top, left, Ho, Wo) -> None:
     """Each window's dout at its argmax position, zero at the others, summed back per pixel."""
-    d = _logical(dout, (N, C, Ho, Wo), (d_n, d_c, d_h, d_w)).transpose(0, 2, 3, 1)
+    d = strided_view(dout, (N, C, Ho, Wo), (d_n, d_c, d_h, d_w)).transpose(0, 2, 3, 1)
     is_max = argmax.reshape(N, Ho, Wo, 1, C) == np.arange(KH * KW).reshape(1, 1, 1, -1, 1)
     share = np.where(is_max, d[:, :, :, None, :], 0).astype(dx.dtype)
-    dx.reshape(N, H, W, C)[...] = _gather_back(share, N, C, H, W, KH, KW, sh, sw, top, left,
-                                               Ho, Wo)
+    dx.reshape(N, H, W, C)[...] = add_windows_back(share.reshape(N, Ho, Wo, KH, KW, C), H, W,
+                                                   sh, sw, top, left)
 
 
 @twin("pool_avg_forward")
 def pool_avg_forward_twin(x, y, s_n, s_c, s_h, s_w, N, C, H, W, KH, KW, sh, sw, top, left,
                           Ho, Wo) -> None:
     """y = the sum of each zero-padded window / (KH·KW)."""
-    x_p = _padded_nhwc(_logical(x, (N, C, H, W), (s_n, s_c, s_h, s_w)), KH, KW, sh, sw, top,
-                       left, Ho, Wo, 0)
-    total = _windows(x_p, KH, KW, sh, sw, Ho, Wo).sum(axis=3)
+    x4 = strided_view(x, (N, C, H, W), (s_n, s_c, s_h, s_w))
+    windows = padded_windows(x4, KH, KW, sh, sw, top, left, Ho, Wo, 0)
+    total = windows.reshape(N, Ho, Wo, KH * KW, C).sum(axis=3)
     y.reshape(N, Ho, Wo, C)[...] = total / y.dtype.type(KH * KW)
 
 
@@ -190,7 +146,7 @@ def pool_avg_forward_twin(x, y, s_n, s_c, s_h, s_w, N, C, H, W, KH, KW, sh, sw, 
 def pool_avg_backward_twin(dout, dx, d_n, d_c, d_h, d_w, N, C, H, W, KH, KW, sh, sw, top, left,
                            Ho, Wo) -> None:
     """Σ dout over the windows covering each pixel, / (KH·KW)."""
-    d = _logical(dout, (N, C, Ho, Wo), (d_n, d_c, d_h, d_w)).transpose(0, 2, 3, 1)
-    share = np.broadcast_to(d[:, :, :, None, :], (N, Ho, Wo, KH * KW, C))
-    total = _gather_back(share, N, C, H, W, KH, KW, sh, sw, top, left, Ho, Wo)
+    d = strided_view(dout, (N, C, Ho, Wo), (d_n, d_c, d_h, d_w)).transpose(0, 2, 3, 1)
+    share = np.broadcast_to(d[:, :, :, None, None, :], (N, Ho, Wo, KH, KW, C))
+    total = add_windows_back(share, H, W, sh, sw, top, left)
     dx.reshape(N, H, W, C)[...] = total / dx.dtype.type(KH * KW)

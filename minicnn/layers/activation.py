@@ -4,9 +4,10 @@ Each backward is ``dx = dout * f'(x)``, with f' written from what forward cached
 the input's dtype and its memory layout (a channels-last input gives a channels-last output).
 None of them overflows for large |x|: every ``exp`` is taken of a non-positive number.
 
-The arithmetic is in ``functional/special.py``, one named function per formula: a few cheap
-passes over memory on NumPy (each step after the first in place), one fused kernel on CuPy.
-The exact GELU's Φ(x) = ½ erfc(-x/√2) comes from there too (NumPy has no erf).
+The arithmetic is in ``functional/activation.py``, one named function per formula (``relu``,
+``relu_backward``, ...): a few cheap passes over memory on NumPy (each step after the first in
+place), one fused kernel on CuPy. The exact GELU's Φ(x) = ½ erfc(-x/√2) is
+``functional/special.py``'s ``normal_cdf`` (NumPy has no erf).
 
 Derivation: docs/derivations/activations.md
 Tests: tests/test_activation.py, tests/test_kernels_elementwise.py
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..functional.special import (
+from ..functional.activation import (
     gelu,
     gelu_backward,
     leaky_relu,
@@ -97,7 +98,7 @@ class Sigmoid(Layer):
     """Logistic sigmoid, squashing to (0, 1).
 
     Forward:  y = σ(x) = 1 / (1 + e^{-x})      (computed stably for any x:
-                                                functional.special.sigmoid)
+                                                functional.activation.sigmoid)
     Backward: dx = dout * y (1 - y)            since σ' = σ (1 - σ)
 
     Shapes: any, output same as input.

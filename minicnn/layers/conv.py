@@ -21,6 +21,7 @@ from ..functional.conv import (
 )
 from ..functional.grouped_conv import grouped_conv2d, grouped_conv2d_backward
 from ..functional.im2col import im2col, normalize_padding, output_size, pair
+from ..functional.precision import gemm_input, gemm_inputs
 from ..functional.scratch import scratch_workspace
 from ..functional.winograd import winograd_applies, winograd_conv2d, winograd_conv2d_backward
 from .base import Layer, Parameter, check_channels, check_float_input, check_ndim, new_array
@@ -189,7 +190,8 @@ class Conv2d(Layer):
         # cols is scratch: the arena's patch buffer, dead when forward returns.
         cols, _ = im2col(x, self.kernel_size, self.stride, self.pads,
                          workspace=scratch_workspace(xp))
-        W_mat = conv2d_weight_matrix(W)
+        # The GEMM's inputs in the precision policy's format (float32 by default: unchanged)
+        cols, W_mat = gemm_inputs(cols, conv2d_weight_matrix(W))
         out = cols @ W_mat.T                                  # (N·Ho·Wo, C_out)
         if self.b is not None:
             out += self.b.data.astype(x.dtype, copy=False)
@@ -250,6 +252,7 @@ class Conv2d(Layer):
         """y = the grouped convolution of x (``grouped_conv2d``: one batched product over the
         groups, or the depthwise shifted-view sum), plus b; the cache keeps x and W."""
         xp = get_array_module(x)
+        x, W = gemm_inputs(x, W)       # the precision policy's inputs, kept for the backward
         y = grouped_conv2d(x, W, self.groups, self.stride, self.pads,
                            workspace=scratch_workspace(xp))
         if self.b is not None:
@@ -259,7 +262,8 @@ class Conv2d(Layer):
 
     def _backward_grouped(self, dout: Any, x: Any, W: Any) -> Any:
         """dW and dx per group (``grouped_conv2d_backward``), db = Σ dout."""
-        dx, dW = grouped_conv2d_backward(dout, x, W, self.groups, self.stride, self.pads,
+        dout_g = gemm_input(dout)      # the precision policy's format (x and W already are)
+        dx, dW = grouped_conv2d_backward(dout_g, x, W, self.groups, self.stride, self.pads,
                                          need_dx=self.input_grad,
                                          need_dW=self.W.requires_grad,
                                          workspace=scratch_workspace(get_array_module(x)))

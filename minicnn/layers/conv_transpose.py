@@ -11,6 +11,7 @@ from typing import Any
 from .. import init as initializers
 from ..functional.conv import conv2d_input_grad, conv2d_weight_matrix
 from ..functional.im2col import im2col, pair
+from ..functional.precision import gemm_inputs
 from ..functional.scratch import scratch_workspace
 from .base import Layer, Parameter, check_channels, check_float_input, check_ndim, new_array
 
@@ -182,11 +183,13 @@ class ConvTranspose2d(Layer):
             cols, _ = im2col(dout[:, g_out], self.kernel_size, self.stride, self.pads,
                              workspace=workspace)
             if self.W.requires_grad:
-                dW_mat = x_mat[:, g_in].T @ cols           # dW_mat = x_matᵀ @ cols
+                xg, cg = gemm_inputs(x_mat[:, g_in], cols)  # rounded under bf16/fp16/tf32
+                dW_mat = xg.T @ cg                         # dW_mat = x_matᵀ @ cols
                 dWs.append(dW_mat.reshape(-1, *self.kernel_size, self.out_channels
                                           // self.groups).transpose(0, 3, 1, 2))
             if self.input_grad:
-                dxs.append(cols @ conv2d_weight_matrix(W[g_in]).T)   # dx_mat = cols @ W_matᵀ
+                cg, Wg = gemm_inputs(cols, conv2d_weight_matrix(W[g_in]))
+                dxs.append(cg @ Wg.T)                      # dx_mat = cols @ W_matᵀ
         if self.W.requires_grad:
             self.W.set_grad(xp.ascontiguousarray(xp.concatenate(dWs, axis=0)))
         if self.b is not None:

@@ -1,5 +1,8 @@
 """Dropout: randomly zero units during training, a cheap ensemble that fights overfitting.
 
+The mask and the two products are ``functional/dropout.py``'s ``dropout`` and
+``dropout_backward``.
+
 Derivation: docs/derivations/dropout.md
 Tests: tests/test_dropout.py
 """
@@ -10,8 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import get_array_module
-from ..functional.special import dropout
+from ..functional.dropout import dropout, dropout_backward
 from .base import Layer, check_float_input
 
 __all__ = ["Dropout"]
@@ -50,7 +52,7 @@ class Dropout(Layer):
         GPU from that seed with ``functional.random_bits``, a counter-based hash: a pure
         function of (seed, element index), so no generator lives on the device (nothing
         there to save, copy or replay) and no mask is copied from the host; one kernel
-        hashes, masks and scales (``functional.special.dropout``). (A fresh CuPy
+        hashes, masks and scales (``functional.dropout.dropout``). (A fresh CuPy
         generator per forward would do too, but each one allocates and initialises its
         state with a kernel, every step.) The two backends draw different masks from the
         same seed.
@@ -80,8 +82,7 @@ class Dropout(Layer):
         mask = self.cached()
         if mask is _IDENTITY:  # the forward was the identity (eval mode or p = 0)
             return dout
-        xp = get_array_module(dout)
-        return xp.multiply(dout, mask, out=xp.empty_like(dout))  # dout's layout kept
+        return dropout_backward(mask, dout)      # dx = dout * m / (1 - p)
 
     @property
     def mask(self) -> Any:

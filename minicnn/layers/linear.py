@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import init as initializers
+from ..functional.precision import gemm_inputs
 from .base import Layer, Parameter, check_float_input, new_array
 
 __all__ = ["Linear"]
@@ -67,8 +68,9 @@ class Linear(Layer):
                 f"{self.in_features} on the last axis), got shape {tuple(x.shape)}; "
                 f"put a Flatten() before Linear for image batches")
         self.cache = x
-        W = self.W.data.astype(x.dtype, copy=False)
-        y = x @ W
+        # The GEMM's inputs in the precision policy's format (float32 by default: unchanged)
+        x_g, W = gemm_inputs(x, self.W.data.astype(x.dtype, copy=False))
+        y = x_g @ W
         if self.b is not None:
             y += self.b.data.astype(x.dtype, copy=False)
         return y
@@ -79,12 +81,14 @@ class Linear(Layer):
         # Treat any leading axes (..., in) as one batch axis for the parameter gradients.
         x2 = x.reshape(-1, self.in_features)
         dout2 = dout.reshape(-1, self.out_features)
-        self.W.set_grad(x2.T @ dout2)
+        x2_g, dout2_g = gemm_inputs(x2, dout2)    # the GEMMs' inputs under the precision policy
+        self.W.set_grad(x2_g.T @ dout2_g)
         if self.b is not None:
             self.b.set_grad(dout2.sum(axis=0))
         if not self.input_grad:  # see Conv2d.input_grad
             return None
-        return dout @ W.T
+        dout_g, W = gemm_inputs(dout, W)
+        return dout_g @ W.T
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

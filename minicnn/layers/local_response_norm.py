@@ -14,6 +14,7 @@ import math
 from typing import Any
 
 from ..backend import get_array_module
+from ..functional.normalization import empty_as
 from ._checks import check_positive_int
 from .base import Layer, check_float_input, check_ndim
 
@@ -28,13 +29,19 @@ def channel_window_sum(a: Any, before: int, after: int) -> Any:
     c receives a[:, c + d] for the c where c + d is in [0, C). A cumulative sum would take
     two passes whatever the window, but its differences of large prefix sums lose float32
     digits on many channels; a window of 5 is 5 exact additions.
+
+    w has a's memory layout (``zeros_like``), and each addition writes into its slice of w
+    through ``out=`` (``w[:, lo:hi] += ...`` would copy the sum back onto itself, one more
+    pass per offset on CuPy).
     """
+    xp = get_array_module(a)
     C = a.shape[1]
-    w = get_array_module(a).zeros_like(a)
+    w = xp.zeros_like(a)
     for d in range(-before, after + 1):
         lo, hi = max(0, -d), min(C, C - d)       # the c whose neighbour c + d exists
         if lo < hi:
-            w[:, lo:hi] += a[:, lo + d:hi + d]
+            w_slice = w[:, lo:hi]
+            xp.add(w_slice, a[:, lo + d:hi + d], out=w_slice)
     return w
 
 
@@ -59,6 +66,10 @@ class LocalResponseNorm(Layer):
     where {c : j ∈ W(c)} = [j - (size-1)//2, j + size//2] is the window mirrored. Both window
     sums are ``channel_window_sum`` (one shifted slice per offset). The forward keeps x (a
     reference) and s (x's size); backward recomputes s^(-beta) from s.
+
+    Every full-size array is allocated like x (``empty_as``) and written with ``out=`` or in
+    place: a CuPy ufunc allocates its output C-ordered, so ``x * x`` would turn a
+    channels-last x into an NCHW y and dx. y and dx are stored as x is, on both backends.
 
     Parameters
     ----------
@@ -97,28 +108,38 @@ class LocalResponseNorm(Layer):
         self.input_grad = True
 
     def forward(self, x: Any) -> Any:
-        check_float_input("LocalResponseNorm", x)
+        xp = check_float_input("LocalResponseNorm", x)
         check_ndim("LocalResponseNorm", x, (2, 3, 4), "(N, C, H, W) (or (N, C), (N, C, L))")
         n = self.size
-        s = channel_window_sum(x * x, n // 2, (n - 1) // 2)    # Σ_{c' ∈ W(c)} x_c'²
+        x2 = xp.multiply(x, x, out=empty_as(x))                # x²
+        s = channel_window_sum(x2, n // 2, (n - 1) // 2)        # Σ_{c' ∈ W(c)} x_c'²
         s *= self.alpha / n
         s += self.k                                             # s = k + (α/n) Σ x²
         self.cache = (x, s)
-        return x * s ** -self.beta                              # y = x s^(-β)
+        y = xp.power(s, -self.beta, out=x2)                     # s^(-β), over x²'s buffer
+        y *= x                                                  # y = x s^(-β)
+        return y
 
     def backward(self, dout: Any) -> Any:
         x, s = self.cached()
-        check_float_input("LocalResponseNorm", dout)
+        xp = check_float_input("LocalResponseNorm", dout)
         if dout.shape != x.shape:
             raise ValueError(f"LocalResponseNorm.backward: dout has shape {tuple(dout.shape)}, "
                              f"the output had {tuple(x.shape)}")
         if not self.input_grad:
             return None
         n = self.size
-        scale = s ** -self.beta                                 # s^(-β)
-        t = dout * x * scale / s                                # dout_c x_c s_c^(-β-1)
+        scale = xp.power(s, -self.beta, out=empty_as(s))       # s^(-β)
+        t = xp.multiply(dout, x, out=empty_as(x, dout))
+        t *= scale
+        t /= s                                                  # t = dout_c x_c s_c^(-β-1)
         back = channel_window_sum(t, (n - 1) // 2, n // 2)      # Σ over {c : j ∈ W(c)}
-        return dout * scale - (2 * self.alpha * self.beta / n) * x * back
+        # dx = dout s^(-β) - (2αβ/n) x back, the second term over t's buffer
+        dx = xp.multiply(dout, scale, out=empty_as(x, dout))
+        t = xp.multiply(x, 2 * self.alpha * self.beta / n, out=t)
+        t *= back
+        dx -= t
+        return dx
 
     def extra_repr(self) -> str:
         return f"{self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"

@@ -29,7 +29,9 @@ in training and evaluation.
 
 The reductions and the element-wise operations work on any memory layout, so a
 channels-last input (a transposed view) is normalised without being copied first, and the
-outputs keep the input's layout (NumPy's element-wise default order 'K').
+outputs and dx keep the input's layout on NumPy and CuPy alike: every full-size result is
+written into an array allocated like x (``empty_as``, ``scale_shift``), where a CuPy ufunc
+would allocate a C-ordered (NCHW) one.
 
 Derivation: docs/derivations/normalization.md, docs/derivations/batchnorm.md
 Tests: tests/test_norm.py
@@ -41,7 +43,14 @@ from typing import Any
 
 import numpy as np
 
-from ..functional.normalization import normalize, normalize_backward, per_channel
+from ..backend import get_array_module
+from ..functional.normalization import (
+    empty_as,
+    normalize,
+    normalize_backward,
+    per_channel,
+    scale_shift,
+)
 from ._checks import check_eps, check_positive_int
 from .base import Layer, Parameter, check_channels, check_float_input, check_ndim, new_array
 from .batchnorm import BatchNorm1d, BatchNorm2d
@@ -97,10 +106,10 @@ class LayerNorm(Layer):
                              f"{tuple(x.shape)}")
         axes = tuple(range(x.ndim - k, x.ndim))
         x_hat, inv_std, _, _ = normalize(x, axes, self.eps)
-        y = x_hat * self.gamma.data.astype(x.dtype, copy=False)
-        y += self.beta.data.astype(x.dtype, copy=False)
         self.cache = (x_hat, inv_std)
-        return y
+        gamma = self.gamma.data.astype(x.dtype, copy=False)
+        beta = self.beta.data.astype(x.dtype, copy=False)
+        return scale_shift(x_hat, gamma, beta)    # x_hat * gamma + beta, in x's memory layout
 
     def backward(self, dout: Any) -> Any:
         x_hat, inv_std = self.cached()
@@ -171,18 +180,19 @@ class GroupNorm(Layer):
         axes = tuple(range(2, xg.ndim))
         x_hat, inv_std, _, _ = normalize(xg, axes, self.eps)
         x_hat = x_hat.reshape(x.shape)            # merges the axes it split: a view
-        y = x_hat * per_channel(self.gamma.data.astype(x.dtype, copy=False), x.ndim)
-        y += per_channel(self.beta.data.astype(x.dtype, copy=False), x.ndim)
         self.cache = (x_hat, inv_std)
-        return y
+        gamma = per_channel(self.gamma.data.astype(x.dtype, copy=False), x.ndim)
+        beta = per_channel(self.beta.data.astype(x.dtype, copy=False), x.ndim)
+        return scale_shift(x_hat, gamma, beta)    # x_hat * gamma + beta, in x's memory layout
 
     def backward(self, dout: Any) -> Any:
         x_hat, inv_std = self.cached()
         grouped = self._grouped_shape(x_hat.shape)
         axes = tuple(range(2, len(grouped)))
         gamma = per_channel(self.gamma.data.astype(x_hat.dtype, copy=False), x_hat.ndim)
-        # gamma varies over the channels of a group, so it stays inside dx_hat.
-        dx_hat = dout * gamma
+        # gamma varies over the channels of a group, so it stays inside dx_hat; written in
+        # x_hat's memory layout, so that the passes below read both in the same order.
+        dx_hat = get_array_module(dout).multiply(dout, gamma, out=empty_as(x_hat, dout, gamma))
         dx, _, _ = normalize_backward(
             dx_hat.reshape(grouped), x_hat.reshape(grouped), inv_std, axes)
         param_axes = (0,) + tuple(range(2, x_hat.ndim))
@@ -241,9 +251,9 @@ class InstanceNorm2d(Layer):
         self.cache = (x_hat, inv_std)
         if not self.affine:
             return x_hat  # no copy: layers never modify their input in place
-        y = x_hat * per_channel(self.gamma.data.astype(x.dtype, copy=False), 4)
-        y += per_channel(self.beta.data.astype(x.dtype, copy=False), 4)
-        return y
+        gamma = per_channel(self.gamma.data.astype(x.dtype, copy=False), 4)
+        beta = per_channel(self.beta.data.astype(x.dtype, copy=False), 4)
+        return scale_shift(x_hat, gamma, beta)    # x_hat * gamma + beta, in x's memory layout
 
     def backward(self, dout: Any) -> Any:
         x_hat, inv_std = self.cached()

@@ -15,8 +15,15 @@ from __future__ import annotations
 from typing import Any
 
 from ..functional.im2col import normalize_padding, output_size, pair
-from ..functional.pooling import avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward
-from ..functional.resample import resample, resample_backward, resampling_matrices
+from ..functional.pooling import (
+    adaptive_avg_pool2d,
+    adaptive_avg_pool2d_backward,
+    avg_pool2d,
+    avg_pool2d_backward,
+    max_pool2d,
+    max_pool2d_backward,
+    stored_channels_last,
+)
 from .base import Layer, check_float_input, check_ndim
 
 __all__ = ["MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "AdaptiveAvgPool2d"]
@@ -190,7 +197,11 @@ class AdaptiveAvgPool2d(Layer):
     The map is linear, so dx is its transpose: dx[n, c] = P_hᵀ · dout[n, c] · P_w — every input
     pixel collects the share 1/(window size) of each window it lies in.
 
-    Derivation: docs/derivations/resampling.md (the matrices and products are those of
+    Both passes are ``minicnn.functional.pooling``'s ``adaptive_avg_pool2d`` and
+    ``adaptive_avg_pool2d_backward``: two GEMMs each, on the NHWC view when x is stored
+    channels-last (y and dx then stay channels-last, on CuPy too).
+
+    Derivation: docs/derivations/resampling.md (the matrices are those of
     ``minicnn.functional.resample``); loop versions ``reference.adaptive_avg_pool2d`` and
     ``reference.adaptive_avg_pool2d_backward``.
     """
@@ -213,21 +224,21 @@ class AdaptiveAvgPool2d(Layer):
     def forward(self, x: Any) -> Any:
         check_float_input("AdaptiveAvgPool2d", x)
         check_ndim("AdaptiveAvgPool2d", x, 4, "(N, C, H, W)")
-        H, W = x.shape[2:]
-        P_h, P_w = resampling_matrices(x, (H, W), self._out_hw(H, W), "adaptive_avg")
-        self.cache = tuple(x.shape)   # all backward needs: the matrices come from the shapes
-        return resample(x, P_h, P_w)  # y = P_h · x · P_wᵀ
+        # All backward needs: the matrices come from the shapes; dx takes x's memory layout.
+        self.cache = (tuple(x.shape), stored_channels_last(x))
+        # y = P_h · x · P_wᵀ, in x's memory layout
+        return adaptive_avg_pool2d(x, self._out_hw(*x.shape[2:]))
 
     def backward(self, dout: Any) -> Any:
-        x_shape = self.cached()
+        x_shape, channels_last = self.cached()
         check_float_input("AdaptiveAvgPool2d", dout)
         N, C, H, W = x_shape
         out_shape = (N, C, *self._out_hw(H, W))
         if tuple(dout.shape) != out_shape:
             raise ValueError(f"AdaptiveAvgPool2d.backward: dout must have the output's shape "
                              f"{out_shape}, got {tuple(dout.shape)}")
-        P_h, P_w = resampling_matrices(dout, (H, W), out_shape[2:], "adaptive_avg")
-        return resample_backward(dout, P_h, P_w)  # dx = P_hᵀ · dout · P_w
+        # dx = P_hᵀ · dout · P_w, in x's memory layout
+        return adaptive_avg_pool2d_backward(dout, x_shape, channels_last)
 
     def extra_repr(self) -> str:
         oh, ow = self.output_size

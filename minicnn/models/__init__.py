@@ -30,6 +30,7 @@ builders use ``@register("name")``, imported below.
 """
 
 from ..layers.summary import summary  # public here too: mc.models.summary(model, shape)
+from .airbench import airbench94
 from .alexnet import alexnet
 from .convnext import convnext, convnext_block
 from .densenet import dense_layer, densenet, transition
@@ -54,4 +55,4 @@ __all__ = ["simple_cnn", "vgg", "vgg16", "lenet5", "resnet", "basic_block", "bui
            "alexnet", "nin", "mlpconv", "squeezenet", "fire", "inception", "inception_block",
            "densenet", "dense_layer", "transition", "unet", "double_conv", "mobilenet_v1",
            "mobilenet_v2", "depthwise_separable", "inverted_residual", "efficientnet", "mbconv",
-           "convnext", "convnext_block"]
+           "convnext", "convnext_block", "airbench94"]

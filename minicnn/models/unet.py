@@ -60,10 +60,11 @@ def unet(in_channels: int = 3, num_classes: int = 10, image_size: int = 32, widt
                                  Concat(Identity(), Sequential(...)), double_conv, up))
                     -> double_conv -> 1x1 conv (num_classes)
 
-    Output: (N, num_classes, H, W), one map of class scores per pixel (``head="segmentation"``).
-    minicnn's CrossEntropyLoss takes (N, C) logits, so training this head needs a per-pixel
-    loss (cross-entropy over (N, C, H, W) with (N, H, W) labels) that minicnn does not have
-    yet. ``head="classification"`` adds global average pooling of those maps, giving (N,
+    Output: (N, num_classes, H, W), one map of class scores per pixel (``head="segmentation"``),
+    trained with the per-pixel cross-entropy: ``CrossEntropyLoss`` on these logits and
+    (N, H, W) integer masks (softmax over the classes at every pixel, the mean over all
+    pixels; ``ignore_index`` for unlabelled ones; tests/test_segmentation.py).
+    ``head="classification"`` adds global average pooling of those maps, giving (N,
     num_classes) logits that train on CIFAR-10 like the other models.
 
     Kept: the symmetric encoder/decoder, channels doubling per level, 2x2 max pooling, the

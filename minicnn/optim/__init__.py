@@ -50,6 +50,7 @@ The package, one concern per file (everything public is importable from ``minicn
     adam.py         Adam, AdamW
     ema.py          EMA: an exponential moving average of the weights
     lookahead.py    Lookahead: slow weights pulled toward any optimizer's every k steps
+    loss_scale.py   LossScaler: dynamic loss scaling for fp16 (PyTorch's GradScaler)
     flat.py         FlatLayout: on CuPy, the parameters and gradients as views of one flat
                     buffer per (device, dtype), so that one kernel launch
                     (minicnn/kernels/optimizer.cu) updates them all
@@ -65,6 +66,7 @@ from ..regularizers import L1, L1L2, L2
 from .adam import Adam, AdamW
 from .ema import EMA
 from .lookahead import Lookahead
+from .loss_scale import LossScaler
 from .optimizer import Optimizer
 from .schedules import (
     CosineAnnealingLR,
@@ -78,7 +80,7 @@ from .schedules import (
 from .sgd import SGD
 
 __all__ = [
-    "Optimizer", "SGD", "Adam", "AdamW", "EMA", "Lookahead",
+    "Optimizer", "SGD", "Adam", "AdamW", "EMA", "Lookahead", "LossScaler",
     "LRScheduler", "StepLR", "CosineAnnealingLR", "OneCycleLR", "LambdaLR", "LinearLR",
     "ReduceLROnPlateau",
     "L1", "L2", "L1L2",

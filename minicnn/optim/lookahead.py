@@ -98,6 +98,13 @@ class Lookahead:
             slow += alpha * (p.data - slow)    # φ = φ + α (θ - φ)
             p.data[...] = slow                 # θ = φ (in place: p keeps its array)
 
+    def _step_arrays(self, flat: bool | None) -> tuple[bool, dict[Any, Any]]:
+        """The inner optimizer's ``_step_arrays`` and the slow weights (``LossScaler``)."""
+        flat, arrays = self.optimizer._step_arrays(flat)
+        for i, slow in enumerate(self.slow):
+            arrays[("slow", i)] = slow
+        return flat, arrays
+
     # -- checkpoints -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """``"inner.<key>"`` for the inner state, ``"slow.<i>"``, ``"lookahead_step"``."""

@@ -25,7 +25,7 @@ import numpy as np
 from ..backend import to_device, to_numpy
 from ..kernels import uses_kernels
 from ..layers.base import Parameter
-from .flat import Bucket, FlatLayout, FlatState
+from .flat import Bucket, FlatLayout, FlatState, layout_of
 
 __all__ = ["Optimizer", "to_like", "as_number"]
 
@@ -219,6 +219,31 @@ class Optimizer:
         entries of ``self.state`` (the views ``fs.view(key, j)``, the counters); the fused
         optimizers implement it."""
         raise NotImplementedError  # pragma: no cover - abstract
+
+    def _step_arrays(self, flat: bool | None) -> tuple[bool, dict[Any, Any]]:
+        """The device arrays a ``step`` may write, keyed so that a later call finds the same
+        ones (``LossScaler`` puts them back after an overflow): with ``flat`` (None: whether
+        every parameter is now a view of this optimizer's flat buffers) the flat parameter
+        and state buffers, one per bucket; else each trainable parameter and its state
+        arrays. Returns (flat, arrays)."""
+        layout = self._layout
+        if flat is None:
+            flat = layout is not None and all(layout_of(p) is not None for p in self.params)
+        arrays: dict[Any, Any] = {}
+        if flat and layout is not None:
+            for b, (bucket, fs) in enumerate(zip(layout.buckets, self._flat_states,
+                                                 strict=True)):
+                arrays[("flat", b)] = bucket.data
+                for key, buf in fs.buffers.items():
+                    arrays[("flat", b, key)] = buf
+            return flat, arrays
+        for i, (p, state) in enumerate(zip(self.params, self.state, strict=True)):
+            if p.requires_grad:
+                arrays[("param", i)] = p.data
+            for key in self._array_state:
+                if state.get(key) is not None:
+                    arrays[("state", i, key)] = state[key]
+        return flat, arrays
 
     def _follow_parameter(self, p: Parameter, state: dict[str, Any]) -> None:
         """Move the buffers to the parameter's device and dtype if it changed (``model.to``)."""

@@ -19,6 +19,11 @@ Data-parallel training (``fit(..., comm=...)``) adds no branch to this loop: ``f
 strategy object (``strategy.py``) at three points, before the first epoch, at each read-back
 of the metrics and at each epoch's end; in one process its answers change nothing.
 
+Mixed precision (``fit(..., precision="bf16")``, docs/precision.md) runs the same loop
+under a precision policy (``minicnn.functional.precision``): only the GEMMs' inputs change
+format; with "fp16" the loss gradient is scaled and the step skipped on an overflow, on the
+device (``minicnn.optim.LossScaler``).
+
 Epochs are counted from 1 in messages, callbacks and ``History.epoch``.
 """
 
@@ -34,8 +39,10 @@ from typing import Any
 import numpy as np
 
 from ..backend import get_array_module, get_xp, to_device, to_numpy
+from ..functional.precision import autocast, check_precision, get_precision
 from ..layers.base import Layer
 from ..layers.container import Sequential
+from ..optim.loss_scale import LossScaler
 from .callbacks import Callback, FitState, LearningRateScheduler, TerminateOnNaN
 from .console import write_line
 from .history import History
@@ -119,7 +126,8 @@ def fit(model: Layer, loss: Any, optimizer: Any, train_loader: Iterable, val_loa
         Iterable | None = None, epochs: int = 1, scheduler: Any = None,
         callbacks: Sequence[Callback] = (), verbose: int = 1, initial_epoch: int = 0,
         history: History | None = None, sync_every: int | None = None,
-        comm: Any = None) -> History:
+        comm: Any = None, precision: str | None = None,
+        loss_scaler: LossScaler | None = None) -> History:
     """Train ``model`` for epochs ``initial_epoch + 1 .. epochs``; return the ``History``.
 
     Parameters
@@ -153,7 +161,23 @@ def fit(model: Layer, loss: Any, optimizer: Any, train_loader: Iterable, val_loa
         statistics are averaged at each epoch's end, and only rank 0 prints and runs the
         callbacks with ``rank_zero_only = True`` (``ModelCheckpoint``). Give each rank its
         shard of the data (``DataLoader(..., rank=, world_size=)``, the same seed everywhere).
+    precision : "fp32", "tf32", "bf16", "fp16" or None
+        The format of every GEMM's inputs while fitting (validation included), with float32
+        master weights, optimizer state, activations, BatchNorm statistics and loss
+        (docs/precision.md, ``minicnn.functional.precision``); the previous policy is
+        restored afterwards. None (default): the current policy (``set_precision``, "fp32"
+        unless changed). "fp16" adds dynamic loss scaling (``loss_scaler``); it is not
+        available with ``comm`` yet (use "bf16").
+    loss_scaler : LossScaler, optional
+        fp16's loss scaler (default ``LossScaler()``: S₀ = 2¹⁶, ×2 every 2000 good steps,
+        ×0.5 after an overflow); ignored under the other policies.
     """
+    policy = get_precision() if precision is None else check_precision(precision,
+                                                                      "fit: precision")
+    if policy == "fp16" and comm is not None:
+        raise ValueError("fit: precision 'fp16' (loss scaling) is not supported with "
+                         "data-parallel training yet; use 'bf16'")
+    scaler = (loss_scaler or LossScaler()) if policy == "fp16" else None
     strategy = strategy_for(comm)  # one process, or data-parallel: see strategy.py
     optimizer, callbacks, verbose = strategy.prepare(model, optimizer, callbacks, verbose)
     history = history if history is not None else History()
@@ -173,7 +197,7 @@ def fit(model: Layer, loss: Any, optimizer: Any, train_loader: Iterable, val_loa
         c.set_state(state)
         c.on_train_begin()
 
-    with no_input_grad(model):
+    with no_input_grad(model), autocast(policy):
         for epoch in range(int(initial_epoch) + 1, int(epochs) + 1):
             state.epoch = epoch
             lr = float(optimizer.lr)
@@ -187,8 +211,13 @@ def fit(model: Layer, loss: Any, optimizer: Any, train_loader: Iterable, val_loa
             for step, (x, y) in enumerate(train_loader, start=1):
                 logits = model.forward(x)
                 batch_loss = loss.forward(logits, y)
-                model.backward(loss.backward())
-                optimizer.step()
+                if scaler is None:
+                    model.backward(loss.backward())
+                    optimizer.step()
+                else:  # fp16: S · dL/dlogits back, then unscale and step (or skip, on inf)
+                    model.backward(scaler.scale(loss.backward()))
+                    scaler.step(optimizer)
+                    scaler.update()
                 meter.add(batch_loss, _accuracy_count(logits, y), int(x.shape[0]))
                 for c in all_callbacks:
                     c.on_step_end(epoch, step)
