@@ -208,6 +208,16 @@ def _wrap(a: Any) -> ndarray:
     return out
 
 
+def _given_out(out: Any, r: Any) -> Any:
+    """The caller's own ``out=`` device array when the result was written into it (CuPy
+    returns that very object, so ``g is buf`` identity checks hold); else the wrapped ``r``."""
+    if type(out) is tuple and len(out) == 1:
+        out = out[0]
+    if type(out) is ndarray and r is out._a:
+        return out
+    return _out(r)
+
+
 def _out(r: Any) -> Any:
     """A NumPy result as the device's: arrays and NumPy scalars (0-d) wrapped, tuples mapped."""
     t = type(r)
@@ -259,12 +269,13 @@ class ufunc:  # noqa: N801 - CuPy's class name
         self._where = f"cupy.{self.name}"
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        out = kwargs.get("out")
         args, kwargs = _ins(args, kwargs, self._where)
         # CuPy allocates a ufunc's output C-contiguous in the logical shape (NumPy's "K"
         # keeps the input's memory order): a channels-last input gives an NCHW output.
         kwargs.setdefault("order", "C")
         _launch(self._where)
-        return _out(self._u(*args, **kwargs))
+        return _given_out(out, self._u(*args, **kwargs))
 
     def _method(self, method: str, *args: Any, **kwargs: Any) -> Any:
         args, kwargs = _ins(args, kwargs, f"{self._where}.{method}")
@@ -309,11 +320,12 @@ def _function(np_func: Any, name: str) -> Any:
 
     @functools.wraps(np_func)
     def f(*args: Any, **kwargs: Any) -> Any:
+        out = kwargs.get("out")
         args, kwargs = _ins(args, kwargs, where)
         r = np_func(*args, **kwargs)
         if writes:
             _launch(where, None if "out" in kwargs else r, args)
-        return _out(r)
+        return _given_out(out, r)
 
     return f
 
@@ -694,6 +706,7 @@ def _method(name: str) -> Any:
     where = f"ndarray.{name}"
 
     def m(self: ndarray, *args: Any, **kwargs: Any) -> Any:
+        out = kwargs.get("out")
         if args or kwargs:
             args, kwargs = _ins(args, kwargs, where)
         r = getattr(self._a, name)(*args, **kwargs)
@@ -701,7 +714,7 @@ def _method(name: str) -> Any:
             return self
         if r is None or isinstance(r, np.ndarray):      # written in place, or a new array
             _launch(where, None if r is None or "out" in kwargs else r, (self._a,))
-        return _out(r)
+        return _given_out(out, r)
 
     m.__name__ = name
     return m

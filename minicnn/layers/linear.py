@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import init as initializers
+from ..backend import get_array_module
 from ..functional.precision import gemm_inputs
 from .base import Layer, Parameter, check_float_input, new_array
 
@@ -82,9 +83,12 @@ class Linear(Layer):
         x2 = x.reshape(-1, self.in_features)
         dout2 = dout.reshape(-1, self.out_features)
         x2_g, dout2_g = gemm_inputs(x2, dout2)    # the GEMMs' inputs under the precision policy
-        self.W.set_grad(x2_g.T @ dout2_g)
+        # dW = xᵀ dout, db = Σ_rows dout; on CuPy written straight into the optimizer's
+        # gradient buffer (``grad_out``; None elsewhere: new arrays).
+        xp = get_array_module(dout)
+        self.W.set_grad(xp.matmul(x2_g.T, dout2_g, out=self.W.grad_out(dout2)))
         if self.b is not None:
-            self.b.set_grad(dout2.sum(axis=0))
+            self.b.set_grad(dout2.sum(axis=0, out=self.b.grad_out(dout2)))
         if not self.input_grad:  # see Conv2d.input_grad
             return None
         dout_g, W = gemm_inputs(dout, W)
