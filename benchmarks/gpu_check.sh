@@ -14,17 +14,21 @@
 #   parity  benchmarks/gpu_parity.py: NumPy and CuPy losses agree over 10 steps of each
 #           zoo model, then ms/step against PyTorch+cuDNN on the same GPU if torch is there
 #   models  benchmarks/models.py --backend cupy --batch 128 (ms per training step)
+#   profile benchmarks/gpu_profile.py: host vs device ms per step, launches, per layer type
+#           (is the step still launch-bound? issue 24)
 #   train   examples/train_cifar.py with its GPU preset (airbench94's recipe, presets.py) on
 #           $DATA, once per seed (--seeds N, default 3; seeds 0..N-1): each run prints
 #           "training time ..." (airbench's count, the warm-up reported apart) and
 #           "test accuracy: ... (NmNs of training)"; the summary gives their mean and spread
+#   precision  the same preset, seed 0, with --precision bf16 and fp16 (issue 25; GPU only)
 #
 # The data travels with the working tree: $DATA (default .gpu_data/, git-ignored) holds
 # cifar10_jpeg.bin, cifar10_jpeg_index.npz and build_cifar10.py (needs numpy + Pillow).
 # Options: --data DIR, --out DIR (default runs/gpu_check/<UTC time>), --epochs N (train
 # step; default: the preset's), --seeds N (train step; default 3, --cpu: 1),
 # --skip STEP[,STEP...]. Exit status 1 when a step failed.
-# Time boxes (seconds) can be changed by environment: T_DATA T_TESTS T_PARITY T_MODELS T_TRAIN.
+# Time boxes (seconds) can be changed by environment: T_DATA T_TESTS T_PARITY T_MODELS T_TRAIN
+# T_PROFILE T_PRECISION.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,7 +48,7 @@ while [ $# -gt 0 ]; do
         --seeds) SEEDS="$2"; shift ;;
         --skip) SKIP="$2"; shift ;;
         --stage) STAGE="$2"; shift ;;
-        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
         *) echo "gpu_check: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -74,6 +78,8 @@ T_TESTS=${T_TESTS:-120}
 T_PARITY=${T_PARITY:-90}
 T_MODELS=${T_MODELS:-90}
 T_TRAIN=${T_TRAIN:-300}
+T_PROFILE=${T_PROFILE:-120}
+T_PRECISION=${T_PRECISION:-240}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 SUMMARY=()
@@ -120,6 +126,8 @@ if [ "$MODE" = cpu ]; then
         --models simple_cnn resnet
     run models "$T_MODELS" "$PY" benchmarks/models.py --backend numpy --batch 8 \
         --models 2conv --repeats 1 --no-torch --out "$OUT/models_cpu"
+    run profile "$T_PROFILE" "$PY" benchmarks/gpu_profile.py --strict-stand-in --batch 4 \
+        --repeats 2 --models 2conv
     run train "$T_TRAIN" bash -c "for seed in \$(seq 0 $((${SEEDS:-1} - 1))); do \
 echo \"== seed \$seed\"; \"$PY\" -c \"import sys; from tests import strict_device; strict_device.install(); \
 from minicnn.cli import run_example; sys.exit(run_example('cifar10', ['--smoke', '--backend', \
@@ -144,11 +152,15 @@ else
     run parity "$T_PARITY" "$PY" benchmarks/gpu_parity.py --torch-speed
     run models "$T_MODELS" "$PY" benchmarks/models.py --backend cupy --batch 128 \
         --out "$OUT/models_cupy"
+    run profile "$T_PROFILE" "$PY" benchmarks/gpu_profile.py --batch 128
     # One run per seed (never the best one alone: the summary gives mean and spread).
     run train "$T_TRAIN" bash -c "for seed in \$(seq 0 $((${SEEDS:-3} - 1))); do \
 echo \"== seed \$seed\"; \"$PY\" examples/train_cifar.py --backend cupy --preset gpu \
 --data \"$DATA\" --seed \$seed --out \"$OUT/train_seed\$seed\" ${EPOCHS:+--epochs $EPOCHS} \
 || exit 1; done"
+    run precision "$T_PRECISION" bash -c "for p in bf16 fp16; do echo \"== precision \$p\"; \
+\"$PY\" examples/train_cifar.py --backend cupy --preset gpu --data \"$DATA\" --seed 0 \
+--precision \$p --out \"$OUT/train_\$p\" ${EPOCHS:+--epochs $EPOCHS} || exit 1; done"
 fi
 
 {
@@ -163,6 +175,14 @@ fi
     if [ -f "$OUT/models.log" ]; then
         echo "-- benchmarks/models.py"
         grep -E "^(model|2conv|vgg12|resnet) " "$OUT/models.log"
+    fi
+    if [ -f "$OUT/profile.log" ]; then
+        echo "-- benchmarks/gpu_profile.py (host vs device ms per step)"
+        grep -E "^(model|2conv|vgg12|resnet) " "$OUT/profile.log"
+    fi
+    if [ -f "$OUT/precision.log" ]; then
+        echo "-- train_cifar per precision (seed 0)"
+        grep -E "^== precision|^training time|^test accuracy" "$OUT/precision.log"
     fi
     if [ -f "$OUT/train.log" ]; then
         echo "-- train_cifar (one run per seed)"
