@@ -174,3 +174,17 @@ def on_device(a: np.ndarray, order: tuple[int, ...]) -> object:
 def channels_last(a: object) -> bool:
     """True when the (N, C, H, W) array ``a`` is stored as NHWC (dense, channels fastest)."""
     return a.transpose(0, 2, 3, 1).flags.c_contiguous
+
+
+def assert_same_on_backend(layer, on_cpu, xp, x: np.ndarray, dout: np.ndarray,
+                           rtol: float = 1e-5, atol: float = 1e-6) -> None:
+    """``layer`` (parameters on ``xp``'s backend) and ``on_cpu`` (the same layer on NumPy) give
+    the same y, dx and parameter gradients for the host arrays ``x``, ``dout``; the device
+    results stay on ``xp`` in x's dtype."""
+    y_cpu, dx_cpu = on_cpu(x), on_cpu.backward(dout)
+    y, dx = layer(xp.asarray(x)), layer.backward(xp.asarray(dout))
+    for got, expected in ((y, y_cpu), (dx, dx_cpu)):
+        assert mc.backend.get_array_module(got) is xp and got.dtype == x.dtype
+        np.testing.assert_allclose(mc.to_numpy(got), expected, rtol=rtol, atol=atol)
+    for p, q in zip(layer.parameters(), on_cpu.parameters(), strict=True):
+        np.testing.assert_allclose(mc.to_numpy(p.grad), q.grad, rtol=rtol, atol=atol)

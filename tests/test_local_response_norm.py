@@ -16,6 +16,7 @@ from minicnn import models
 from minicnn.backend import to_numpy
 from minicnn.gradcheck import assert_gradients, check_gradients
 from minicnn.layers.local_response_norm import LocalResponseNorm, channel_window_sum
+from tests.conftest import assert_same_on_backend
 
 
 def _by_formula(x, dout, size, alpha, beta, k):
@@ -166,13 +167,8 @@ def test_on_the_backend(xp):
     rng = np.random.default_rng(0)
     x_np = (2 * rng.standard_normal((2, 6, 4, 4))).astype(np.float32)
     dout_np = rng.standard_normal(x_np.shape).astype(np.float32)
-    y_np, dx_np = layer(x_np), layer.backward(dout_np)
-    y = layer(xp.asarray(x_np))
-    dx = layer.backward(xp.asarray(dout_np))
-    assert mc.backend.get_array_module(y) is xp and y.dtype == np.float32
-    assert mc.backend.get_array_module(dx) is xp and dx.dtype == np.float32
-    np.testing.assert_allclose(to_numpy(y), y_np, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(to_numpy(dx), dx_np, rtol=1e-5, atol=1e-6)
+    assert_same_on_backend(layer, LocalResponseNorm(4, alpha=0.5, beta=0.75, k=2.0), xp,
+                           x_np, dout_np)
 
 
 @pytest.mark.cupy

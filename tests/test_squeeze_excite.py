@@ -7,14 +7,14 @@ import copy
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import minicnn as mc
 from minicnn import layers as L
-from minicnn.backend import to_numpy
 from minicnn.gradcheck import assert_gradients
 from minicnn.layers.attention import SqueezeExcite
+from tests.conftest import assert_same_on_backend
 
 
 def _by_formula(layer, x, dout):
@@ -43,6 +43,10 @@ def test_squeeze_excite_gradcheck(n, c, reduction, h, w, seed):
     assert layer.hidden == max(1, c // reduction)
     layer.fc1.b.data = 0.1 * np.random.default_rng(seed + 2).standard_normal(layer.hidden)
     x = np.random.default_rng(seed).standard_normal((n, c, h, w))
+    # Away from ReLU's kink: a hidden pre-activation a ≈ 0 makes fc2.W's gradient (∝ ReLU(a))
+    # so small that central differences' rounding dominates its relative error.
+    a = x.mean(axis=(2, 3)) @ layer.fc1.W.data + layer.fc1.b.data
+    assume(np.abs(a).min() > 0.05)
     result = assert_gradients(layer, x, seed=seed)
     assert len(result.errors) == 5  # x, fc1.W, fc1.b, fc2.W, fc2.b
 
@@ -155,15 +159,7 @@ def test_on_the_backend(xp):
     rng = np.random.default_rng(0)
     x_np = rng.standard_normal((2, 6, 4, 4)).astype(np.float32)
     dout_np = rng.standard_normal(x_np.shape).astype(np.float32)
-    y_np, dx_np = on_cpu(x_np), on_cpu.backward(dout_np)
-    y = layer(xp.asarray(x_np))
-    dx = layer.backward(xp.asarray(dout_np))
-    assert mc.backend.get_array_module(y) is xp and y.dtype == np.float32
-    assert mc.backend.get_array_module(dx) is xp and dx.dtype == np.float32
-    np.testing.assert_allclose(to_numpy(y), y_np, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(to_numpy(dx), dx_np, rtol=1e-5, atol=1e-6)
-    for p, q in zip(layer.parameters(), on_cpu.parameters(), strict=True):
-        np.testing.assert_allclose(to_numpy(p.grad), q.grad, rtol=1e-5, atol=1e-6)
+    assert_same_on_backend(layer, on_cpu, xp, x_np, dout_np)
 
 
 def test_no_host_sync_on_the_strict_stand_in(strict_cupy):
