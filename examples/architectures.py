@@ -48,6 +48,7 @@ except ImportError:  # a plain checkout, not pip-installed: use the repository n
 import minicnn as mc
 from minicnn import layers as L
 from minicnn import presets
+from minicnn.cli import positive
 
 WARMUP_STEPS, TIMED_STEPS = 2, 5
 LR = 1e-3
@@ -272,17 +273,6 @@ def plot(rows, path, budget_minutes):
 
 
 # -- the command line --------------------------------------------------------------------------
-
-def positive(kind):
-    """An argparse type: a finite number of ``kind`` (int or float) that must be > 0."""
-    def parse(text):
-        value = kind(text)
-        if not (math.isfinite(value) and value > 0):
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
-    parse.__name__ = kind.__name__  # argparse's message: "invalid int value: 'x'"
-    return parse
-
 
 def model_list(text):
     names = [n.strip() for n in text.split(",") if n.strip()]

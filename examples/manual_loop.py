@@ -9,7 +9,6 @@ of a training step, the running loss and accuracy, and a test pass in eval mode.
 """
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -23,17 +22,7 @@ except ImportError:  # a plain checkout, not pip-installed: use the repository n
 
 import minicnn as mc
 from minicnn import layers as L
-
-
-def positive(kind):
-    """An argparse type: a finite number of ``kind`` (int or float) that must be > 0."""
-    def parse(text):
-        value = kind(text)
-        if not (math.isfinite(value) and value > 0):
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
-    parse.__name__ = kind.__name__  # argparse's message: "invalid int value: 'x'"
-    return parse
+from minicnn.cli import positive
 
 
 def main() -> None:

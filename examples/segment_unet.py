@@ -42,6 +42,7 @@ except ImportError:  # a plain checkout, not pip-installed: use the repository n
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import minicnn as mc
+from minicnn.cli import positive
 
 THRESHOLD = 0.5   # a pixel is foreground when its value in [0, 1] is above this
 IGNORE = -100     # the label of padding pixels (CrossEntropyLoss's ignore_index)
@@ -105,17 +106,6 @@ def segment(model, x, batch_size=500):
 
 
 # -- the command line --------------------------------------------------------------------------
-
-def positive(kind):
-    """An argparse type: a finite number of ``kind`` (int or float) that must be > 0."""
-    def parse(text):
-        value = kind(text)
-        if not (math.isfinite(value) and value > 0):
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
-    parse.__name__ = kind.__name__  # argparse's message: "invalid int value: 'x'"
-    return parse
-
 
 def non_negative(text):
     value = float(text)

@@ -49,7 +49,7 @@ from .training.loggers import loggers_from_flag
 from .training.loop import TTA_MODES
 
 __all__ = ["main", "run_example", "run_ladder_example", "build_parser", "BadInput",
-           "PRESETS", "DATASETS", "TINY_MODEL_KWARGS", "SMOKE_SIZES"]
+           "PRESETS", "DATASETS", "TINY_MODEL_KWARGS", "SMOKE_SIZES", "positive"]
 
 _JSON_EXAMPLE = '\'{"widths": [32, 64], "batchnorm": true}\''
 
@@ -110,6 +110,18 @@ def _float(low: float, *, above: bool = False, below: float | None = None) -> An
         if below is not None and value >= below:
             raise argparse.ArgumentTypeError(f"must be < {below:g}, got {text}")
         return value
+    return parse
+
+
+def positive(kind: type) -> Any:
+    """An argparse type for the examples' own parsers: a finite number of ``kind`` (int or
+    float) that must be > 0 (argparse reports a non-number as "invalid int value: 'x'")."""
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if not (math.isfinite(value) and value > 0):
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    parse.__name__ = kind.__name__
     return parse
 
 
