@@ -21,6 +21,10 @@ Batch normalization (docs/derivations/batchnorm.md): ``batchnorm_forward``,
 ``batchnorm_backward_stepwise``.
 Winograd convolution (docs/derivations/winograd.md): ``winograd_conv2d_tiles``, one tile and
 one channel pair at a time.
+Transposed convolution (docs/derivations/conv_transpose.md): ``conv_transpose2d_forward``,
+``conv_transpose2d_backward``.
+Grouped convolution (docs/derivations/conv2d_im2col.md): ``conv2d_grouped_forward``,
+``conv2d_grouped_backward``.
 Upsample and adaptive average pooling (docs/derivations/resampling.md): ``upsample2d``,
 ``upsample2d_backward``, ``adaptive_avg_pool2d``, ``adaptive_avg_pool2d_backward``.
 """
@@ -36,6 +40,9 @@ __all__ = [
     "padded_windows", "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
     "batchnorm_forward", "batchnorm_backward_stepwise",
     "textbook_im2col", "textbook_col2im", "TextbookConv", "winograd_conv2d_tiles",
+    "conv_transpose2d_forward", "conv_transpose2d_backward",
+    "conv2d_grouped_forward", "conv2d_grouped_backward",
+    "upsample2d", "upsample2d_backward", "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward",
 ]
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
