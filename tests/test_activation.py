@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minicnn import layers as L
+from minicnn.functional import special
 from minicnn.functional.special import erf, erfc, normal_cdf
 from minicnn.gradcheck import assert_gradients
 from tests.conftest import away_from_zero
@@ -202,6 +203,53 @@ def test_erf_erfc_float16_are_evaluated_in_float32():
     # GELU: float16 rounds -x/√2, which Φ's left tail magnifies x²-fold: absolute accuracy.
     assert np.all(np.isfinite(y))
     np.testing.assert_allclose(y, x64 * sp.ndtr(x64), rtol=2e-3, atol=3e-4)
+
+
+def _blocks_of_every_kind(rng, block):
+    """Blocks of ``block`` numbers in one range of |x| each (<= 0.5, (0.5, 4], > 4), in two, in
+    all three, with NaN and ±inf among them, all NaN, and a short last block."""
+    sign = rng.choice([-1.0, 1.0], (2, block))
+    one = [rng.uniform(-0.5, 0.5, block), rng.uniform(0.5, 4.0, block) * sign[0],
+           rng.uniform(4.0, 9.0, block) * sign[1]]
+    two = [rng.uniform(-1.0, 1.0, block), rng.uniform(3.0, 5.0, block),
+           rng.uniform(-6.0, 0.0, block)]
+    specials = rng.uniform(-9.0, 9.0, block)
+    specials[[1, 4, 7, 8]] = [np.nan, np.inf, -np.inf, 0.0]
+    parts = one + two + [rng.uniform(-9.0, 9.0, block), specials, np.full(block, np.nan),
+                         rng.uniform(-9.0, 9.0, block // 2 + 1)]
+    return np.concatenate(parts)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_erf_erfc_normal_cdf_blocks_of_every_kind(monkeypatch, dtype):
+    # Evaluated block by block (special._BLOCK_BYTES), each block through only the ranges of
+    # |x| it reaches: any mix must give the numbers of the default (larger) blocks, and scipy's.
+    x = _blocks_of_every_kind(np.random.default_rng(0), 16).astype(dtype)
+    x = x[:150].reshape(5, 5, 6).transpose(2, 0, 1)       # 3-d, not C-contiguous
+    default = {f.__name__: f(x) for f in (erf, erfc, normal_cdf)}
+    monkeypatch.setattr(special, "_BLOCK_BYTES", 16 * np.dtype(dtype).itemsize)
+    rtol = 1e-13 if dtype == np.float64 else 1e-6
+    x64 = x.astype(np.float64)
+    for f, reference in ((erf, sp.erf), (erfc, sp.erfc), (normal_cdf, sp.ndtr)):
+        y = f(x)
+        assert y.shape == x.shape and y.dtype == dtype
+        assert y.transpose(1, 2, 0).flags.c_contiguous           # x's memory layout
+        np.testing.assert_array_equal(y, default[f.__name__])
+        np.testing.assert_array_equal(np.isnan(y), np.isnan(x))
+        if f is not normal_cdf:       # (float32 Φ: see the left-tail test below)
+            np.testing.assert_allclose(y, reference(x64), rtol=rtol, atol=1e-30)
+    # Φ's -x/√2 and ½ are applied inside erfc's blocks: the same numbers as outside.
+    np.testing.assert_array_equal(normal_cdf(x), 0.5 * erfc(x * -np.sqrt(0.5).astype(dtype)))
+    np.testing.assert_allclose(normal_cdf(x64), sp.ndtr(x64), rtol=1e-13, atol=1e-300)
+
+
+def test_erf_erfc_keep_zero_and_empty_shapes():
+    for x in (np.array(0.3), np.zeros((0, 3))):
+        for f, reference in ((erf, sp.erf), (erfc, sp.erfc), (normal_cdf, sp.ndtr)):
+            y = f(x)
+            assert y.shape == x.shape and y.dtype == x.dtype
+            np.testing.assert_allclose(y, reference(x), rtol=1e-15)
+    assert np.signbit(erf(np.array([-0.0]))[0])            # erf is odd, also at -0
 
 
 def test_normal_cdf_matches_scipy_also_in_the_left_tail():
