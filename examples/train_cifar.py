@@ -2,8 +2,8 @@
 
 minicnn's front door. With no arguments it picks the backend (the GPU if CuPy works),
 the preset that fits the device, downloads CIFAR-10 if missing, trains a small VGG with
-BatchNorm and crop+flip augmentation, and writes history.json, curves.png, confusion.png
-and the checkpoint model.npz to runs/cifar10/.
+BatchNorm, random crops and alternating flips, and writes history.json, curves.png,
+confusion.png and the checkpoint model.npz to runs/cifar10/.
 
     python examples/train_cifar.py                       # the default run
     python examples/train_cifar.py --epochs 5 --lr 0.05  # any preset value, by flag

@@ -53,7 +53,7 @@ def test_gpu_preset_is_airbench94_and_cpu_presets_unchanged():
     assert cfg["label_smoothing"] == 0.2 and cfg["tta"] == "flip+shift" and cfg["warmup"]
     assert presets.loader_options("cifar10", cfg) == dict(alternating_flip=True, drop_last=True)
     cpu = presets.resolve("cifar10", "cpu", {})
-    assert presets.loader_options("cifar10", cpu) == dict(alternating_flip=False,
+    assert presets.loader_options("cifar10", cpu) == dict(alternating_flip=True,
                                                           drop_last=False)
     assert "warmup" not in presets.PRESETS["cifar10"]["cpu"]
     model = models.build(cfg["model"], cfg["model_kwargs"])
@@ -63,6 +63,17 @@ def test_gpu_preset_is_airbench94_and_cpu_presets_unchanged():
                                  == (1e-12, 0.4, False) for m in bns)
     assert isinstance(model.layers[0], L.PatchWhitening)
     assert model.forward(np.zeros((2, 3, 32, 32), np.float32)).shape == (2, 10)
+
+
+def test_augment_flag_keeps_the_presets_kind():
+    # --augment: the preset's augmentation (alternating flip for the CIFAR-10 CPU preset, the
+    # dataset's default where the preset says True); --no-augment: none
+    assert presets.resolve("cifar10", "cpu", {"augment": True})["augment"] == "crop+altflip"
+    assert presets.resolve("cifar10", "cpu", {"augment": False})["augment"] is False
+    assert presets.resolve("mnist", "cpu", {"augment": True})["augment"] == "crop"
+    assert presets.resolve("mnist", "gpu", {"augment": True})["augment"] is True
+    words = [type(t).__name__ for t in presets.augmentation("cifar10", "crop+altflip").transforms]
+    assert words == ["RandomCrop"]                  # the flips are the loader's
 
 
 def test_augment_words():
