@@ -1,6 +1,6 @@
 """The exact GELU's special functions on NumPy: ns per element, old vs new, interleaved.
 
-``python benchmarks/special.py [--against HEAD] [--repeats 9] [--block 16384]`` times
+``python benchmarks/special.py [--against HEAD] [--repeats 9] [--block 262144]`` times
 ``special.normal_cdf`` (Φ, the exact GELU's forward cost), ``special.erfc``, and
 ``activation.gelu`` / ``gelu_backward``, for float32 and float64 at 1e4 elements and at an
 airbench94 activation (256x24x31x31 = 5.9 M), on x ~ N(0, 1) (activations after a
@@ -8,7 +8,7 @@ BatchNorm: two of erfc's three ranges per block) and x ~ N(0, 3²) (all three ra
 is ``minicnn/functional/special.py`` as of git revision ``--against`` (loaded from
 ``git show``), "new" the working tree's; the two run alternately on the same input
 (``benchmarks.ab.interleaved``), medians reported. gelu_backward does not call special.py (it
-reuses Φ): it is timed once, for scale. ``--block`` overrides ``special._BLOCK``.
+reuses Φ): it is timed once, for scale. ``--block BYTES`` overrides ``special._BLOCK_BYTES``.
 Run it as ``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/special.py``.
 """
 
@@ -46,10 +46,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--against", default="HEAD", help="git revision of the old version")
     parser.add_argument("--repeats", type=int, default=9)
-    parser.add_argument("--block", type=int, default=None)
+    parser.add_argument("--block", type=int, default=None,
+                        help="bytes per block buffer (default: special._BLOCK_BYTES)")
     args = parser.parse_args()
     if args.block:
-        special._BLOCK = args.block
+        special._BLOCK_BYTES = args.block
     old = load_revision(args.against)
     rng = np.random.default_rng(0)
     print("| dtype | elements | x | function | old ns/el | new ns/el | old / new |")
@@ -74,8 +75,7 @@ def main() -> None:
             _, phi = activation.gelu(x)
             dout = np.ones_like(x)
             backward = functools.partial(activation.gelu_backward, x, phi, dout)
-            ms = interleaved({"b": backward},
-                             repeats=repeats)["b"]
+            ms = interleaved({"b": backward}, repeats=repeats)["b"]
             print(f"| {np.dtype(dtype).name} | {size_name} | N(0,3²) | gelu_backward "
                   f"| | {ms * 1e6 / n:.1f} | |", flush=True)
 
