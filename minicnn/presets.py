@@ -162,10 +162,10 @@ def resolve(dataset: str, device: str, flags: dict[str, Any],
         cfg["model"], cfg["model_kwargs"] = flags["model"], {}
     for key in ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule",
                 "augment", "label_smoothing", "tta"):
+        if key == "augment" and flags.get(key) is True and cfg["augment"]:
+            continue                  # --augment: the preset's own kind of augmentation
         if flags.get(key) is not None:
             cfg[key] = flags[key]
-    if flags.get("augment") is True and PRESETS[dataset][device].get("augment"):
-        cfg["augment"] = PRESETS[dataset][device]["augment"]  # --augment: the preset's kind
     cfg["model_kwargs"].update(flags.get("model_kwargs") or {})
     if smoke:
         cfg["model_kwargs"].update(TINY_MODEL_KWARGS.get(cfg["model"], {}))
