@@ -16,6 +16,7 @@ installed, in PyTorch, measured in the same run so the ratios are meaningful:
     python benchmarks/models.py --backend cupy --batch 128 512
     python benchmarks/models.py --models vgg12 --batch 128 256 --repeats 1   # three steps
     python benchmarks/models.py --src /tmp/base2 --no-torch   # another tree's minicnn
+    python benchmarks/models.py --threads 2           # minicnn as 2 thread-ranks, batch/2 each
 
 Every (library, model, batch) runs in its own Python process, so the peak memories do not
 mix: the process builds the model, runs 2 warm-up steps and ``--repeats`` timed ones, and
@@ -24,6 +25,12 @@ the interpreter and the library's import included, "peak MiB"), with the residen
 the imports alone ("import MiB"). On the GPU it also reports the device memory the process
 held: CuPy's pool (``total_bytes``, blocks in use and cached) or PyTorch's
 ``max_memory_reserved``. ``--repeats 1`` makes three steps in all.
+
+``--threads N`` times minicnn's step as ``fit`` runs it with ``--threads N``: N data-parallel
+thread-ranks of one process (``minicnn.distributed.run_in_threads``), each its own replica on
+batch/N samples, with ``cores // N`` BLAS threads, the gradients averaged before each Adam
+step (``DistributedOptimizer``). The batch in the table stays the global one, the same
+samples a step as PyTorch's; BatchNorm then normalises each rank's batch/N on their own.
 
 PyTorch runs on the CPU beside the NumPy backend, and on CUDA beside the CuPy backend when
 torch sees a GPU (float32, TF32 off for both matmuls and cuDNN, as the targets are stated;
@@ -190,6 +197,37 @@ def time_minicnn(specs, batch, xp, repeats, warmup=2):
     return time_it(step, repeats, warmup=warmup, xp=xp)
 
 
+def time_minicnn_threads(specs, batch, repeats, threads, warmup=2):
+    """ms per step of ``threads`` thread-ranks of batch // threads samples each (rank 0's
+    clock; every step ends in the gradient allreduce, so the ranks keep in step)."""
+    import minicnn as mc
+    from minicnn import distributed as dist
+
+    if batch % threads:
+        raise SystemExit(f"--threads {threads} must divide the batch {batch}")
+
+    def rank(comm):
+        with comm.in_turn():
+            model = build_minicnn(specs)
+        model.layers[0].input_grad = False
+        rng = np.random.default_rng(comm.rank)
+        local = batch // threads
+        x = rng.standard_normal((local, 3, 32, 32)).astype(np.float32)
+        y = rng.integers(0, 10, local)
+        loss_fn = mc.losses.CrossEntropyLoss()
+        dist.broadcast_parameters(model, comm)
+        opt = dist.DistributedOptimizer(mc.optim.Adam(model.parameters(), lr=1e-3), comm)
+
+        def step():
+            loss_fn.forward(model.forward(x), y)
+            model.backward(loss_fn.backward())
+            opt.step()
+
+        return time_it(step, repeats, warmup=warmup)
+
+    return dist.run_in_threads(rank, threads)[0]
+
+
 def time_torch(torch, specs, batch, repeats, device="cpu", warmup=2):
     """ms per PyTorch training step on ``device`` ("cpu" or "cuda"), the same spec and data."""
     rng = np.random.default_rng(0)
@@ -231,7 +269,7 @@ def peak_rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
-def child(lib, model, batch, backend, repeats):
+def child(lib, model, batch, backend, repeats, threads=1):
     """One measurement in this (fresh) process; returns the JSON-able result."""
     specs = MODELS[model]()
     if lib == "minicnn":
@@ -242,7 +280,10 @@ def child(lib, model, batch, backend, repeats):
         result = {"import_mib": peak_rss_mib(), "src": str(Path(mc.__file__).parents[1])}
         if model == "preset":
             check_preset_spec()
-        result["ms"] = time_minicnn(specs, batch, xp, repeats)
+        if threads > 1:
+            result["ms"] = time_minicnn_threads(specs, batch, repeats, threads)
+        else:
+            result["ms"] = time_minicnn(specs, batch, xp, repeats)
         if backend == "cupy":
             result["device_mib"] = xp.get_default_memory_pool().total_bytes() / 2**20
     else:
@@ -260,10 +301,10 @@ def child(lib, model, batch, backend, repeats):
     return result
 
 
-def measure(lib, model, batch, backend, repeats, src=None):
+def measure(lib, model, batch, backend, repeats, src=None, threads=1):
     """``child(...)`` in a fresh Python process (so each peak is its own); None if it failed."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", lib, model, str(batch),
-           "--backend", backend, "--repeats", str(repeats)]
+           "--backend", backend, "--repeats", str(repeats), "--threads", str(threads)]
     if src:
         cmd += ["--src", src]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
@@ -282,6 +323,8 @@ def main(argv=None):
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--threads", type=int, default=1,
+                   help="minicnn as N data-parallel thread-ranks of batch/N (NumPy)")
     p.add_argument("--src", default=None,
                    help="the folder whose minicnn/ to measure (default: this repository)")
     p.add_argument("--out", default=None)
@@ -292,25 +335,26 @@ def main(argv=None):
         if args.src:
             sys.path.insert(0, str(Path(args.src).resolve()))
         lib, model, batch = args.child
-        print("RESULT " + json.dumps(child(lib, model, int(batch), args.backend, args.repeats)),
-              flush=True)
+        print("RESULT " + json.dumps(child(lib, model, int(batch), args.backend, args.repeats,
+                                           args.threads)), flush=True)
         return
     torch = not args.no_torch and importlib.util.find_spec("torch") is not None
     override = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
                 if k in os.environ}
     print(f"BLAS {blas_kernel()}; override {override or 'none'}; minicnn from "
-          f"{args.src or ROOT}")
+          f"{args.src or ROOT}; minicnn threads {args.threads}")
     rows = []
     print(f"{'model':8s} {'batch':>5s} {'minicnn ms':>11s} {'torch ms':>9s} {'ratio':>6s} "
           f"{'peak MiB':>9s} {'torch MiB':>9s} {'ratio':>6s}")
     for name in args.models:
         for batch in args.batch:
-            ours = measure("minicnn", name, batch, args.backend, args.repeats, args.src)
+            ours = measure("minicnn", name, batch, args.backend, args.repeats, args.src,
+                           args.threads)
             if ours is None:
                 continue
             row = {"model": name, "batch": batch, "ms": ours["ms"],
                    "peak_mib": ours["peak_mib"], "import_mib": ours["import_mib"],
-                   "src": ours["src"]}
+                   "src": ours["src"], "threads": args.threads}
             if "device_mib" in ours:
                 row["device_mib"] = ours["device_mib"]
             theirs = measure("torch", name, batch, args.backend, args.repeats) if torch else None
@@ -336,7 +380,7 @@ def main(argv=None):
                   flush=True)
     out = args.out or f"models_{args.backend}"
     path = save(out, {"machine": machine_info(args.backend), "repeats": args.repeats,
-                      "src": args.src or str(ROOT), "rows": rows})
+                      "src": args.src or str(ROOT), "threads": args.threads, "rows": rows})
     print(f"wrote {path}")
 
 

@@ -240,6 +240,11 @@ def _add_train_args(p: argparse.ArgumentParser, dataset: str | None) -> None:
                    help="data-parallel training over the ranks of `mpiexec -n N` (MPI; NCCL "
                         "with --backend cupy): --batch-size is per rank, --lr is not scaled; "
                         "needs pip install -e '.[mpi]' (docs/distributed.md)")
+    p.add_argument("--threads", type=_int(1), default=None,
+                   help="data-parallel training over N threads of this process, one shard of "
+                        "every batch each, the cores shared out (NumPy): --batch-size is per "
+                        "thread (default: the preset's; the CIFAR-10 CPU preset: 2 x 32; "
+                        "docs/distributed.md)")
     p.add_argument("--no-progress", action="store_true",
                    help="one line per epoch, no progress bar (the default when the output "
                         "is not a terminal)")

@@ -10,6 +10,8 @@ exits with status 2. A failed run returns 1 after printing its one line.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import dataclasses
 import importlib.util
 import inspect
@@ -136,7 +138,7 @@ def _resolve(args: argparse.Namespace, backend: str) -> dict[str, Any]:
     device = args.preset or ("gpu" if backend == "cupy" else "cpu")
     flags = {key: getattr(args, key) for key in (
         "model", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule",
-        "augment", "label_smoothing", "tta")}
+        "augment", "label_smoothing", "tta", "threads")}
     if args.model_kwargs:
         model = args.model or presets.PRESETS[args.dataset][device]["model"]
         flags["model_kwargs"] = _model_kwargs(model, None, args.model_kwargs, "--model-kwargs")
@@ -162,10 +164,22 @@ def _say(args: argparse.Namespace, message: str) -> None:
 # -- commands --------------------------------------------------------------------------------
 
 def cmd_train(args: argparse.Namespace) -> int:
-    if not getattr(args, "distributed", False):
+    args.backend = _choose_backend(args.backend)  # once: "auto" warns once, every rank agrees
+    if getattr(args, "distributed", False):
+        return _train_distributed(args)
+    threads = _threads(args)
+    if threads == 1:
         return _train(args, comm=None)
-    # -- distributed (docs/distributed.md): one rank of `mpiexec -n N` ---------------------
-    backend = _choose_backend(args.backend)      # before the communicator: NCCL on CuPy
+    return _train_in_threads(args, threads)
+
+
+def _train_distributed(args: argparse.Namespace) -> int:
+    """One rank of `mpiexec -n N ... --distributed` (docs/distributed.md)."""
+    if getattr(args, "threads", None) not in (None, 1):
+        raise BadInput("--threads", "runs the ranks as threads of one process; with "
+                                    "--distributed the ranks are mpiexec's processes: give "
+                                    "one or the other")
+    backend = args.backend                       # chosen before the communicator: NCCL on CuPy
     comm = distributed.create_communicator("nccl" if backend == "cupy" else "mpi")
     if backend == "numpy":
         distributed.set_blas_threads(comm)       # ranks x BLAS threads = this machine's cores
@@ -175,11 +189,43 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _train(args, comm=comm)
 
 
+def _threads(args: argparse.Namespace) -> int:
+    """How many thread-ranks train: --threads, else the preset's ``threads`` (NumPy only)."""
+    backend = args.backend
+    threads = _resolve(args, backend)["threads"]
+    if threads > 1 and backend != "numpy":
+        if getattr(args, "threads", None) is not None:
+            raise BadInput("--threads", f"splits the batch over CPU cores, on the NumPy "
+                                        f"backend; on {backend} leave it out (or give 1)")
+        return 1
+    return threads
+
+
+def _train_in_threads(args: argparse.Namespace, threads: int) -> int:
+    """``minicnn train`` as ``threads`` data-parallel ranks in this process
+    (``distributed.run_in_threads``): each trains its replica on its shard of every batch;
+    once all are done, rank 0's model is tested and written here, with every core."""
+
+    def rank(comm: Any) -> Any:
+        rank_args = copy.copy(args)
+        if comm.rank != 0:                       # rank 0 alone prints and writes files
+            rank_args.quiet, rank_args.no_plots = True, True
+        return _set_up_and_fit(rank_args, comm)
+
+    outcome = distributed.run_in_threads(rank, threads)[0]
+    if isinstance(outcome, int):
+        return outcome
+    _test_and_write(*outcome)
+    return 0
+
+
 def _batch_words(batch_size: int, comm: Any) -> str:
-    """``64`` alone, or ``64 per rank x 2 ranks = 128`` in a data-parallel run."""
+    """``64`` alone, or ``64 per rank x 2 ranks = 128`` in a data-parallel run (``thread``
+    for the thread-ranks of one process)."""
     if comm is None or comm.size == 1:
         return str(batch_size)
-    return f"{batch_size} per rank x {comm.size} ranks = {batch_size * comm.size}"
+    rank = "thread" if comm.name == "threads" else "rank"
+    return f"{batch_size} per {rank} x {comm.size} {rank}s = {batch_size * comm.size}"
 
 
 class _Data(NamedTuple):
@@ -219,18 +265,32 @@ def _train(args: argparse.Namespace, comm: Any) -> int:
 
     Returns the exit status: 0, or 1 when the loss diverged (then nothing is written).
     """
+    outcome = _set_up_and_fit(args, comm)
+    if isinstance(outcome, int):
+        return outcome
+    if comm is not None and comm.rank != 0:
+        return 0  # the same model on every rank: rank 0 tests, reports and writes it
+    _test_and_write(*outcome)
+    return 0
+
+
+def _set_up_and_fit(args: argparse.Namespace, comm: Any) -> Any:
+    """Set up and train: ``(run, history, initial_epoch, times)`` for ``_test_and_write``,
+    or the exit status 1 when the loss diverged."""
     if not sys.stdout.isatty():
         args.no_progress = True  # a log file gets one line per epoch, not bar redraws
-    cfg = _configure(args)
-    set_seed(args.seed)  # the initial weights
-    model = _build(cfg["model"], cfg["model_kwargs"],
-                   "--model-kwargs" if args.model_kwargs else "--model")
-    run_data = _load_data(args, cfg, comm)
-    if not args.quiet:
-        models.summary(model, DATASETS[args.dataset]["shape"])  # the dataset's real shape
-    opt, sched = _optimizer(cfg, model, steps_per_epoch=len(run_data.train))
-    run = _Run(args, cfg, model, opt, sched, run_data, comm)
-    initial_epoch, history = _resume(run) if args.resume else (0, None)
+    # Thread-ranks share the process: set up one after the other (minicnn.init's generator).
+    with comm.in_turn() if comm is not None else contextlib.nullcontext():
+        cfg = _configure(args)
+        set_seed(args.seed)  # the initial weights
+        model = _build(cfg["model"], cfg["model_kwargs"],
+                       "--model-kwargs" if args.model_kwargs else "--model")
+        run_data = _load_data(args, cfg, comm)
+        if not args.quiet:
+            models.summary(model, DATASETS[args.dataset]["shape"])  # the dataset's real shape
+        opt, sched = _optimizer(cfg, model, steps_per_epoch=len(run_data.train))
+        run = _Run(args, cfg, model, opt, sched, run_data, comm)
+        initial_epoch, history = _resume(run) if args.resume else (0, None)
     times = _Times(warm_up=_warm_up(run))
     # The clock, as airbench counts "training time": from the data on the device (the
     # loaders above) to the final (TTA) test accuracy; the warm-up is not counted.
@@ -240,14 +300,13 @@ def _train(args: argparse.Namespace, comm: Any) -> int:
     times.whitening = time.perf_counter() - times.start
     history, times.fit = _fit(run, initial_epoch, history)
     if history.diverged:  # the weights are broken: keep the last good files in --out
-        print(f"{args.error_prog}: error: {history.stop_reason.removeprefix('TerminateOnNaN: ')}"
-              f" No model was written to {args.out} (--lr was {cfg['lr']:g}).", file=sys.stderr,
-              flush=True)
+        if comm is None or comm.rank == 0:
+            print(f"{args.error_prog}: error: "
+                  f"{history.stop_reason.removeprefix('TerminateOnNaN: ')} No model was "
+                  f"written to {args.out} (--lr was {cfg['lr']:g}).", file=sys.stderr,
+                  flush=True)
         return 1
-    if comm is not None and comm.rank != 0:
-        return 0  # the same model on every rank: rank 0 tests, reports and writes it
-    _test_and_write(run, history, initial_epoch, times)
-    return 0
+    return run, history, initial_epoch, times
 
 
 @dataclasses.dataclass

@@ -33,13 +33,16 @@ __all__ = ["PRESETS", "DATASETS", "TINY_MODEL_KWARGS", "SMOKE_SIZES", "resolve",
 # Fashion-MNIST 15 min, CIFAR-10 15 min), measured with the BLAS kernel a user's machine picks
 # (OpenBLAS SkylakeX here, no OPENBLAS_CORETYPE override); re-measure them when the layers get
 # faster. "tta" (default False): the test-time augmentation of the final accuracy
-# (``training.predict``).
+# (``training.predict``). "threads" (default 1): the CPU presets train as 2 data-parallel
+# thread-ranks (docs/distributed.md), and their "batch_size" is per thread: 2 x 32 is the
+# global batch of 64 they had as one thread, with BatchNorm over each thread's 32.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "mnist": {
         "cpu": dict(model="vgg", model_kwargs=dict(widths=[32, 64], depth=1, batchnorm=True,
                                                    hidden=256, dropout=0.0, pool_first=True),
-                    epochs=6, batch_size=64, optimizer="adam", lr=3e-3, weight_decay=0.0,
-                    schedule="onecycle", augment="crop", label_smoothing=0.1),
+                    epochs=6, batch_size=32, threads=2, optimizer="adam", lr=3e-3,
+                    weight_decay=0.0, schedule="onecycle", augment="crop",
+                    label_smoothing=0.1),
         "gpu": dict(model="vgg", model_kwargs=dict(widths=[32, 64], depth=2, batchnorm=True,
                                                    hidden=256, dropout=0.25),
                     epochs=10, batch_size=256, optimizer="adam", lr=4e-3, weight_decay=0.0,
@@ -48,8 +51,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "fashion_mnist": {
         "cpu": dict(model="vgg", model_kwargs=dict(widths=[32, 64], depth=1, batchnorm=True,
                                                    hidden=256, dropout=0.2, pool_first=True),
-                    epochs=20, batch_size=128, optimizer="adam", lr=3e-3, weight_decay=0.0,
-                    schedule="onecycle", augment="flip", label_smoothing=0.1),
+                    epochs=20, batch_size=64, threads=2, optimizer="adam", lr=3e-3,
+                    weight_decay=0.0, schedule="onecycle", augment="flip",
+                    label_smoothing=0.1),
         "gpu": dict(model="vgg", model_kwargs=dict(widths=[64, 128], depth=2, batchnorm=True,
                                                    hidden=256, dropout=0.3),
                     epochs=20, batch_size=256, optimizer="adam", lr=3e-3, weight_decay=0.0,
@@ -64,9 +68,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "cpu": dict(model="vgg", model_kwargs=dict(widths=[32, 64, 128], depth=2,
                                                    batchnorm=True, hidden=None, dropout=0.0,
                                                    pool_first=True),
-                    epochs=13, batch_size=64, optimizer="sgd", lr=0.1, weight_decay=5e-4,
-                    schedule="onecycle", augment="crop+altflip", label_smoothing=0.2,
-                    tta="flip+shift"),
+                    epochs=14, batch_size=32, threads=2, optimizer="sgd", lr=0.1,
+                    weight_decay=5e-4, schedule="onecycle", augment="crop+altflip",
+                    label_smoothing=0.2, tta="flip+shift"),
         # airbench94's recipe (issue 25; the constants and the deviations: AIRBENCH below)
         "gpu": dict(model="airbench94", model_kwargs=dict(), epochs=10, batch_size=1024,
                     optimizer="airbench", lr=1.5, weight_decay=0.0153 / 11.5,
@@ -151,17 +155,20 @@ def resolve(dataset: str, device: str, flags: dict[str, Any],
     ``model_kwargs`` (merged into the preset's, or replacing them with another ``model``),
     ``epochs``, ``batch_size``, ``optimizer``, ``lr``, ``weight_decay``, ``schedule``,
     ``augment`` (True keeps the preset's kind of augmentation, or the dataset's default if
-    the preset has none; False: none), ``label_smoothing``, ``tta``. ``smoke`` shrinks the
+    the preset has none; False: none), ``label_smoothing``, ``tta``, ``threads`` (the
+    data-parallel thread-ranks of a NumPy run, 1 when the preset has none; ``batch_size`` is
+    per thread). ``smoke`` shrinks the
     model and the batch (``TINY_MODEL_KWARGS``, ``SMOKE_SIZES``) and defaults to one epoch.
     The dataset's in_channels / image_size / num_classes are added to the model's arguments.
     """
     cfg = copy.deepcopy(PRESETS[dataset][device])
     cfg["preset"] = f"{dataset}/{device}"
     cfg.setdefault("tta", False)
+    cfg.setdefault("threads", 1)
     if flags.get("model") is not None and flags["model"] != cfg["model"]:
         cfg["model"], cfg["model_kwargs"] = flags["model"], {}
     for key in ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule",
-                "augment", "label_smoothing", "tta"):
+                "augment", "label_smoothing", "tta", "threads"):
         if key == "augment" and flags.get(key) is True and cfg["augment"]:
             continue                  # --augment: the preset's own kind of augmentation
         if flags.get(key) is not None:

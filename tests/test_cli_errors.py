@@ -127,6 +127,11 @@ ROWS = [
      "argument --log: unknown logger 'tb' in 'csv,tb'; expected csv, tensorboard"),
     ("train_mnist.py", ["--smoke", "--batch-size", "-5"], 2, "train_mnist.py",
      "argument --batch-size: must be >= 1, got -5"),
+    ("train_cifar.py", ["--smoke", "--threads", "0"], 2, "train_cifar.py",
+     "argument --threads: must be >= 1, got 0"),
+    ("minicnn", [*T, "--threads", "2", "--distributed"], 2, "minicnn train",
+     "argument --threads: runs the ranks as threads of one process; with --distributed the "
+     "ranks are mpiexec's processes: give one or the other"),
     ("minicnn", [*T, "--lr", "-1"], 2, "minicnn train", "argument --lr: must be > 0, got -1"),
     ("minicnn", [*T, "--lr", "0"], 2, "minicnn train", "argument --lr: must be > 0, got 0"),
     ("minicnn", [*T, "--lr", "nan"], 2, "minicnn train",
@@ -191,7 +196,7 @@ ROWS = [
      "; resume with the flags of the run that wrote it (it was trained with --preset cpu "
      "--model vgg --model-kwargs '{\"in_channels\":1,\"image_size\":28,"),
     ("minicnn", [*T, "--resume", "out/model.npz", "--epochs", "3"], 2, "minicnn train",
-     "argument --epochs: out/model.npz holds a onecycle schedule of 3 steps (1 epochs of 3 "
+     "argument --epochs: out/model.npz holds a onecycle schedule of 2 steps (1 epochs of 2 "
      "batches); resume it with the --epochs and --batch-size it was started with"),
     ("minicnn", [*T, "--resume", "out/model.npz", "--epochs", "1"], 2, "minicnn train",
      "argument --epochs: out/model.npz has trained 1 epochs already; give --epochs > 1"),

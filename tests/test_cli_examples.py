@@ -104,12 +104,13 @@ def test_flags_override_the_preset(tmp_path, capsys):
     assert cli.main(["train", "--dataset", "fashion_mnist", "--smoke", "--backend", "numpy",
                      "--model", "lenet5", "--optimizer", "adam", "--lr", "0.002",
                      "--schedule", "none", "--batch-size", "16", "--no-augment",
-                     "--out", str(out), "--no-plots", "--no-progress"]) == 0
+                     "--threads", "1", "--out", str(out), "--no-plots", "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "training lenet5" in printed and "batch 16, adam lr 0.002, schedule none" in printed
     ckpt = training.load(out / "model.npz")
     assert ckpt.config["builder"] == "lenet5"
     assert ckpt.meta["train_config"]["augment"] is False
+    assert ckpt.meta["train_config"]["threads"] == 1   # the preset's 2
     assert ckpt.history.history["lr"] == [0.002]
 
 

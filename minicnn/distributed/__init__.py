@@ -1,4 +1,5 @@
-"""Data-parallel training over MPI (CPUs, NumPy) and NCCL (GPUs, CuPy).
+"""Data-parallel training over MPI (CPUs, NumPy), NCCL (GPUs, CuPy), or the threads of one
+process (CPU cores, NumPy: ``run_in_threads``, threads.py).
 
 ::
 
@@ -48,13 +49,14 @@ from .data_parallel import (
     parameters_digest,
     set_blas_threads,
 )
+from .threads import ThreadCommunicator, available_cores, run_in_threads
 
 __all__ = [
     "Communicator", "MPICommunicator", "NCCLCommunicator", "DistributedError",
     "create_communicator", "launched_size",
     "broadcast_parameters", "allreduce_gradients", "GradientBuckets", "DistributedOptimizer",
     "average_metrics", "average_buffers", "parameters_digest", "check_parameters_identical",
-    "set_blas_threads",
+    "set_blas_threads", "ThreadCommunicator", "run_in_threads", "available_cores",
     "SyncBatchNorm2d", "convert_sync_batchnorm", "DEFAULT_BUCKET_BYTES",
 ]
 

@@ -151,6 +151,13 @@ class Communicator:
                 self.abort(f"{type(exc).__name__}: {exc}", details=traceback.format_exc())
             raise
 
+    @contextlib.contextmanager
+    def in_turn(self) -> Iterator[None]:
+        """``with comm.in_turn():`` — the ranks run the block one after the other (rank 0
+        first), for setup that touches state they share. Ranks that are processes share
+        none: here they run it at the same time (``ThreadCommunicator`` takes turns)."""
+        yield
+
     def _check_op(self, op: str) -> str:
         if op not in _OPS:
             raise ValueError(f"{type(self).__name__}.allreduce: op must be one of {_OPS}, "

@@ -22,16 +22,17 @@ The rules:
 - One buffer per (array module, device, name), of bytes, grown to the largest request and
   viewed as the requested dtype and shape, so float32 and float64 share it. On CuPy the
   buffers are device memory from CuPy's pool, on the device current at the request.
-- Not thread-safe: two threads running layers at the same time would share the buffers. One
-  model trains in one thread (minicnn's data-parallel training runs one process per rank).
+- One arena per thread: the thread-ranks of ``minicnn.distributed.run_in_threads`` run their
+  layers at the same time, each in its own buffers (each sized to its shard of the batch).
 
-``release_scratch()`` frees the buffers (the next request allocates again);
-``scratch_nbytes()`` says how much the arena holds.
+``release_scratch()`` frees the calling thread's buffers (the next request allocates again);
+``scratch_nbytes()`` says how much its arena holds.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any
 
 import numpy as np
@@ -40,8 +41,16 @@ from ..backend import get_array_module
 
 __all__ = ["scratch", "scratch_workspace", "scratch_nbytes", "release_scratch", "matmul_into"]
 
-# (module name, device id, role) -> flat uint8 buffer
-_ARENA: dict[tuple[str, int, str], Any] = {}
+# Per thread: (module name, device id, role) -> flat uint8 buffer
+_LOCAL = threading.local()
+
+
+def _arena() -> dict[tuple[str, int, str], Any]:
+    """The calling thread's arena (made on its first request)."""
+    arena = getattr(_LOCAL, "arena", None)
+    if arena is None:
+        arena = _LOCAL.arena = {}
+    return arena
 
 
 def _key(xp: Any, name: str) -> tuple[str, int, str]:
@@ -65,10 +74,11 @@ def scratch(xp: Any, name: str, shape: tuple[int, ...], dtype: Any) -> Any:
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
     key = _key(xp, name)
-    buf = _ARENA.get(key)
+    arena = _arena()
+    buf = arena.get(key)
     if buf is None or buf.size < nbytes:
-        _ARENA.pop(key, None)        # drop the old buffer before allocating the larger one
-        buf = _ARENA[key] = xp.empty(max(nbytes, 1), dtype=np.uint8)
+        arena.pop(key, None)         # drop the old buffer before allocating the larger one
+        buf = arena[key] = xp.empty(max(nbytes, 1), dtype=np.uint8)
     return buf[:nbytes].view(dtype).reshape(shape)
 
 
@@ -98,11 +108,12 @@ def scratch_workspace(xp: Any) -> Any:
 
 
 def scratch_nbytes(xp: Any = None) -> int:
-    """Bytes the arena holds (for ``xp`` alone, or for every module)."""
-    return sum(int(buf.size) for (module, _, _), buf in _ARENA.items()
+    """Bytes the calling thread's arena holds (for ``xp`` alone, or for every module)."""
+    return sum(int(buf.size) for (module, _, _), buf in _arena().items()
                if xp is None or module == xp.__name__)
 
 
 def release_scratch() -> None:
-    """Drop every buffer (CuPy's pool keeps the device blocks for reuse until freed)."""
-    _ARENA.clear()
+    """Drop the calling thread's buffers (CuPy's pool keeps the device blocks for reuse until
+    freed). A thread's arena is freed with the thread."""
+    _arena().clear()

@@ -1,0 +1,227 @@
+"""Data-parallel training inside one process: one thread per rank, on the CPU cores.
+
+Why. NumPy runs its element-wise and copy passes (the im2col / Winograd gathers, BatchNorm,
+pooling, ReLU) on one core; only the GEMMs use more (BLAS threads). On the team's 2-core
+machine that leaves one core idle for about two thirds of a step (docs/benchmarks.md).
+PyTorch splits every operation over a thread pool. minicnn splits the *batch* instead: W
+threads, each a rank of the ordinary data-parallel training of ``minicnn.distributed``
+(its own replica of the model, its shard of every global batch, the gradients averaged
+before every step), each with ``cores // W`` BLAS threads. NumPy releases Python's GIL
+inside its loops, copies and BLAS calls, so the ranks compute at the same time; what
+holds the GIL (the Python of the layer calls) is a few percent of a step.
+
+The algorithm is exactly ``mpiexec -n W``'s (docs/distributed.md): the same update from the
+same averaged gradient on every rank, BatchNorm statistics over each rank's shard (use
+``SyncBatchNorm2d`` for statistics over the global batch), and ``--batch-size`` per rank.
+What differs is the communicator: ``ThreadCommunicator`` speaks the ``Communicator``
+interface over shared memory and a ``threading.Barrier``, with no MPI installed::
+
+    def train_rank(comm):                      # runs in W threads, comm.rank = 0 .. W-1
+        model = build_model()                  # each rank its own replica
+        loader = DataLoader(x, y, 32, seed=0, rank=comm.rank, world_size=comm.size)
+        return fit(model, loss, opt, loader, epochs=10, comm=comm)
+
+    histories = run_in_threads(train_rank, size=2)     # [rank 0's result, rank 1's, ...]
+
+An allreduce costs two barrier waits (microseconds) plus one pass over the buffer per rank;
+the gradients of the CIFAR-10 preset's net are ~1 MB. Thread-safety: each rank must own
+its model, optimizer and loaders (they hold per-step state); minicnn's shared module state
+is thread-safe or per thread (the scratch arena is per thread; ``in_turn`` serialises the
+setup that draws from the initialisers' global generator).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from ..backend import get_array_module
+from .comm import Communicator, DistributedError
+
+__all__ = ["ThreadCommunicator", "run_in_threads", "available_cores"]
+
+_REDUCE = {"sum": "add", "min": "minimum", "max": "maximum"}
+
+
+def available_cores() -> int:
+    """The cores this process may run on (a container or ``taskset`` may allow fewer than
+    ``os.cpu_count()``)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return max(1, len(affinity(0)) if affinity is not None else (os.cpu_count() or 1))
+
+
+class _Group:
+    """What the W ranks of one ``run_in_threads`` share: a barrier and one slot per rank."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.barrier = threading.Barrier(size)
+        self.slots: list[Any] = [None] * size
+        self.turn = threading.Condition()
+        self.next_in_turn = 0
+        self.failure: tuple[int, str] | None = None   # (rank, reason) of the first abort
+
+
+class ThreadCommunicator(Communicator):
+    """The ``Communicator`` of one thread-rank (made by ``run_in_threads``, not by hand).
+
+    Collectives are in place and return the buffer, as MPI's: every rank passes its own
+    buffer of the same shape and dtype, publishes it in its slot, waits for the others,
+    then reads theirs. The sum runs in rank order on every rank, so every rank gets the
+    same bits (the weights stay identical).
+    """
+
+    name = "threads"
+
+    def __init__(self, group: _Group, rank: int):
+        self._group = group
+        self.rank = self.local_rank = rank
+        self.size = self.local_size = group.size
+
+    def _wait(self) -> None:
+        """The barrier; raises ``DistributedError`` once another rank has aborted."""
+        try:
+            self._group.barrier.wait()
+        except threading.BrokenBarrierError:
+            rank, reason = self._group.failure or (-1, "the barrier was broken")
+            raise DistributedError(f"rank {self.rank} stopped: rank {rank} of {self.size} "
+                                   f"failed ({reason})") from None
+
+    def _exchange(self, value: Any) -> list[Any]:
+        """Publish ``value``; return every rank's (valid until the caller's next ``_wait``)."""
+        self._group.slots[self.rank] = value
+        self._wait()
+        return self._group.slots
+
+    # -- collectives ---------------------------------------------------------------------
+    def allreduce(self, buf: Any, op: str = "sum") -> Any:
+        """Element-wise sum (or min / max) of every rank's ``buf``, into each ``buf``."""
+        reduce = getattr(get_array_module(buf), _REDUCE[self._check_op(op)])
+        bufs = self._exchange(buf)
+        total = bufs[0].copy()
+        for other in bufs[1:]:
+            reduce(total, other, out=total)
+        self._wait()            # everyone has read every buffer: now each may overwrite its own
+        buf[...] = total
+        return buf
+
+    def _host_allreduce(self, buf: np.ndarray, op: str) -> np.ndarray:
+        return self.allreduce(buf, op)
+
+    def broadcast(self, buf: Any, root: int = 0) -> Any:
+        """Every rank's ``buf`` overwritten with rank ``root``'s values."""
+        source = self._exchange(buf)[root]
+        if self.rank != root:
+            buf[...] = source
+        self._wait()
+        return buf
+
+    def bcast_object(self, obj: Any, root: int = 0) -> Any:
+        """Rank ``root``'s object (the same object, not a copy: treat it as read-only)."""
+        value = self._exchange(obj)[root]
+        self._wait()
+        return value
+
+    def barrier(self) -> None:
+        self._wait()
+
+    def abort(self, reason: str, code: int = 1, details: str = "") -> None:
+        """Break the barrier: every other rank's next (or current) collective raises
+        ``DistributedError`` naming this rank, so all threads end; ``run_in_threads``
+        re-raises the first failure's own exception. ``code`` and ``details`` are unused
+        (no process to exit; the exception carries its traceback)."""
+        with self._group.turn:
+            if self._group.failure is None:
+                self._group.failure = (self.rank, reason)
+            self._group.turn.notify_all()
+        self._group.barrier.abort()
+
+    @contextlib.contextmanager
+    def in_turn(self) -> Iterator[None]:
+        """Run the block rank after rank (0 first), not at the same time.
+
+        For setup that touches process-wide state: ``minicnn.init``'s generator (``set_seed``
+        then building the model must not interleave with another rank's draws), printing.
+        """
+        g = self._group
+        with g.turn:
+            while g.next_in_turn != self.rank:
+                if g.failure is not None:
+                    raise DistributedError(f"rank {self.rank} stopped: rank {g.failure[0]} "
+                                           f"failed ({g.failure[1]})")
+                g.turn.wait()
+        try:
+            yield
+        finally:
+            with g.turn:
+                g.next_in_turn += 1
+                g.turn.notify_all()
+
+
+def run_in_threads(fn: Callable[[ThreadCommunicator], Any], size: int,
+                   blas_threads: int | None = None) -> list[Any]:
+    """Run ``fn(comm)`` on ``size`` thread-ranks at once; their return values, by rank.
+
+    Rank 0 runs in the calling thread (so Ctrl-C reaches it and ends every rank). While the
+    ranks run, BLAS is limited to ``blas_threads`` threads per call (default: the cores
+    this process may use // ``size``, at least 1): W ranks × BLAS threads = cores; the limit
+    is lifted when they return. An exception in any rank ends every rank (their next
+    collective raises) and is re-raised here, with its traceback.
+
+    Parameters
+    ----------
+    fn : callable taking the rank's ``ThreadCommunicator``
+    size : int, the number of ranks (1: ``fn`` runs once, in this thread, with a communicator
+        of size 1)
+    blas_threads : int, optional
+    """
+    if int(size) < 1:
+        raise ValueError(f"run_in_threads: expected size >= 1, got {size}")
+    size = int(size)
+    group = _Group(size)
+    results: list[Any] = [None] * size
+    errors: list[BaseException | None] = [None] * size
+
+    def run(rank: int) -> None:
+        comm = ThreadCommunicator(group, rank)
+        try:
+            with comm.abort_on_error():
+                results[rank] = fn(comm)
+        except BaseException as exc:  # noqa: BLE001 - re-raised by the calling thread
+            errors[rank] = exc
+
+    if blas_threads is None:
+        blas_threads = max(1, available_cores() // size)
+    with _blas_limit(blas_threads):
+        others = [threading.Thread(target=run, args=(r,), name=f"minicnn-rank-{r}",
+                                   daemon=True) for r in range(1, size)]
+        for t in others:
+            t.start()
+        run(0)
+        for t in others:
+            t.join()
+    failed = [e for e in errors if e is not None]
+    if failed:
+        first = group.failure[0] if group.failure is not None else None
+        origin = errors[first] if first is not None and errors[first] is not None else failed[0]
+        raise origin
+    return results
+
+
+@contextlib.contextmanager
+def _blas_limit(threads: int) -> Iterator[None]:
+    """BLAS limited to ``threads`` threads inside the block (threadpoolctl; a no-op
+    without it, as ``set_blas_threads``)."""
+    try:
+        from threadpoolctl import threadpool_limits  # noqa: PLC0415 (optional)
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limits=threads, user_api="blas"):
+        yield
+

@@ -1,0 +1,238 @@
+"""Data-parallel training on the threads of one process (minicnn.distributed.threads).
+
+The thread-ranks run the same algorithm as ``mpiexec -n 2`` (tests/test_distributed.py), so
+the same equivalence is checked: W ranks of b samples equal one process of W·b samples, for
+a model without BatchNorm and with SyncBatchNorm2d, with identical parameters on every rank
+after every step. The ranks really run at the same time, each in its own scratch arena;
+an error in one rank ends them all and comes back with its own type and message.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import minicnn as mc
+from minicnn import distributed as dist
+from minicnn import layers as L
+from minicnn.functional.scratch import scratch, scratch_nbytes
+
+STEPS, LOCAL_BATCH = 4, 8
+
+
+def build(kind: str):
+    """conv -> [norm] -> relu -> pool -> conv -> relu -> pool -> linear; seed 0."""
+    mc.init.set_seed(0)
+    norm = {"plain": [], "syncbn": [L.BatchNorm2d(8)]}[kind]
+    return L.Sequential(L.Conv2d(3, 8, 3, padding=1, bias=not norm), *norm, L.ReLU(),
+                        L.MaxPool2d(2), L.Conv2d(8, 8, 3, padding=1), L.ReLU(), L.MaxPool2d(2),
+                        L.Flatten(), L.Linear(8 * 2 * 2, 10))
+
+
+def train(model, loader, opt, check=None):
+    loss_fn = mc.losses.CrossEntropyLoss()
+    for step, (x, y) in enumerate(loader, start=1):
+        loss_fn.forward(model.forward(x), y)
+        model.backward(loss_fn.backward())
+        opt.step()
+        if check is not None:
+            check(model)
+        if step == STEPS:
+            break
+    return model
+
+
+@pytest.mark.parametrize("kind", ["plain", "syncbn"])
+@pytest.mark.parametrize("size", [2, 3])
+def test_thread_ranks_equal_one_process_of_the_global_batch(kind, size):
+    x, y = mc.data.synthetic(STEPS * LOCAL_BATCH * size, (3, 8, 8), seed=3)
+    checks = []
+
+    def rank(comm):
+        with comm.in_turn():                       # set_seed + init: one rank at a time
+            model = build(kind)
+        if kind == "syncbn":
+            dist.convert_sync_batchnorm(model, comm)
+        if comm.rank != 0:                         # broadcast_parameters has work to do
+            for p in model.parameters():
+                p.data += 1.0
+        dist.broadcast_parameters(model, comm)
+        opt = dist.DistributedOptimizer(mc.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
+                                        comm)
+        loader = mc.data.DataLoader(x, y, LOCAL_BATCH, seed=1, rank=comm.rank,
+                                    world_size=comm.size)
+
+        def check(m):
+            dist.check_parameters_identical(m, comm)   # raises on any difference
+            checks.append(comm.rank)
+
+        train(model, loader, opt, check)
+        return {n: np.array(v) for n, v in model.state_dict().items()}
+
+    states = dist.run_in_threads(rank, size)
+    assert sorted(checks) == sorted(list(range(size)) * STEPS)
+    ref = build(kind)
+    train(ref, mc.data.DataLoader(x, y, LOCAL_BATCH * size, seed=1),
+          mc.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9))
+    for state in states:                          # every rank: the same bits as rank 0
+        for name, value in state.items():
+            np.testing.assert_array_equal(value, states[0][name])
+    for name, value in ref.state_dict().items():
+        b = np.asarray(value)
+        scale = float(np.abs(b).max()) + 1e-12
+        assert float(np.abs(states[0][name] - b).max()) / scale < 1e-5, name
+
+
+def test_collectives_sum_min_max_broadcast_and_objects():
+    def rank(comm):
+        r = comm.rank
+        out = {
+            "sum": comm.allreduce(np.array([r, 10.0 * r], np.float32)).tolist(),
+            "min": comm.allreduce(np.array([r + 1.0]), op="min").tolist(),
+            "max": comm.allreduce(np.array([r + 1.0]), op="max").tolist(),
+            "numbers": comm.allreduce_numbers([1, r]).tolist(),
+            "bcast": comm.broadcast(np.full(2, float(r)), root=2).tolist(),
+            "object": comm.bcast_object({"from": r}, root=1),
+        }
+        comm.barrier()
+        return out
+
+    results = dist.run_in_threads(rank, 3)
+    for out in results:
+        assert out == {"sum": [3.0, 30.0], "min": [1.0], "max": [3.0], "numbers": [3.0, 3.0],
+                       "bcast": [2.0, 2.0], "object": {"from": 1}}
+    with pytest.raises(ValueError, match="op must be one of"):
+        dist.run_in_threads(lambda comm: comm.allreduce(np.zeros(1), op="mean"), 2)
+
+
+def test_ranks_run_at_the_same_time_in_their_own_threads():
+    met = threading.Barrier(2, timeout=10)           # only passable if both run at once
+
+    def rank(comm):
+        met.wait()
+        return threading.get_ident()
+
+    idents = dist.run_in_threads(rank, 2)
+    assert idents[0] == threading.get_ident()         # rank 0: the calling thread
+    assert idents[1] != idents[0]
+
+
+def test_each_thread_has_its_own_scratch_arena():
+    def rank(comm):
+        buf = scratch(np, "test-threads", (4,), np.float32)
+        buf[...] = comm.rank
+        comm.barrier()                                 # both filled before either reads
+        seen = buf.copy()
+        comm.barrier()
+        return seen.tolist(), scratch_nbytes(np) >= 16
+
+    results = dist.run_in_threads(rank, 2)
+    assert results == [([0.0] * 4, True), ([1.0] * 4, True)]
+
+
+def test_in_turn_runs_the_block_rank_after_rank():
+    order = []
+
+    def rank(comm):
+        if comm.rank == 0:
+            time.sleep(0.05)                         # rank 1 would overtake without turns
+        with comm.in_turn():
+            order.append(("start", comm.rank))
+            time.sleep(0.01)
+            order.append(("end", comm.rank))
+
+    dist.run_in_threads(rank, 3)
+    assert order == [(w, r) for r in range(3) for w in ("start", "end")]
+
+
+@pytest.mark.parametrize("failing", [0, 1])
+def test_a_raising_rank_ends_every_rank_and_its_error_comes_back(failing):
+    def rank(comm):
+        if comm.rank == failing:
+            raise KeyError("bad batch 7")
+        for _ in range(3):
+            comm.allreduce(np.ones(2))               # would wait forever without the abort
+        return "done"
+
+    start = time.perf_counter()
+    with pytest.raises(KeyError, match="bad batch 7"):
+        dist.run_in_threads(rank, 2)
+    assert time.perf_counter() - start < 5
+
+
+def test_a_waiting_rank_learns_which_rank_failed():
+    seen = []
+
+    def rank(comm):
+        if comm.rank == 1:
+            time.sleep(0.05)
+            raise RuntimeError("out of paper")
+        try:
+            comm.barrier()
+        except dist.DistributedError as exc:
+            seen.append(str(exc))
+            raise
+
+    with pytest.raises(RuntimeError, match="out of paper"):
+        dist.run_in_threads(rank, 2)
+    assert seen and "rank 1 of 2 failed (RuntimeError: out of paper)" in seen[0]
+
+
+def test_blas_threads_are_limited_while_the_ranks_run_and_restored_after():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+
+    def blas_threads():
+        pools = [p for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
+        return [p["num_threads"] for p in pools]
+
+    before = blas_threads()
+    if not before:
+        pytest.skip("threadpoolctl finds no BLAS library in this process")
+    inside = dist.run_in_threads(lambda comm: blas_threads(), 2, blas_threads=1)
+    assert inside == [[1] * len(before)] * 2
+    assert blas_threads() == before
+
+
+def test_size_one_runs_in_the_calling_thread_and_bad_sizes_are_refused():
+    assert dist.run_in_threads(lambda comm: (comm.size, comm.rank, threading.get_ident()), 1) \
+        == [(1, 0, threading.get_ident())]
+    with pytest.raises(ValueError, match="size >= 1"):
+        dist.run_in_threads(lambda comm: None, 0)
+
+
+def test_fit_on_thread_ranks_agrees_on_metrics_and_weights():
+    x, y = mc.data.synthetic(64, (3, 8, 8), seed=4)
+
+    def rank(comm):
+        with comm.in_turn():
+            model = build("plain")
+        opt = mc.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        train_loader = mc.data.DataLoader(x, y, 8, seed=2, rank=comm.rank, world_size=comm.size)
+        val_loader = mc.data.DataLoader(x, y, 16, rank=comm.rank, world_size=comm.size)
+        history = mc.training.fit(model, mc.losses.CrossEntropyLoss(), opt, train_loader,
+                                  val_loader, epochs=2, verbose=0, comm=comm)
+        dist.check_parameters_identical(model, comm)
+        return {k: v for k, v in history.history.items() if k != "time"}   # times differ
+
+    histories = dist.run_in_threads(rank, 2)
+    assert histories[0] == histories[1]
+    assert len(histories[0]["loss"]) == 2 and np.isfinite(histories[0]["val_loss"]).all()
+
+
+def test_cli_threads_smoke_run_prints_and_writes_once(tmp_path, monkeypatch, capsys):
+    from minicnn import cli
+
+    monkeypatch.setenv("MINICNN_BACKEND", "numpy")
+    out = tmp_path / "run"
+    code = cli.main(["train", "--dataset", "cifar10", "--smoke", "--threads", "2", "--epochs",
+                     "2", "--no-plots", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "batch 32 per thread x 2 threads = 64" in printed
+    assert printed.count("test accuracy:") == 1 and printed.count("epoch 2/2") == 1
+    assert sorted(p.name for p in out.iterdir()) == ["history.json", "model.npz"]
+    ckpt = mc.training.load(str(out / "model.npz"), restore_rng=False)
+    assert ckpt.meta["train_config"]["threads"] == 2
