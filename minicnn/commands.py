@@ -210,13 +210,34 @@ def _train_in_threads(args: argparse.Namespace, threads: int) -> int:
         rank_args = copy.copy(args)
         if comm.rank != 0:                       # rank 0 alone prints and writes files
             rank_args.quiet, rank_args.no_plots = True, True
-        return _set_up_and_fit(rank_args, comm)
+        outcome = _set_up_and_fit(rank_args, comm)
+        if isinstance(outcome, int):
+            return outcome
+        start = time.perf_counter()
+        predicted = _predict_in_threads(outcome[0])
+        return (*outcome, (predicted, time.perf_counter() - start))
 
     outcome = distributed.run_in_threads(rank, threads)[0]
     if isinstance(outcome, int):
         return outcome
     _test_and_write(*outcome)
     return 0
+
+
+def _predict_in_threads(run: _Run) -> tuple[np.ndarray, np.ndarray]:
+    """The final test logits and labels (with the run's TTA), each thread-rank predicting its
+    slice of the test set in order; every rank returns them all. The replicas are identical
+    after ``fit`` (the same updates; BatchNorm statistics averaged at each epoch's end)."""
+    comm, test = run.comm, run.data.test
+    n = len(test.x)
+    lo, hi = n * comm.rank // comm.size, n * (comm.rank + 1) // comm.size
+    mine = data.DataLoader(test.x[lo:hi], test.y[lo:hi], test.batch_size, shuffle=False,
+                           normalize=run.data.normalize)
+    part = (training.predict(run.model, mine, tta=run.cfg["tta"]) if hi > lo
+            else (None, None))
+    parts = [comm.bcast_object(part, root=r) for r in range(comm.size)]
+    return (np.concatenate([p[0] for p in parts if p[0] is not None]),
+            np.concatenate([p[1] for p in parts if p[1] is not None]))
 
 
 def _batch_words(batch_size: int, comm: Any) -> str:
@@ -443,14 +464,22 @@ def _fit(run: _Run, initial_epoch: int, history: Any) -> tuple[Any, float]:
     return history, time.perf_counter() - start
 
 
-def _test_and_write(run: _Run, history: Any, initial_epoch: int, times: _Times) -> None:
-    """The test accuracy; history.json, model.npz and the plots into --out (all or none)."""
+def _test_and_write(run: _Run, history: Any, initial_epoch: int, times: _Times,
+                    predicted: Any = None) -> None:
+    """The test accuracy; history.json, model.npz and the plots into --out (all or none).
+
+    ``predicted``: ((logits, labels), seconds) when the thread-ranks predicted the test set
+    already (``_predict_in_threads``); else the logits are computed here.
+    """
     args, cfg = run.args, run.cfg
-    start = time.perf_counter()
-    logits, labels = training.predict(run.model, run.data.test, tta=cfg["tta"])
+    if predicted is None:
+        start = time.perf_counter()
+        logits, labels = training.predict(run.model, run.data.test, tta=cfg["tta"])
+        times.test = time.perf_counter() - start  # predict read the logits back: device done
+    else:
+        (logits, labels), times.test = predicted
     y_pred = logits.argmax(axis=1)
     test_acc = float((y_pred == labels).mean())
-    times.test = time.perf_counter() - start  # predict read the logits back: the device is done
     epoch = history.epoch[-1] if history.epoch else initial_epoch
     with _Staged(args.out) as stage:  # every file, or none: moved into place at the end
         history.save_json(stage("history.json"))

@@ -236,3 +236,9 @@ def test_cli_threads_smoke_run_prints_and_writes_once(tmp_path, monkeypatch, cap
     assert sorted(p.name for p in out.iterdir()) == ["history.json", "model.npz"]
     ckpt = mc.training.load(str(out / "model.npz"), restore_rng=False)
     assert ckpt.meta["train_config"]["threads"] == 2
+    # The ranks predicted the test set in two slices; the saved model, evaluated whole in one
+    # thread with the same TTA, gives the same accuracy.
+    accuracy = printed.split("test accuracy: ")[1].split("%")[0]
+    assert f"test accuracy: {accuracy}% on 48 images" in printed      # both slices
+    assert cli.main(["evaluate", str(out / "model.npz"), "--smoke"]) == 0
+    assert f"accuracy {accuracy}% (48 images" in capsys.readouterr().out

@@ -7,8 +7,8 @@ PyTorch splits every operation over a thread pool. minicnn splits the *batch* in
 threads, each a rank of the ordinary data-parallel training of ``minicnn.distributed``
 (its own replica of the model, its shard of every global batch, the gradients averaged
 before every step), each with ``cores // W`` BLAS threads. NumPy releases Python's GIL
-inside its loops, copies and BLAS calls, so the ranks compute at the same time; what
-holds the GIL (the Python of the layer calls) is a few percent of a step.
+inside its loops, copies and BLAS calls, so the ranks compute at the same time; only the
+Python of the layer calls runs one thread at a time (docs/benchmarks.md has the speed-ups).
 
 The algorithm is exactly ``mpiexec -n W``'s (docs/distributed.md): the same update from the
 same averaged gradient on every rank, BatchNorm statistics over each rank's shard (use
