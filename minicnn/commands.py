@@ -142,7 +142,15 @@ def _resolve(args: argparse.Namespace, backend: str) -> dict[str, Any]:
     if args.model_kwargs:
         model = args.model or presets.PRESETS[args.dataset][device]["model"]
         flags["model_kwargs"] = _model_kwargs(model, None, args.model_kwargs, "--model-kwargs")
-    return presets.resolve(args.dataset, device, flags, smoke=args.smoke)
+    cfg = presets.resolve(args.dataset, device, flags, smoke=args.smoke)
+    if cfg["threads"] > 1 and (backend != "numpy" or getattr(args, "distributed", False)):
+        # A preset's thread-ranks where threads do not run (one GPU is one device; MPI ranks
+        # are processes): one rank with the preset's global batch, the same recipe. An
+        # explicit --batch-size stays per rank.
+        if args.batch_size is None and not args.smoke:
+            cfg["batch_size"] *= cfg["threads"]
+        cfg["threads"] = 1
+    return cfg
 
 
 def _check_writable(flag: str, folder: str) -> None:
@@ -191,14 +199,10 @@ def _train_distributed(args: argparse.Namespace) -> int:
 
 def _threads(args: argparse.Namespace) -> int:
     """How many thread-ranks train: --threads, else the preset's ``threads`` (NumPy only)."""
-    backend = args.backend
-    threads = _resolve(args, backend)["threads"]
-    if threads > 1 and backend != "numpy":
-        if getattr(args, "threads", None) is not None:
-            raise BadInput("--threads", f"splits the batch over CPU cores, on the NumPy "
-                                        f"backend; on {backend} leave it out (or give 1)")
-        return 1
-    return threads
+    if (getattr(args, "threads", None) or 1) > 1 and args.backend != "numpy":
+        raise BadInput("--threads", f"splits the batch over CPU cores, on the NumPy "
+                                    f"backend; on {args.backend} leave it out (or give 1)")
+    return _resolve(args, args.backend)["threads"]
 
 
 def _train_in_threads(args: argparse.Namespace, threads: int) -> int:

@@ -242,3 +242,20 @@ def test_cli_threads_smoke_run_prints_and_writes_once(tmp_path, monkeypatch, cap
     assert f"test accuracy: {accuracy}% on 48 images" in printed      # both slices
     assert cli.main(["evaluate", str(out / "model.npz"), "--smoke"]) == 0
     assert f"accuracy {accuracy}% (48 images" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, backend, batch, threads", [
+    ([], "numpy", 32, 2),                                  # the preset: 2 threads x 32
+    (["--threads", "1"], "numpy", 32, 1),                  # asked for: one thread of 32
+    (["--preset", "cpu"], "cupy", 64, 1),                  # no threads on a GPU: 1 x 64
+    (["--preset", "cpu", "--batch-size", "16"], "cupy", 16, 1),   # explicit: as given
+    (["--distributed"], "numpy", 64, 1),                   # MPI ranks: 64 per rank
+    (["--preset", "gpu"], "numpy", 1024, 1),               # a preset without threads
+])
+def test_the_presets_threads_fold_into_the_batch_where_threads_do_not_run(argv, backend, batch,
+                                                                          threads):
+    from minicnn import cli, commands
+
+    args = cli.build_parser().parse_args(["train", "--dataset", "cifar10", *argv])
+    cfg = commands._resolve(args, backend)
+    assert (cfg["batch_size"], cfg["threads"]) == (batch, threads)
