@@ -259,3 +259,39 @@ def test_the_presets_threads_fold_into_the_batch_where_threads_do_not_run(argv, 
     args = cli.build_parser().parse_args(["train", "--dataset", "cifar10", *argv])
     cfg = commands._resolve(args, backend)
     assert (cfg["batch_size"], cfg["threads"]) == (batch, threads)
+
+
+def test_each_rank_keeps_its_own_precision_policy():
+    """fit's autocast, entered and left by each rank at its own time, must neither switch
+    another rank's policy mid-step nor leak into the caller (it did, when the policy was
+    process-wide: the last rank out restored the policy the first rank had set)."""
+    from minicnn.functional import precision as P
+
+    def rank(comm):
+        seen = [P.get_precision()]                       # the caller's, at the start
+        comm.barrier()
+        if comm.rank == 0:
+            with P.autocast("bf16"):
+                comm.barrier()                           # 1: rank 0 inside bf16
+                comm.barrier()                           # 2: rank 1 inside tf32
+                seen.append(P.get_precision())           # still bf16 here
+            comm.barrier()                               # 3: rank 0 is out
+            comm.barrier()                               # 4: rank 1 is out
+        else:
+            comm.barrier()                               # 1
+            with P.autocast("tf32"):
+                comm.barrier()                           # 2
+                comm.barrier()                           # 3: rank 0 left its autocast
+                seen.append(P.get_precision())           # still tf32 here
+            comm.barrier()                               # 4
+        seen.append(P.get_precision())
+        return seen
+
+    assert P.get_precision() == "fp32"
+    assert dist.run_in_threads(rank, 2) == [["fp32", "bf16", "fp32"], ["fp32", "tf32", "fp32"]]
+    assert P.get_precision() == "fp32"
+    P.set_precision("bf16")
+    try:
+        assert dist.run_in_threads(lambda comm: P.get_precision(), 2) == ["bf16", "bf16"]
+    finally:
+        P.set_precision("fp32")

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import get_array_module
+from ..functional.precision import get_precision, set_precision
 from .comm import Communicator, DistributedError
 
 __all__ = ["ThreadCommunicator", "run_in_threads", "available_cores"]
@@ -187,10 +188,13 @@ def run_in_threads(fn: Callable[[ThreadCommunicator], Any], size: int,
     results: list[Any] = [None] * size
     errors: list[BaseException | None] = [None] * size
 
+    policy = get_precision()        # per thread: every rank starts with the caller's
+
     def run(rank: int) -> None:
         comm = ThreadCommunicator(group, rank)
         try:
             with comm.abort_on_error():
+                set_precision(policy)
                 results[rank] = fn(comm)
         except BaseException as exc:  # noqa: BLE001 - re-raised by the calling thread
             errors[rank] = exc

@@ -50,6 +50,7 @@ Tests: tests/test_precision.py
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -66,8 +67,14 @@ PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 _DROPPED_BITS = {"tf32": 13, "bf16": 16}
 
 
-class _Policy:
-    """The current setting: ``name``, and whether CuPy's cuBLAS rounds tf32 itself."""
+class _Policy(threading.local):
+    """The current setting: ``name``, and whether CuPy's cuBLAS rounds tf32 itself.
+
+    Per thread (the class attributes are each new thread's start): the thread-ranks of
+    ``minicnn.distributed.run_in_threads`` each enter and leave ``fit``'s ``autocast`` on
+    their own, and one rank's exit must not switch another's policy mid-step. They start
+    from the policy of the thread that launched them.
+    """
 
     name = "fp32"
     cublas_tf32 = False     # tf32 through cuBLAS's compute type: no rounding by us on CuPy
@@ -89,7 +96,8 @@ def get_precision() -> str:
 
 
 def set_precision(name: str) -> None:
-    """Make ``name`` the policy of every GEMM from now on (see the module docstring).
+    """Make ``name`` the policy of every GEMM of the calling thread from now on (see the
+    module docstring).
 
     On a GPU whose CuPy has cuBLAS's compute-type switch, "tf32" sets float32 GEMMs to TF32
     (and any other policy back to what it was); elsewhere the GEMM inputs are rounded.

@@ -134,16 +134,18 @@ def resampling_matrices(like: Any, in_hw: tuple[int, int], out_hw: tuple[int, in
     sh, sw = scale_factor if scale_factor is not None else (None, None)
     device = getattr(getattr(like, "device", None), "id", None)
     key = (kind, H, W, Ho, Wo, sh, sw, str(like.dtype), xp.__name__, device)
-    if key not in _CACHE:
+    entry = _CACHE.get(key)      # one lookup: another thread-rank may clear the cache
+    if entry is None:
         if len(_CACHE) >= _CACHE_SIZE:
             _CACHE.clear()
         if kind == "adaptive_avg":
-            _CACHE[key] = (adaptive_avg_matrix(xp, H, Ho, like.dtype),
-                           adaptive_avg_matrix(xp, W, Wo, like.dtype))
+            entry = (adaptive_avg_matrix(xp, H, Ho, like.dtype),
+                     adaptive_avg_matrix(xp, W, Wo, like.dtype))
         else:
             build = {"nearest": nearest_matrix, "bilinear": linear_matrix}[kind]
-            _CACHE[key] = (build(xp, H, Ho, like.dtype, sh), build(xp, W, Wo, like.dtype, sw))
-    return _CACHE[key]
+            entry = (build(xp, H, Ho, like.dtype, sh), build(xp, W, Wo, like.dtype, sw))
+        _CACHE[key] = entry
+    return entry
 
 
 def stored_channels_last(a: Any) -> bool:
