@@ -444,4 +444,6 @@ def load(path: str | os.PathLike, model: Layer | None = None, optimizer: Any = N
     model.set_rng_states(model_rngs)
     for g, saved in other_rngs:
         g.bit_generator.state = saved
+    if loader is not None and hasattr(loader, "epoch") and info["epoch"] is not None:
+        loader.epoch = int(info["epoch"])  # the epochs it has served (alternating flip's parity)
     return Checkpoint(model, info["epoch"], history, info["config"], info["meta"] or {})
