@@ -17,32 +17,10 @@ import pytest
 
 import minicnn as mc
 from minicnn import distributed as dist
-from minicnn import layers as L
 from minicnn.functional.scratch import scratch, scratch_nbytes
+from tests.distributed_scripts.equivalence_model import build, train
 
 STEPS, LOCAL_BATCH = 4, 8
-
-
-def build(kind: str):
-    """conv -> [norm] -> relu -> pool -> conv -> relu -> pool -> linear; seed 0."""
-    mc.init.set_seed(0)
-    norm = {"plain": [], "syncbn": [L.BatchNorm2d(8)]}[kind]
-    return L.Sequential(L.Conv2d(3, 8, 3, padding=1, bias=not norm), *norm, L.ReLU(),
-                        L.MaxPool2d(2), L.Conv2d(8, 8, 3, padding=1), L.ReLU(), L.MaxPool2d(2),
-                        L.Flatten(), L.Linear(8 * 2 * 2, 10))
-
-
-def train(model, loader, opt, check=None):
-    loss_fn = mc.losses.CrossEntropyLoss()
-    for step, (x, y) in enumerate(loader, start=1):
-        loss_fn.forward(model.forward(x), y)
-        model.backward(loss_fn.backward())
-        opt.step()
-        if check is not None:
-            check(model)
-        if step == STEPS:
-            break
-    return model
 
 
 @pytest.mark.parametrize("kind", ["plain", "syncbn"])
@@ -69,14 +47,14 @@ def test_thread_ranks_equal_one_process_of_the_global_batch(kind, size):
             dist.check_parameters_identical(m, comm)   # raises on any difference
             checks.append(comm.rank)
 
-        train(model, loader, opt, check)
+        train(model, loader, opt, STEPS, check)
         return {n: np.array(v) for n, v in model.state_dict().items()}
 
     states = dist.run_in_threads(rank, size)
     assert sorted(checks) == sorted(list(range(size)) * STEPS)
     ref = build(kind)
     train(ref, mc.data.DataLoader(x, y, LOCAL_BATCH * size, seed=1),
-          mc.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9))
+          mc.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9), STEPS)
     for state in states:                          # every rank: the same bits as rank 0
         for name, value in state.items():
             np.testing.assert_array_equal(value, states[0][name])

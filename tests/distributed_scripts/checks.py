@@ -34,35 +34,13 @@ import minicnn as mc  # noqa: E402
 from minicnn import distributed as dist  # noqa: E402
 from minicnn import layers as L  # noqa: E402
 from minicnn.backend import to_numpy  # noqa: E402
+from tests.distributed_scripts.equivalence_model import build, train  # noqa: E402
 
 comm = dist.create_communicator("mpi")
 mpi = comm.comm            # the mpi4py communicator, for gathers in these checks only
 assert comm.size == 2, f"run with mpiexec -n 2 (got {comm.size} ranks)"
 STEPS, LOCAL_BATCH = 5, 16
 FINAL: dict[str, dict[str, np.ndarray]] = {}    # the distributed runs' final state, by kind
-
-
-def build(kind: str):
-    """conv -> [norm] -> relu -> pool -> conv -> relu -> pool -> linear; the same init
-    everywhere (seed 0)."""
-    mc.init.set_seed(0)
-    norm = {"plain": [], "bn": [L.BatchNorm2d(8)], "syncbn": [L.BatchNorm2d(8)]}[kind]
-    return L.Sequential(L.Conv2d(3, 8, 3, padding=1, bias=not norm), *norm, L.ReLU(),
-                        L.MaxPool2d(2), L.Conv2d(8, 8, 3, padding=1), L.ReLU(), L.MaxPool2d(2),
-                        L.Flatten(), L.Linear(8 * 2 * 2, 10))
-
-
-def train(model, loader, opt, check=None):
-    loss_fn = mc.losses.CrossEntropyLoss()
-    for step, (x, y) in enumerate(loader, start=1):
-        loss_fn.forward(model.forward(x), y)
-        model.backward(loss_fn.backward())
-        opt.step()
-        if check is not None:
-            check(model)
-        if step == STEPS:
-            break
-    return model
 
 
 def distributed_run(kind: str, x, y):
@@ -95,12 +73,12 @@ def equivalence() -> dict:
             dist.check_parameters_identical(m, comm, buffers=kind != "bn")
             checks.append(1)
 
-        train(model, loader, opt, check)
+        train(model, loader, opt, STEPS, check)
         FINAL[kind] = {n: to_numpy(v).copy() for n, v in model.state_dict().items()}
         if comm.rank == 0:
             ref_model = build(kind)
             train(ref_model, mc.data.DataLoader(x, y, LOCAL_BATCH * comm.size, seed=1),
-                  mc.optim.SGD(ref_model.parameters(), lr=0.1, momentum=0.9))
+                  mc.optim.SGD(ref_model.parameters(), lr=0.1, momentum=0.9), STEPS)
             diffs = []
             for (name, a), (_, b) in zip(FINAL[kind].items(),
                                          ref_model.state_dict().items(), strict=True):
@@ -211,7 +189,7 @@ def device() -> dict:
         nccl = str(exc)
     x, y = mc.data.synthetic(STEPS * LOCAL_BATCH * comm.size, (3, 8, 8), seed=3)
     model, opt, loader = distributed_run("syncbn", x, y)
-    train(model, loader, opt, lambda m: dist.check_parameters_identical(m, comm))
+    train(model, loader, opt, STEPS, lambda m: dist.check_parameters_identical(m, comm))
     on_device = type(model.parameters()[0].data).__module__
     diff = max(float(np.abs(mc.backend.to_numpy(v) - FINAL["syncbn"][n]).max())
                / (float(np.abs(FINAL["syncbn"][n]).max()) + 1e-12)
