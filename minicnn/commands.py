@@ -207,8 +207,9 @@ def _threads(args: argparse.Namespace) -> int:
 
 def _train_in_threads(args: argparse.Namespace, threads: int) -> int:
     """``minicnn train`` as ``threads`` data-parallel ranks in this process
-    (``distributed.run_in_threads``): each trains its replica on its shard of every batch;
-    once all are done, rank 0's model is tested and written here, with every core."""
+    (``distributed.run_in_threads``): each trains its replica on its shard of every batch
+    and predicts its slice of the test set; once all are done, rank 0's run is reported and
+    written here."""
 
     def rank(comm: Any) -> Any:
         rank_args = copy.copy(args)

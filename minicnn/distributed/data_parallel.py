@@ -29,7 +29,6 @@ calls cost 40 latencies where 1 large one costs one.
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -39,6 +38,7 @@ import numpy as np
 from ..backend import get_array_module, to_numpy
 from ..layers.base import Layer, Parameter
 from .comm import Communicator
+from .threads import available_cores
 
 __all__ = ["broadcast_parameters", "allreduce_gradients", "GradientBuckets",
            "DistributedOptimizer", "average_metrics", "average_buffers", "parameters_digest",
@@ -297,10 +297,7 @@ def set_blas_threads(comm: Communicator, cores: int | None = None) -> int | None
     except ImportError:
         return None
     if cores is None:
-        # The cores this process may run on: a container or taskset may allow fewer than
-        # the machine has (os.cpu_count()).
-        affinity = getattr(os, "sched_getaffinity", None)
-        cores = len(affinity(0)) if affinity is not None else os.cpu_count()
+        cores = available_cores()   # those this process may run on (taskset, containers)
     cores = int(cores or 1)
     threads = max(1, cores // max(1, comm.local_size))
     threadpool_limits(limits=threads, user_api="blas")

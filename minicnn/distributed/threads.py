@@ -23,8 +23,8 @@ interface over shared memory and a ``threading.Barrier``, with no MPI installed:
 
     histories = run_in_threads(train_rank, size=2)     # [rank 0's result, rank 1's, ...]
 
-An allreduce costs two barrier waits (microseconds) plus one pass over the buffer per rank;
-the gradients of the CIFAR-10 preset's net are ~1 MB. Thread-safety: each rank must own
+An allreduce costs two barrier waits plus one pass over the buffers per rank; the gradients
+of the CIFAR-10 preset's net are ~1 MB. Thread-safety: each rank must own
 its model, optimizer and loaders (they hold per-step state); minicnn's shared module state
 is thread-safe or per thread (the scratch arena is per thread; ``in_turn`` serialises the
 setup that draws from the initialisers' global generator).
