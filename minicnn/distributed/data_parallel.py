@@ -34,6 +34,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from ..backend import get_array_module, to_numpy
 from ..layers.base import Layer, Parameter
@@ -285,17 +286,12 @@ def check_parameters_identical(model: Layer, comm: Communicator, buffers: bool =
                            f"an update or the gradients were not averaged")
 
 
-def set_blas_threads(comm: Communicator, cores: int | None = None) -> int | None:
+def set_blas_threads(comm: Communicator, cores: int | None = None) -> int:
     """Give each rank ``cores // local_size`` BLAS threads (at least 1); return that number.
 
     Ranks on one machine share its cores: 2 ranks each running a 2-thread BLAS on 2 cores
-    would fight over them. Uses threadpoolctl (in the ``mpi`` extra); returns None, changing
-    nothing, when it is not installed (then set ``OMP_NUM_THREADS`` in the launch command).
+    would fight over them. Uses threadpoolctl (a dependency of minicnn).
     """
-    try:
-        from threadpoolctl import threadpool_limits  # noqa: PLC0415 (optional)
-    except ImportError:
-        return None
     if cores is None:
         cores = available_cores()   # those this process may run on (taskset, containers)
     cores = int(cores or 1)

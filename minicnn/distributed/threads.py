@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from ..backend import get_array_module
 from ..functional.precision import get_precision, set_precision
@@ -89,9 +90,13 @@ class ThreadCommunicator(Communicator):
         try:
             self._group.barrier.wait()
         except threading.BrokenBarrierError:
-            rank, reason = self._group.failure or (-1, "the barrier was broken")
-            raise DistributedError(f"rank {self.rank} stopped: rank {rank} of {self.size} "
-                                   f"failed ({reason})") from None
+            raise self._stopped() from None
+
+    def _stopped(self) -> DistributedError:
+        """The error this rank raises because another one failed (``abort``)."""
+        rank, reason = self._group.failure or (-1, "the barrier was broken")
+        return DistributedError(f"rank {self.rank} stopped: rank {rank} of {self.size} "
+                                f"failed ({reason})")
 
     def _exchange(self, value: Any) -> list[Any]:
         """Publish ``value``; return every rank's (valid until the caller's next ``_wait``)."""
@@ -153,8 +158,7 @@ class ThreadCommunicator(Communicator):
         with g.turn:
             while g.next_in_turn != self.rank:
                 if g.failure is not None:
-                    raise DistributedError(f"rank {self.rank} stopped: rank {g.failure[0]} "
-                                           f"failed ({g.failure[1]})")
+                    raise self._stopped()
                 g.turn.wait()
         try:
             yield
@@ -201,7 +205,7 @@ def run_in_threads(fn: Callable[[ThreadCommunicator], Any], size: int,
 
     if blas_threads is None:
         blas_threads = max(1, available_cores() // size)
-    with _blas_limit(blas_threads):
+    with threadpool_limits(limits=blas_threads, user_api="blas"):
         others = [threading.Thread(target=run, args=(r,), name=f"minicnn-rank-{r}",
                                    daemon=True) for r in range(1, size)]
         for t in others:
@@ -217,15 +221,4 @@ def run_in_threads(fn: Callable[[ThreadCommunicator], Any], size: int,
     return results
 
 
-@contextlib.contextmanager
-def _blas_limit(threads: int) -> Iterator[None]:
-    """BLAS limited to ``threads`` threads inside the block (threadpoolctl; a no-op
-    without it, as ``set_blas_threads``)."""
-    try:
-        from threadpoolctl import threadpool_limits  # noqa: PLC0415 (optional)
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(limits=threads, user_api="blas"):
-        yield
 
