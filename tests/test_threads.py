@@ -64,6 +64,52 @@ def test_thread_ranks_equal_one_process_of_the_global_batch(kind, size):
         assert float(np.abs(states[0][name] - b).max()) / scale < 1e-5, name
 
 
+@pytest.mark.parametrize("mean, known", [(0.0, False), (1e3, False), (1e3, True)],
+                         ids=["centred", "far-first-steps", "far-known-mean"])
+def test_sync_batchnorm_is_batchnorm_of_the_global_batch_with_one_allreduce(mean, known):
+    """The shifted one-pass statistics (K = running mean) equal BatchNorm2d's two-pass ones
+    over the whole batch, also for a mean a thousand sigmas from K (the exact second pass),
+    and cost one allreduce of sums per forward once K is near the batch mean."""
+    size, C, steps = 2, 3, 3
+    rng = np.random.default_rng(0)
+    xs = (rng.standard_normal((steps, 4 * size, C, 5, 5)) + mean).astype(np.float32)
+    douts = rng.standard_normal(xs.shape).astype(np.float32)
+    start = np.full(C, mean + 0.3 if known else 0.0, np.float32)
+
+    def rank(comm):
+        calls = []
+        allreduce = comm.allreduce
+        comm.allreduce = lambda buf, op="sum": calls.append(buf.size) or allreduce(buf, op)
+        layer = mc.layers.SyncBatchNorm2d(C, comm=comm)
+        layer.running_mean[...] = start
+        out = []
+        for x, dout in zip(xs, douts, strict=True):
+            shard = slice(4 * comm.rank, 4 * comm.rank + 4)
+            calls.clear()
+            y = layer(x[shard])
+            forward_calls = len(calls)
+            out.append((y, layer.backward(dout[shard]), forward_calls))
+        return out, layer.running_mean.copy(), layer.running_var.copy()
+
+    results = dist.run_in_threads(rank, size)
+    # float32 holds x = 1000 + z to 6e-5: both mus are that uncertain, so y and dx are too
+    # (the one-pass formula without the fallback is off by ~10 % there).
+    atol = 1e-4 + 4 * np.finfo(np.float32).eps * mean
+    ref = mc.layers.BatchNorm2d(C)
+    ref.running_mean[...] = start
+    for t, (x, dout) in enumerate(zip(xs, douts, strict=True)):
+        y, dx = ref(x), ref.backward(dout)
+        for r, (out, _, _) in enumerate(results):
+            shard = slice(4 * r, 4 * r + 4)
+            np.testing.assert_allclose(out[t][0], y[shard], rtol=1e-4, atol=atol)
+            np.testing.assert_allclose(out[t][1], dx[shard], rtol=1e-3, atol=atol)
+            # the count and the sums; a third allreduce only where K is far from mu
+            assert out[t][2] == (3 if mean and not known else 2), (t, out[t][2])
+    for _, running_mean, running_var in results:
+        np.testing.assert_allclose(running_mean, ref.running_mean, rtol=1e-6)
+        np.testing.assert_allclose(running_var, ref.running_var, rtol=1e-4)
+
+
 def test_collectives_sum_min_max_broadcast_and_objects():
     def rank(comm):
         r = comm.rank

@@ -23,7 +23,7 @@ interface over shared memory and a ``threading.Barrier``, with no MPI installed:
 
     histories = run_in_threads(train_rank, size=2)     # [rank 0's result, rank 1's, ...]
 
-An allreduce costs two barrier waits plus one pass over the buffers per rank; the gradients
+An allreduce costs one barrier wait, a copy and one pass over the buffers per rank; the gradients
 of the CIFAR-10 preset's net are ~1 MB. Thread-safety: each rank must own
 its model, optimizer and loaders (they hold per-step state); minicnn's shared module state
 is thread-safe or per thread (the scratch arena is per thread; ``in_turn`` serialises the
@@ -64,6 +64,8 @@ class _Group:
         self.size = size
         self.barrier = threading.Barrier(size)
         self.slots: list[Any] = [None] * size
+        # allreduce's slots, two sets used in turn (``ThreadCommunicator.allreduce``)
+        self.copies: list[list[Any]] = [[None] * size, [None] * size]
         self.turn = threading.Condition()
         self.next_in_turn = 0
         self.failure: tuple[int, str] | None = None   # (rank, reason) of the first abort
@@ -84,6 +86,7 @@ class ThreadCommunicator(Communicator):
         self._group = group
         self.rank = self.local_rank = rank
         self.size = self.local_size = group.size
+        self._phase = 0     # which of the group's two sets of allreduce slots is next
 
     def _wait(self) -> None:
         """The barrier; raises ``DistributedError`` once another rank has aborted."""
@@ -106,14 +109,21 @@ class ThreadCommunicator(Communicator):
 
     # -- collectives ---------------------------------------------------------------------
     def allreduce(self, buf: Any, op: str = "sum") -> Any:
-        """Element-wise sum (or min / max) of every rank's ``buf``, into each ``buf``."""
+        """Element-wise sum (or min / max) of every rank's ``buf``, into each ``buf``.
+
+        One barrier wait: each rank publishes a *copy* of its buffer, so it may overwrite
+        its own as soon as everyone has published. The copies alternate between two sets of
+        slots: a rank can write set p again only two allreduces later, after the barrier of
+        the one between, which every other rank reaches only once it has read set p.
+        """
         reduce = getattr(get_array_module(buf), _REDUCE[self._check_op(op)])
-        bufs = self._exchange(buf)
-        total = bufs[0].copy()
-        for other in bufs[1:]:
-            reduce(total, other, out=total)
-        self._wait()            # everyone has read every buffer: now each may overwrite its own
-        buf[...] = total
+        slots = self._group.copies[self._phase]
+        self._phase ^= 1
+        slots[self.rank] = buf.copy()
+        self._wait()
+        buf[...] = slots[0]
+        for other in slots[1:]:
+            reduce(buf, other, out=buf)
         return buf
 
     def _host_allreduce(self, buf: np.ndarray, op: str) -> np.ndarray:

@@ -8,20 +8,32 @@ per-channel partial sums across the ranks — a few (C,)-vectors per layer and s
 activations themselves.
 
 Forward (training), with M = Σ_r m_r the global number of elements per channel (m_r = b·H·W
-on rank r) and Σ_all an allreduce-sum of per-rank sums::
+on rank r), Σ_all an allreduce-sum of per-rank sums, and K = ``running_mean``, a per-channel
+*shift* that every rank holds bit for bit (``broadcast_parameters`` gives every rank rank 0's
+buffers before training, and every step updates them from the same global statistics)::
 
-    M     = Σ_all m_r                                   allreduce 1 (with Σ x)
-    mu    = (1/M) Σ_all Σ x
-    var   = (1/M) Σ_all Σ (x - mu)²                     allreduce 2 (two passes, as
-    x_hat = (x - mu) / sqrt(var + eps)                   BatchNorm2d: no E[x²] - mu²
-    y     = gamma * x_hat + beta                         cancellation in float32)
+    M     = Σ_all m_r                                   allreduce 1 (host numbers)
+    S1    = Σ_all Σ (x - K),  S2 = Σ_all Σ (x - K)²     allreduce 2 (one 2C-vector)
+    mu    = K + S1 / M
+    var   = S2 / M - (S1 / M)²                          (shifted sums: var(x) = var(x - K))
+    if (S1 / M)² > var for some channel:                (K more than a sigma from mu)
+        var = (1/M) Σ_all Σ (x - mu)²                   allreduce 3 (two passes)
+    x_hat = (x - mu) / sqrt(var + eps)
+    y     = gamma * x_hat + beta
 
-and the running statistics use the global mu and the unbiased var·M/(M-1), so they are the
-same on every rank.
+One pass over x gives both sums, so the statistics take one allreduce of the activations'
+sums instead of two (Σ x, then Σ (x - mu)²). Without the shift, E[x²] - mu² cancels
+catastrophically in float32 when |mu| is large against sigma: the relative error of var is
+about eps_float32 · (1 + (mu - K)² / var). With K near mu (the running mean follows the
+batch means) that is a few eps; where (mu - K)² > var (the first step, with K = 0, or a
+jump of the batch mean) the layer falls back to the exact second pass. Reading that
+decision costs one small host read per layer and step (a sync on CuPy). The running
+statistics use the global mu and the unbiased var·M/(M-1), so they are the same on every
+rank.
 
 Backward: the global objective is J = Σ_r J_r and rank r holds dout_r = dJ/dy_r. BatchNorm's
 closed form (docs/derivations/batchnorm.md) needs two sums over the whole batch, so both are
-allreduced (allreduce 3, one 2C-vector), and dx is ``normalize_backward_from_sums`` of them::
+allreduced (one 2C-vector), and dx is ``normalize_backward_from_sums`` of them::
 
     S_gamma = Σ_all Σ dout * x_hat,   S_beta = Σ_all Σ dout
     dx = (gamma / sqrt(var + eps)) * (dout - x_hat * S_gamma / M - S_beta / M)
@@ -104,22 +116,36 @@ class SyncBatchNorm2d(BatchNorm2d):
             raise TypeError(f"{name}: expected a floating-point array, got dtype {x.dtype}")
         # 1. The element count per channel over all ranks, summed on the host (each rank
         #    knows its own: reading it back from the device would wait for the GPU every
-        #    step), then Σ x on the device.
+        #    step).
         count = float(self.comm.allreduce_numbers([x.size // C])[0])
         if count <= 1:
             raise ValueError(f"{name}: expected more than 1 value per channel over all ranks "
                              f"when training, got {count:g}")
-        buf = _channel_sum(x)
-        self.comm.allreduce(buf, op="sum")
-        mu = (buf * (1.0 / count)).reshape(1, C, 1, 1)
-        # 2. Σ (x - mu)²: the second pass, as BatchNorm2d.
-        x_hat = x - mu
-        sq = _channel_sum(x_hat, x_hat)
-        self.comm.allreduce(sq, op="sum")
-        var = sq * (1.0 / count)
+        # 2. Σ (x - K) and Σ (x - K)² in one pass and one allreduce, K the running mean.
+        shift = xp.asarray(self.running_mean).astype(x.dtype, copy=False)
+        d = x - shift.reshape(1, C, 1, 1)
+        sums = xp.empty(2 * C, dtype=x.dtype)
+        sums[:C] = _channel_sum(d)
+        sums[C:] = _channel_sum(d, d)
+        self.comm.allreduce(sums, op="sum")
+        mean_d = sums[:C] * (1.0 / count)                     # mu - K
+        var = sums[C:] * (1.0 / count) - mean_d * mean_d
+        if bool((mean_d * mean_d > var).any()):
+            # K was more than a sigma from mu (the first step, a jump of the batch mean): the
+            # subtraction lost digits, so take Σ (x - mu)² exactly, in a second pass and a
+            # second allreduce. Every rank sees the same sums, so all take this branch.
+            d -= mean_d.reshape(1, C, 1, 1)
+            shift, mean_d = shift + mean_d, xp.zeros_like(mean_d)
+            sq = _channel_sum(d, d)
+            self.comm.allreduce(sq, op="sum")
+            var = sq * (1.0 / count)
+        var = xp.maximum(var, 0.0)
+        mu = shift + mean_d
         inv_std = (1.0 / xp.sqrt(var + self.eps)).reshape(1, C, 1, 1)
+        x_hat = d
+        x_hat -= mean_d.reshape(1, C, 1, 1)                   # x - mu
         x_hat *= inv_std
-        self._update_running(mu.reshape(C), var, count)
+        self._update_running(mu, var, count)
         gamma = self.gamma.data.astype(x.dtype, copy=False).reshape(1, C, 1, 1)
         beta = self.beta.data.astype(x.dtype, copy=False).reshape(1, C, 1, 1)
         y = x_hat * gamma
