@@ -211,8 +211,11 @@ def _train_in_threads(args: argparse.Namespace, threads: int) -> int:
     and predicts its slice of the test set; once all are done, rank 0's run is reported and
     written here."""
 
+    loaded: dict[str, Any] = {}   # the dataset, loaded by rank 0 and read by every rank
+
     def rank(comm: Any) -> Any:
         rank_args = copy.copy(args)
+        rank_args.shared_data = loaded
         if comm.rank != 0:                       # rank 0 alone prints and writes files
             rank_args.quiet, rank_args.no_plots = True, True
         outcome = _set_up_and_fit(rank_args, comm)
@@ -373,8 +376,22 @@ def _configure(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _load_data(args: argparse.Namespace, cfg: dict[str, Any], comm: Any) -> _Data:
-    """The dataset, normalised by its training images' channel statistics, as loaders."""
-    (x_train, y_train), (x_test, y_test), classes = _load_splits(args, args.dataset)
+    """The dataset, normalised by its training images' channel statistics, as loaders.
+
+    Thread-ranks (``args.shared_data``, a dict of their group) load it once: the first rank
+    to set up (rank 0: set-up runs in turn) loads it and the others read the same arrays,
+    which nothing writes to (the loaders copy every batch they make).
+    """
+    shared = getattr(args, "shared_data", None)
+    if shared is not None and "splits" in shared:
+        splits = shared["splits"]
+    else:
+        splits = _load_splits(args, args.dataset)
+        if shared is not None:
+            for x, y in splits[:2]:
+                x.flags.writeable = y.flags.writeable = False   # shared: an error, not a race
+            shared["splits"] = splits
+    (x_train, y_train), (x_test, y_test), classes = splits
     mean, std = data.channel_stats(x_train)
     normalize = (mean.tolist(), std.tolist())
     shard = {} if comm is None else dict(rank=comm.rank, world_size=comm.size)

@@ -247,14 +247,18 @@ def test_fit_on_thread_ranks_agrees_on_metrics_and_weights():
 
 
 def test_cli_threads_smoke_run_prints_and_writes_once(tmp_path, monkeypatch, capsys):
-    from minicnn import cli
+    from minicnn import cli, commands
 
     monkeypatch.setenv("MINICNN_BACKEND", "numpy")
+    loads = []
+    load_splits = commands._load_splits
+    monkeypatch.setattr(commands, "_load_splits", lambda *a: loads.append(a) or load_splits(*a))
     out = tmp_path / "run"
     code = cli.main(["train", "--dataset", "cifar10", "--smoke", "--threads", "2", "--epochs",
                      "2", "--no-plots", "--out", str(out)])
     printed = capsys.readouterr().out
     assert code == 0
+    assert len(loads) == 1      # rank 0 loaded the data; rank 1 read the same (read-only) arrays
     assert "batch 32 per thread x 2 threads = 64" in printed
     assert printed.count("test accuracy:") == 1 and printed.count("epoch 2/2") == 1
     assert sorted(p.name for p in out.iterdir()) == ["history.json", "model.npz"]
