@@ -245,6 +245,10 @@ def _add_train_args(p: argparse.ArgumentParser, dataset: str | None) -> None:
                         "every batch each, the cores shared out (NumPy): --batch-size is per "
                         "thread (default: the preset's; the CIFAR-10 CPU preset: 2 x 32; "
                         "docs/distributed.md)")
+    p.add_argument("--sync-bn", default=None, action=argparse.BooleanOptionalAction,
+                   help="with --threads or --distributed: BatchNorm statistics over the "
+                        "samples of all ranks (SyncBatchNorm2d), not each rank's shard "
+                        "(default: the preset's; docs/distributed.md)")
     p.add_argument("--no-progress", action="store_true",
                    help="one line per epoch, no progress bar (the default when the output "
                         "is not a terminal)")

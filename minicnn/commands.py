@@ -33,7 +33,7 @@ from .backend import BackendError, cupy_available, get_backend, get_cupy, get_xp
 from .explain import LayerChoiceError, explain, resolve_layer
 from .gradcheck import check_gradients
 from .init import set_seed
-from .layers import PatchWhitening
+from .layers import PatchWhitening, SyncBatchNorm2d
 from .presets import DATASETS, SMOKE_SIZES, TINY_MODEL_KWARGS
 from .training.checkpoint import CheckpointError
 from .training.loop import tta_mode
@@ -138,7 +138,7 @@ def _resolve(args: argparse.Namespace, backend: str) -> dict[str, Any]:
     device = args.preset or ("gpu" if backend == "cupy" else "cpu")
     flags = {key: getattr(args, key) for key in (
         "model", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule",
-        "augment", "label_smoothing", "tta", "threads")}
+        "augment", "label_smoothing", "tta", "threads", "sync_bn")}
     if args.model_kwargs:
         model = args.model or presets.PRESETS[args.dataset][device]["model"]
         flags["model_kwargs"] = _model_kwargs(model, None, args.model_kwargs, "--model-kwargs")
@@ -248,6 +248,11 @@ def _predict_in_threads(run: _Run) -> tuple[np.ndarray, np.ndarray]:
             np.concatenate([p[1] for p in parts if p[1] is not None]))
 
 
+def _synced(run: Any) -> bool:
+    """Whether the run's BatchNorm layers take their statistics over all ranks."""
+    return any(isinstance(m, SyncBatchNorm2d) for m in run.model.modules())
+
+
 def _batch_words(batch_size: int, comm: Any) -> str:
     """``64`` alone, or ``64 per rank x 2 ranks = 128`` in a data-parallel run (``thread``
     for the thread-ranks of one process)."""
@@ -314,6 +319,8 @@ def _set_up_and_fit(args: argparse.Namespace, comm: Any) -> Any:
         set_seed(args.seed)  # the initial weights
         model = _build(cfg["model"], cfg["model_kwargs"],
                        "--model-kwargs" if args.model_kwargs else "--model")
+        if cfg["sync_bn"] and comm is not None and comm.size > 1:
+            distributed.convert_sync_batchnorm(model, comm)   # statistics over every rank
         run_data = _load_data(args, cfg, comm)
         if not args.quiet:
             models.summary(model, DATASETS[args.dataset]["shape"])  # the dataset's real shape
@@ -465,7 +472,8 @@ def _fit(run: _Run, initial_epoch: int, history: Any) -> tuple[Any, float]:
     _say(args, f"training {cfg['model']} for {cfg['epochs']} epochs: {len(run.data.x_train)} "
                f"images, batch {_batch_words(cfg['batch_size'], run.comm)}, {cfg['optimizer']} "
                f"lr {cfg['lr']:g}, schedule {cfg['schedule']}, augment {cfg['augment']}"
-               f"{'' if precision == 'fp32' else ', precision ' + precision}")
+               f"{'' if precision == 'fp32' else ', precision ' + precision}"
+               f"{', SyncBatchNorm2d' if _synced(run) else ''}")
     os.makedirs(args.out, exist_ok=True)
     callbacks = []
     if args.checkpoint_every:

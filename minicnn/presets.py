@@ -35,7 +35,8 @@ __all__ = ["PRESETS", "DATASETS", "TINY_MODEL_KWARGS", "SMOKE_SIZES", "resolve",
 # faster. "tta" (default False): the test-time augmentation of the final accuracy
 # (``training.predict``). "threads" (default 1): the CPU presets train as 2 data-parallel
 # thread-ranks (docs/distributed.md), and their "batch_size" is per thread: 2 x 32 is the
-# global batch of 64 they had as one thread, with BatchNorm over each thread's 32.
+# global batch of 64 they had as one thread, with BatchNorm over each thread's 32 unless
+# "sync_bn" (default False) makes it SyncBatchNorm2d, over all 64.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "mnist": {
         "cpu": dict(model="vgg", model_kwargs=dict(widths=[32, 64], depth=1, batchnorm=True,
@@ -157,7 +158,8 @@ def resolve(dataset: str, device: str, flags: dict[str, Any],
     ``augment`` (True keeps the preset's kind of augmentation, or the dataset's default if
     the preset has none; False: none), ``label_smoothing``, ``tta``, ``threads`` (the
     data-parallel thread-ranks of a NumPy run, 1 when the preset has none; ``batch_size`` is
-    per thread). ``smoke`` shrinks the
+    per thread), ``sync_bn`` (BatchNorm statistics over all data-parallel ranks' samples,
+    ``SyncBatchNorm2d``; default False: each rank's own). ``smoke`` shrinks the
     model and the batch (``TINY_MODEL_KWARGS``, ``SMOKE_SIZES``) and defaults to one epoch.
     The dataset's in_channels / image_size / num_classes are added to the model's arguments.
     """
@@ -165,10 +167,11 @@ def resolve(dataset: str, device: str, flags: dict[str, Any],
     cfg["preset"] = f"{dataset}/{device}"
     cfg.setdefault("tta", False)
     cfg.setdefault("threads", 1)
+    cfg.setdefault("sync_bn", False)
     if flags.get("model") is not None and flags["model"] != cfg["model"]:
         cfg["model"], cfg["model_kwargs"] = flags["model"], {}
     for key in ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule",
-                "augment", "label_smoothing", "tta", "threads"):
+                "augment", "label_smoothing", "tta", "threads", "sync_bn"):
         if key == "augment" and flags.get(key) is True and cfg["augment"]:
             continue                  # --augment: the preset's own kind of augmentation
         if flags.get(key) is not None:

@@ -272,6 +272,23 @@ def test_cli_threads_smoke_run_prints_and_writes_once(tmp_path, monkeypatch, cap
     assert f"accuracy {accuracy}% (48 images" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("threads", [2, 1])
+def test_cli_sync_bn_converts_batchnorm_where_there_are_ranks(tmp_path, monkeypatch, capsys,
+                                                              threads):
+    from minicnn import cli
+
+    monkeypatch.setenv("MINICNN_BACKEND", "numpy")
+    assert cli.main(["train", "--dataset", "cifar10", "--smoke", "--threads", str(threads),
+                     "--sync-bn", "--no-plots", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    # with one rank there is nothing to synchronise: plain BatchNorm2d
+    assert ("SyncBatchNorm2d" in printed) == (threads > 1)
+    ckpt = mc.training.load(str(tmp_path / "model.npz"), restore_rng=False)
+    assert ckpt.meta["train_config"]["sync_bn"] is True
+    # the saved model is an ordinary one: the same state-dict names as BatchNorm2d's
+    assert cli.main(["evaluate", str(tmp_path / "model.npz"), "--smoke"]) == 0
+
+
 @pytest.mark.parametrize("argv, backend, batch, threads", [
     ([], "numpy", 32, 2),                                  # the preset: 2 threads x 32
     (["--threads", "1"], "numpy", 32, 1),                  # asked for: one thread of 32
