@@ -132,6 +132,26 @@ def test_collectives_sum_min_max_broadcast_and_objects():
         dist.run_in_threads(lambda comm: comm.allreduce(np.zeros(1), op="mean"), 2)
 
 
+def test_back_to_back_allreduces_never_read_a_rank_s_next_buffer():
+    """The allreduce's one barrier: a rank that races ahead into the next allreduces must not
+    overwrite a copy another rank is still summing (ranks pause at random to provoke it)."""
+    size, rounds = 3, 200
+
+    def rank(comm):
+        rng = np.random.default_rng(comm.rank)
+        out = []
+        for t in range(rounds):
+            if rng.random() < 0.1:
+                time.sleep(0.001)
+            buf = np.full(4, float(t * 10 + comm.rank))
+            out.append(comm.allreduce(buf)[0])
+        return out
+
+    expected = [float(sum(t * 10 + r for r in range(size))) for t in range(rounds)]
+    for out in dist.run_in_threads(rank, size):
+        assert out == expected
+
+
 def test_ranks_run_at_the_same_time_in_their_own_threads():
     met = threading.Barrier(2, timeout=10)           # only passable if both run at once
 
