@@ -12,22 +12,22 @@ on rank r), Σ_all an allreduce-sum of per-rank sums, and K = ``running_mean``, 
 *shift* that every rank holds bit for bit (``broadcast_parameters`` gives every rank rank 0's
 buffers before training, and every step updates them from the same global statistics)::
 
-    M     = Σ_all m_r                                   allreduce 1 (host numbers)
-    S1    = Σ_all Σ (x - K),  S2 = Σ_all Σ (x - K)²     allreduce 2 (one 2C-vector)
+    S1    = Σ_all Σ (x - K),  S2 = Σ_all Σ (x - K)²,    one allreduce (a (2C+1)-vector)
+    M     = Σ_all m_r
     mu    = K + S1 / M
     var   = S2 / M - (S1 / M)²                          (shifted sums: var(x) = var(x - K))
     if (S1 / M)² > var for some channel:                (K more than a sigma from mu)
-        var = (1/M) Σ_all Σ (x - mu)²                   allreduce 3 (two passes)
+        var = (1/M) Σ_all Σ (x - mu)²                   a second allreduce (two passes)
     x_hat = (x - mu) / sqrt(var + eps)
     y     = gamma * x_hat + beta
 
-One pass over x gives both sums, so the statistics take one allreduce of the activations'
-sums instead of two (Σ x, then Σ (x - mu)²). Without the shift, E[x²] - mu² cancels
+One pass over x for each sum, and the statistics take one allreduce instead of three (the
+count, Σ x, then Σ (x - mu)²). Without the shift, E[x²] - mu² cancels
 catastrophically in float32 when |mu| is large against sigma: the relative error of var is
 about eps_float32 · (1 + (mu - K)² / var). With K near mu (the running mean follows the
 batch means) that is a few eps; where (mu - K)² > var (the first step, with K = 0, or a
-jump of the batch mean) the layer falls back to the exact second pass. Reading that
-decision costs one small host read per layer and step (a sync on CuPy). The running
+jump of the batch mean) the layer falls back to the exact second pass. Reading M and that
+decision back costs a small host read per layer and step (a sync on CuPy). The running
 statistics use the global mu and the unbiased var·M/(M-1), so they are the same on every
 rank.
 
@@ -65,7 +65,8 @@ __all__ = ["SyncBatchNorm2d"]
 
 
 class _SyncCache(NamedTuple):
-    x_hat: Any        # (N, C, H, W) normalised input
+    d: Any            # (N, C, H, W) the shifted input x - K; x_hat = (d - mean_d) * inv_std
+    mean_d: Any       # (1, C, 1, 1) mu - K (0 after the exact second pass, where K = mu)
     inv_std: Any      # (1, C, 1, 1) 1 / sqrt(var + eps), global statistics
     count: float      # M, elements per channel over all ranks
 
@@ -114,22 +115,22 @@ class SyncBatchNorm2d(BatchNorm2d):
                              f"{tuple(getattr(x, 'shape', ()))}")
         if x.dtype.kind != "f":
             raise TypeError(f"{name}: expected a floating-point array, got dtype {x.dtype}")
-        # 1. The element count per channel over all ranks, summed on the host (each rank
-        #    knows its own: reading it back from the device would wait for the GPU every
-        #    step).
-        count = float(self.comm.allreduce_numbers([x.size // C])[0])
+        # Σ (x - K), Σ (x - K)² and the count in one pass each and one allreduce, K the
+        # running mean. The buffer is a float64 (2C+1)-vector: the count stays an exact
+        # integer, and the sums of the ranks' float32 partial sums lose nothing more.
+        shift = xp.asarray(self.running_mean).astype(x.dtype, copy=False)
+        d = x - shift.reshape(1, C, 1, 1)
+        sums = xp.empty(2 * C + 1, dtype=xp.float64)
+        sums[:C] = _channel_sum(d)
+        sums[C:2 * C] = _channel_sum(d, d)
+        sums[2 * C] = x.size // C
+        self.comm.allreduce(sums, op="sum")
+        count = float(sums[2 * C])                 # a host read: on CuPy, a sync
         if count <= 1:
             raise ValueError(f"{name}: expected more than 1 value per channel over all ranks "
                              f"when training, got {count:g}")
-        # 2. Σ (x - K) and Σ (x - K)² in one pass and one allreduce, K the running mean.
-        shift = xp.asarray(self.running_mean).astype(x.dtype, copy=False)
-        d = x - shift.reshape(1, C, 1, 1)
-        sums = xp.empty(2 * C, dtype=x.dtype)
-        sums[:C] = _channel_sum(d)
-        sums[C:] = _channel_sum(d, d)
-        self.comm.allreduce(sums, op="sum")
-        mean_d = sums[:C] * (1.0 / count)                     # mu - K
-        var = sums[C:] * (1.0 / count) - mean_d * mean_d
+        mean_d = (sums[:C] * (1.0 / count)).astype(x.dtype)                   # mu - K
+        var = (sums[C:2 * C] * (1.0 / count)).astype(x.dtype) - mean_d * mean_d
         if bool((mean_d * mean_d > var).any()):
             # K was more than a sigma from mu (the first step, a jump of the batch mean): the
             # subtraction lost digits, so take Σ (x - mu)² exactly, in a second pass and a
@@ -142,15 +143,14 @@ class SyncBatchNorm2d(BatchNorm2d):
         var = xp.maximum(var, 0.0)
         mu = shift + mean_d
         inv_std = (1.0 / xp.sqrt(var + self.eps)).reshape(1, C, 1, 1)
-        x_hat = d
-        x_hat -= mean_d.reshape(1, C, 1, 1)                   # x - mu
-        x_hat *= inv_std
         self._update_running(mu, var, count)
-        gamma = self.gamma.data.astype(x.dtype, copy=False).reshape(1, C, 1, 1)
-        beta = self.beta.data.astype(x.dtype, copy=False).reshape(1, C, 1, 1)
-        y = x_hat * gamma
-        y += beta
-        self.cache = _SyncCache(x_hat, inv_std, count)
+        # y = gamma * x_hat + beta = d * s + (beta - mean_d * s), s = gamma * inv_std: two
+        # passes from d, which is kept (x_hat itself is never written).
+        mean_d = mean_d.reshape(1, C, 1, 1)
+        s = self.gamma.data.astype(x.dtype, copy=False).reshape(1, C, 1, 1) * inv_std
+        y = d * s
+        y += self.beta.data.astype(x.dtype, copy=False).reshape(1, C, 1, 1) - mean_d * s
+        self.cache = _SyncCache(d, mean_d, inv_std, count)
         return y
 
     def _update_running(self, mu: Any, var: Any, count: float) -> None:
@@ -167,18 +167,24 @@ class SyncBatchNorm2d(BatchNorm2d):
             return super().backward(dout)
         C = self.num_features
         xp = get_array_module(dout)
-        x_hat, inv_std, count = cache
-        sums = xp.empty(2 * C, dtype=x_hat.dtype)
-        sums[:C] = _channel_sum(dout, x_hat)          # Σ dout * x_hat (this rank): dgamma
+        d, mean_d, inv_std, count = cache
+        sums = xp.empty(2 * C, dtype=d.dtype)
+        sums[:C] = _channel_sum(dout, d)              # Σ dout * d
         sums[C:] = _channel_sum(dout)                 # Σ dout         (this rank): dbeta
+        # Σ dout * x_hat = inv_std * (Σ dout * d - mean_d * Σ dout)  (this rank): dgamma
+        sums[:C] -= mean_d.reshape(C) * sums[C:]
+        sums[:C] *= inv_std.reshape(C)
         # The parameter gradients are this rank's own sums (averaged later with the others).
         self.gamma.set_grad(sums[:C].copy())
         self.beta.set_grad(sums[C:].copy())
         self.comm.allreduce(sums, op="sum")           # now over all ranks
-        sum_dout_x_hat, sum_dout = sums[:C].reshape(1, C, 1, 1), sums[C:].reshape(1, C, 1, 1)
-        gamma = self.gamma.data.astype(x_hat.dtype, copy=False).reshape(1, C, 1, 1)
-        return normalize_backward_from_sums(dout, x_hat, gamma * inv_std, sum_dout_x_hat,
-                                            sum_dout, count)
+        S_gamma, S_beta = sums[:C].reshape(1, C, 1, 1), sums[C:].reshape(1, C, 1, 1)
+        gamma = self.gamma.data.astype(d.dtype, copy=False).reshape(1, C, 1, 1)
+        # x_hat * S_gamma = d * (inv_std S_gamma) - mean_d * inv_std S_gamma: d in the place
+        # of x_hat, the constant term moved to the other sum.
+        T = inv_std * S_gamma
+        return normalize_backward_from_sums(dout, d, gamma * inv_std, T, S_beta - mean_d * T,
+                                            count)
 
     def __getstate__(self) -> dict[str, Any]:
         """Copies and pickles leave the communicator behind (it belongs to this process)."""
