@@ -2,7 +2,7 @@
 
 minicnn's front door. With no arguments it picks the backend (the GPU if CuPy works),
 the preset that fits the device, downloads CIFAR-10 if missing, trains a small VGG with
-BatchNorm, random crops and alternating flips, and writes history.json, curves.png,
+BatchNorm, random translations and alternating flips, and writes history.json, curves.png,
 confusion.png and the checkpoint model.npz to runs/cifar10/.
 
     python examples/train_cifar.py                       # the default run

@@ -214,7 +214,8 @@ def _add_train_args(p: argparse.ArgumentParser, dataset: str | None) -> None:
                    choices=("onecycle", "cosine", "step", "plateau", "none"))
     p.add_argument("--augment", default=None, action=argparse.BooleanOptionalAction,
                    help="the preset's augmentation (random crops, and flips except for MNIST; "
-                        "the CIFAR-10 CPU preset's flips alternate epoch by epoch)")
+                        "the CIFAR-10 CPU preset: translations by up to 2 reflect-padded "
+                        "pixels, and flips that alternate epoch by epoch)")
     p.add_argument("--tta", default=None, nargs="?", const="flip", choices=TTA_MODES,
                    help="test-time augmentation of the final test accuracy: flip (alone: "
                         "--tta) averages the logits of each image and its mirror image, "

@@ -68,7 +68,7 @@ def test_gpu_preset_is_airbench94_and_cpu_presets_unchanged():
 def test_augment_flag_keeps_the_presets_kind():
     # --augment: the preset's augmentation (alternating flip for the CIFAR-10 CPU preset, the
     # dataset's default where the preset says True); --no-augment: none
-    assert presets.resolve("cifar10", "cpu", {"augment": True})["augment"] == "crop+altflip"
+    assert presets.resolve("cifar10", "cpu", {"augment": True})["augment"] == "translate+altflip"
     assert presets.resolve("cifar10", "cpu", {"augment": False})["augment"] is False
     assert presets.resolve("mnist", "cpu", {"augment": True})["augment"] == "crop"
     assert presets.resolve("mnist", "gpu", {"augment": True})["augment"] is True
