@@ -17,6 +17,7 @@ installed, in PyTorch, measured in the same run so the ratios are meaningful:
     python benchmarks/models.py --models vgg12 --batch 128 256 --repeats 1   # three steps
     python benchmarks/models.py --src /tmp/base2 --no-torch   # another tree's minicnn
     python benchmarks/models.py --threads 2           # minicnn as 2 thread-ranks, batch/2 each
+    python benchmarks/models.py --threads 2 --sync-bn --models preset   # BatchNorm over both
 
 Every (library, model, batch) runs in its own Python process, so the peak memories do not
 mix: the process builds the model, runs 2 warm-up steps and ``--repeats`` timed ones, and
@@ -197,9 +198,10 @@ def time_minicnn(specs, batch, xp, repeats, warmup=2):
     return time_it(step, repeats, warmup=warmup, xp=xp)
 
 
-def time_minicnn_threads(specs, batch, repeats, threads, warmup=2):
+def time_minicnn_threads(specs, batch, repeats, threads, warmup=2, sync_bn=False):
     """ms per step of ``threads`` thread-ranks of batch // threads samples each (rank 0's
-    clock; every step ends in the gradient allreduce, so the ranks keep in step)."""
+    clock; every step ends in the gradient allreduce, so the ranks keep in step); with
+    ``sync_bn`` the BatchNorm layers are ``SyncBatchNorm2d`` over all ranks."""
     import minicnn as mc
     from minicnn import distributed as dist
 
@@ -209,6 +211,8 @@ def time_minicnn_threads(specs, batch, repeats, threads, warmup=2):
     def rank(comm):
         with comm.in_turn():
             model = build_minicnn(specs)
+        if sync_bn:
+            dist.convert_sync_batchnorm(model, comm)
         model.layers[0].input_grad = False
         rng = np.random.default_rng(comm.rank)
         local = batch // threads
@@ -269,7 +273,7 @@ def peak_rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
-def child(lib, model, batch, backend, repeats, threads=1):
+def child(lib, model, batch, backend, repeats, threads=1, sync_bn=False):
     """One measurement in this (fresh) process; returns the JSON-able result."""
     specs = MODELS[model]()
     if lib == "minicnn":
@@ -281,7 +285,8 @@ def child(lib, model, batch, backend, repeats, threads=1):
         if model == "preset":
             check_preset_spec()
         if threads > 1:
-            result["ms"] = time_minicnn_threads(specs, batch, repeats, threads)
+            result["ms"] = time_minicnn_threads(specs, batch, repeats, threads,
+                                                sync_bn=sync_bn)
         else:
             result["ms"] = time_minicnn(specs, batch, xp, repeats)
         if backend == "cupy":
@@ -301,10 +306,12 @@ def child(lib, model, batch, backend, repeats, threads=1):
     return result
 
 
-def measure(lib, model, batch, backend, repeats, src=None, threads=1):
+def measure(lib, model, batch, backend, repeats, src=None, threads=1, sync_bn=False):
     """``child(...)`` in a fresh Python process (so each peak is its own); None if it failed."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", lib, model, str(batch),
            "--backend", backend, "--repeats", str(repeats), "--threads", str(threads)]
+    if sync_bn:
+        cmd.append("--sync-bn")
     if src:
         cmd += ["--src", src]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
@@ -325,6 +332,8 @@ def main(argv=None):
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--threads", type=int, default=1,
                    help="minicnn as N data-parallel thread-ranks of batch/N (NumPy)")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="with --threads: SyncBatchNorm2d over the thread-ranks")
     p.add_argument("--src", default=None,
                    help="the folder whose minicnn/ to measure (default: this repository)")
     p.add_argument("--out", default=None)
@@ -336,20 +345,21 @@ def main(argv=None):
             sys.path.insert(0, str(Path(args.src).resolve()))
         lib, model, batch = args.child
         print("RESULT " + json.dumps(child(lib, model, int(batch), args.backend, args.repeats,
-                                           args.threads)), flush=True)
+                                           args.threads, args.sync_bn)), flush=True)
         return
     torch = not args.no_torch and importlib.util.find_spec("torch") is not None
     override = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
                 if k in os.environ}
     print(f"BLAS {blas_kernel()}; override {override or 'none'}; minicnn from "
-          f"{args.src or ROOT}; minicnn threads {args.threads}")
+          f"{args.src or ROOT}; minicnn threads {args.threads}"
+          f"{' with SyncBatchNorm2d' if args.sync_bn else ''}")
     rows = []
     print(f"{'model':8s} {'batch':>5s} {'minicnn ms':>11s} {'torch ms':>9s} {'ratio':>6s} "
           f"{'peak MiB':>9s} {'torch MiB':>9s} {'ratio':>6s}")
     for name in args.models:
         for batch in args.batch:
             ours = measure("minicnn", name, batch, args.backend, args.repeats, args.src,
-                           args.threads)
+                           args.threads, args.sync_bn)
             if ours is None:
                 continue
             row = {"model": name, "batch": batch, "ms": ours["ms"],
@@ -380,7 +390,8 @@ def main(argv=None):
                   flush=True)
     out = args.out or f"models_{args.backend}"
     path = save(out, {"machine": machine_info(args.backend), "repeats": args.repeats,
-                      "src": args.src or str(ROOT), "threads": args.threads, "rows": rows})
+                      "src": args.src or str(ROOT), "threads": args.threads,
+                      "sync_bn": args.sync_bn, "rows": rows})
     print(f"wrote {path}")
 
 
