@@ -250,6 +250,9 @@ def _add_train_args(p: argparse.ArgumentParser, dataset: str | None) -> None:
                    help="with --threads or --distributed: BatchNorm statistics over the "
                         "samples of all ranks (SyncBatchNorm2d), not each rank's shard "
                         "(default: the preset's; docs/distributed.md)")
+    p.add_argument("--validation-freq", type=_int(1), default=None, metavar="N",
+                   help="validate on the test set after every N-th epoch and after the last "
+                        "(default: the preset's, 1: after each; Keras' validation_freq)")
     p.add_argument("--no-progress", action="store_true",
                    help="one line per epoch, no progress bar (the default when the output "
                         "is not a terminal)")

@@ -138,7 +138,7 @@ def _resolve(args: argparse.Namespace, backend: str) -> dict[str, Any]:
     device = args.preset or ("gpu" if backend == "cupy" else "cpu")
     flags = {key: getattr(args, key) for key in (
         "model", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule",
-        "augment", "label_smoothing", "tta", "threads", "sync_bn")}
+        "augment", "label_smoothing", "tta", "threads", "sync_bn", "validation_freq")}
     if args.model_kwargs:
         model = args.model or presets.PRESETS[args.dataset][device]["model"]
         flags["model_kwargs"] = _model_kwargs(model, None, args.model_kwargs, "--model-kwargs")
@@ -473,7 +473,8 @@ def _fit(run: _Run, initial_epoch: int, history: Any) -> tuple[Any, float]:
                f"images, batch {_batch_words(cfg['batch_size'], run.comm)}, {cfg['optimizer']} "
                f"lr {cfg['lr']:g}, schedule {cfg['schedule']}, augment {cfg['augment']}"
                f"{'' if precision == 'fp32' else ', precision ' + precision}"
-               f"{', SyncBatchNorm2d' if _synced(run) else ''}")
+               f"{', SyncBatchNorm2d' if _synced(run) else ''}"
+               f"{_validation_words(cfg['validation_freq'])}")
     os.makedirs(args.out, exist_ok=True)
     callbacks = []
     if args.checkpoint_every:
@@ -490,8 +491,13 @@ def _fit(run: _Run, initial_epoch: int, history: Any) -> tuple[Any, float]:
                                epochs=cfg["epochs"], scheduler=run.sched, callbacks=callbacks,
                                verbose=0 if args.quiet else (2 if args.no_progress else 1),
                                initial_epoch=initial_epoch, history=history, comm=run.comm,
-                               precision=precision)
+                               precision=precision, validation_freq=cfg["validation_freq"])
     return history, time.perf_counter() - start
+
+
+def _validation_words(freq: int) -> str:
+    """The banner's words for --validation-freq: nothing for every epoch."""
+    return "" if freq == 1 else f", validation every {freq} epochs and after the last"
 
 
 def _test_and_write(run: _Run, history: Any, initial_epoch: int, times: _Times,

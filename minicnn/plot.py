@@ -109,7 +109,9 @@ def plot_history(history: Any, path: str | os.PathLike | None = None,
         ax.plot(epochs, _series(h[key]), "o-", label=f"train {label}", markersize=3)
         val = _series(h.get(f"val_{key}", []))
         if val.size and not np.all(np.isnan(val)):
-            ax.plot(epochs, val, "s-", label=f"validation {label}", markersize=3)
+            seen = ~np.isnan(val)  # fit(validation_freq=n): a line through the validated epochs
+            ax.plot(np.asarray(epochs)[seen], val[seen], "s-", label=f"validation {label}",
+                    markersize=3)
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)

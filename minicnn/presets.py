@@ -163,7 +163,8 @@ def resolve(dataset: str, device: str, flags: dict[str, Any],
     the preset has none; False: none), ``label_smoothing``, ``tta``, ``threads`` (the
     data-parallel thread-ranks of a NumPy run, 1 when the preset has none; ``batch_size`` is
     per thread), ``sync_bn`` (BatchNorm statistics over all data-parallel ranks' samples,
-    ``SyncBatchNorm2d``; default False: each rank's own). ``smoke`` shrinks the
+    ``SyncBatchNorm2d``; default False: each rank's own), ``validation_freq`` (``fit``'s:
+    validate after every n-th epoch and the last; default 1). ``smoke`` shrinks the
     model and the batch (``TINY_MODEL_KWARGS``, ``SMOKE_SIZES``) and defaults to one epoch.
     The dataset's in_channels / image_size / num_classes are added to the model's arguments.
     """
@@ -172,10 +173,11 @@ def resolve(dataset: str, device: str, flags: dict[str, Any],
     cfg.setdefault("tta", False)
     cfg.setdefault("threads", 1)
     cfg.setdefault("sync_bn", False)
+    cfg.setdefault("validation_freq", 1)
     if flags.get("model") is not None and flags["model"] != cfg["model"]:
         cfg["model"], cfg["model_kwargs"] = flags["model"], {}
     for key in ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule",
-                "augment", "label_smoothing", "tta", "threads", "sync_bn"):
+                "augment", "label_smoothing", "tta", "threads", "sync_bn", "validation_freq"):
         if key == "augment" and flags.get(key) is True and cfg["augment"]:
             continue                  # --augment: the preset's own kind of augmentation
         if flags.get(key) is not None:

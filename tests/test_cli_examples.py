@@ -69,6 +69,21 @@ def test_train_resume_evaluate_on_the_cupy_backend(tmp_path, capsys):
     assert f"accuracy {accuracy}%" in capsys.readouterr().out
 
 
+def test_validation_freq_flag_validates_every_nth_epoch_and_the_last(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["train", "--dataset", "mnist", "--smoke", "--backend", "numpy",
+                     "--epochs", "5", "--validation-freq", "2", "--out", str(out),
+                     "--no-plots", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "validation every 2 epochs and after the last" in printed
+    lines = [line for line in printed.splitlines() if line.startswith("epoch ")]
+    assert ["val_acc" in line for line in lines] == [False, True, False, True, True]
+    history = json.loads((out / "history.json").read_text())
+    assert [v is None for v in history["history"]["val_acc"]] == [True, False, True, False,
+                                                                  False]
+    assert training.load(out / "model.npz").meta["train_config"]["validation_freq"] == 2
+
+
 def test_tta_is_reported_by_train_and_evaluate_alike(tmp_path, capsys):
     out = tmp_path / "run"
     assert cli.main(["train", "--dataset", "cifar10", "--smoke", "--backend", "numpy",
@@ -237,6 +252,24 @@ def test_every_plot_writes_a_png(tmp_path):
     plt.close("all")
     with pytest.raises(ValueError, match="not \\(C, H, W\\)"):
         plot.plot_feature_maps(model, image, 8)  # after Flatten
+
+
+@pytest.mark.skipif(not plot.matplotlib_available(), reason="matplotlib not installed")
+def test_plot_history_draws_the_validation_line_through_the_validated_epochs():
+    import matplotlib.pyplot as plt
+
+    # fit(validation_freq=2) over 5 epochs: validated after 2, 4 and 5.
+    history = {"epoch": [1, 2, 3, 4, 5],
+               "history": {"loss": [1.0, 0.8, 0.7, 0.6, 0.5], "acc": [0.5, 0.6, 0.7, 0.8, 0.9],
+                           "val_loss": [None, 0.9, None, 0.7, 0.6],
+                           "val_acc": [None, 0.55, None, 0.75, 0.85]}}
+    fig = plot.plot_history(history)
+    for ax, values in zip(fig.axes, ([0.9, 0.7, 0.6], [0.55, 0.75, 0.85]), strict=True):
+        val_line = [line for line in ax.get_lines() if "validation" in line.get_label()][0]
+        np.testing.assert_array_equal(val_line.get_xdata(), [2, 4, 5])
+        np.testing.assert_allclose(val_line.get_ydata(), values)
+    assert "85.00% (epoch 5)" in fig.axes[1].get_title()
+    plt.close("all")
 
 
 @pytest.mark.skipif(not plot.matplotlib_available(), reason="matplotlib not installed")

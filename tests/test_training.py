@@ -110,6 +110,70 @@ def test_fit_without_validation_records_none_and_history_json_round_trip(tmp_pat
     assert back.history == h.history and back.epoch == h.epoch
 
 
+class CountingLoader:
+    """A loader wrapper that counts the passes over it."""
+
+    def __init__(self, loader):
+        self.loader, self.passes = loader, 0
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        self.passes += 1
+        return iter(self.loader)
+
+
+@pytest.mark.parametrize("freq, validated", [(1, [1, 2, 3, 4, 5]), (2, [2, 4, 5]),
+                                             (5, [5]), ([1, 3], [1, 3, 5]), ((), [5])])
+def test_validation_freq_validates_those_epochs_and_always_the_last(freq, validated):
+    train, val = loaders()
+    val = CountingLoader(val)
+    model = tiny_model()
+    h = training.fit(model, losses.CrossEntropyLoss(), optim.SGD(model.parameters(), 0.05),
+                     train, val, epochs=5, verbose=0, validation_freq=freq)
+    val_acc = zip(h.epoch, h.history["val_acc"], strict=True)
+    assert [e for e, v in val_acc if v is not None] == validated
+    assert all((v is None) == (e not in validated)
+               for e, v in zip(h.epoch, h.history["val_loss"], strict=True))
+    assert val.passes == len(validated)
+    # The same weights whether or not the epochs in between were validated.
+    other = tiny_model()
+    training.fit(other, losses.CrossEntropyLoss(), optim.SGD(other.parameters(), 0.05),
+                 loaders()[0], loaders()[1], epochs=5, verbose=0)
+    theirs = other.state_dict()
+    assert all(np.array_equal(v, theirs[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("freq", [0, -2, 1.5, "2"])
+def test_validation_freq_rejects_what_is_not_an_epoch_count(freq):
+    train, val = loaders()
+    model = tiny_model()
+    with pytest.raises((ValueError, TypeError), match="validation_freq"):
+        training.fit(model, losses.CrossEntropyLoss(), optim.SGD(model.parameters(), 0.05),
+                     train, val, epochs=2, verbose=0, validation_freq=freq)
+
+
+def test_monitors_skip_the_epochs_that_validation_freq_leaves_out(tmp_path):
+    train, val = loaders()
+    model = tiny_model(batchnorm=False)
+    training.freeze(model)  # val_loss constant: no improvement after the first validation
+    opt = optim.SGD(model.parameters(), 0.1)
+    stopper = EarlyStopping(patience=2)            # default monitor: val_loss, as with freq 1
+    plateau = optim.ReduceLROnPlateau(opt, factor=0.5, patience=0)
+    best = ModelCheckpoint(tmp_path / "best-{epoch}.npz")
+    h = training.fit(model, losses.CrossEntropyLoss(), opt, train, val, epochs=12,
+                     scheduler=plateau, callbacks=[stopper, best], verbose=0,
+                     validation_freq=3)
+    # Validated at 3, 6, 9: patience 2 counts validations, so it stops after epoch 9.
+    assert h.epoch == list(range(1, 10)) and stopper.stopped_epoch == 9
+    assert stopper.monitor == "val_loss" and stopper.best_epoch == 3
+    assert best.monitor == "val_acc" and sorted(os.listdir(tmp_path)) == ["best-3.npz"]
+    # The plateau schedule steps after validated epochs only: 3 sets its best, 6 halves the
+    # lr (logged from epoch 7 on); on a step after every epoch it would halve from epoch 3.
+    assert h.history["lr"] == pytest.approx([0.1] * 6 + [0.05] * 3)
+
+
 def test_training_loss_and_accuracy_are_sample_weighted_means():
     # 40 samples in batches of 16: 16 + 16 + 8. The epoch loss weighs the last batch by 8.
     x, y = tiny_data(40)

@@ -133,15 +133,28 @@ class TerminateOnNaN(Callback):
         self.state.stop(message, by=self, diverged=True)
 
 
-def _resolve_monitor(monitor: str | None, logs: dict[str, Any], owner: str) -> str:
-    """``monitor``, or val_loss/loss when None; a clear error when the key has no value."""
+def _resolve_monitor(monitor: str | None, logs: dict[str, Any], owner: str,
+                     state: FitState | None = None) -> str:
+    """``monitor``, or val_loss/loss when None; a clear error when the key has no value.
+
+    The default is val_loss when ``fit`` has validation data (``state.val_loader``) or the
+    logs have a val_loss. A val_* monitor without a value is an error only where no epoch
+    is validated: with ``fit(validation_freq=n)`` the epochs in between have none, and
+    ``_unvalidated`` tells the callbacks to skip them.
+    """
+    has_val = getattr(state, "val_loader", None) is not None
     if monitor is None:
-        return "val_loss" if logs.get("val_loss") is not None else "loss"
-    if logs.get(monitor) is None:
+        return "val_loss" if (has_val or logs.get("val_loss") is not None) else "loss"
+    if logs.get(monitor) is None and not (has_val and monitor.startswith("val_")):
         available = [k for k, v in logs.items() if v is not None]
         raise ValueError(f"{owner}: monitor={monitor!r} has no value this epoch (no validation "
                          f"data?); available: {available}")
     return monitor
+
+
+def _unvalidated(key: str, logs: dict[str, Any]) -> bool:
+    """An epoch that ``fit(validation_freq=...)`` did not validate, for a val_* monitor."""
+    return key.startswith("val_") and logs.get(key) is None
 
 
 def _mode_for(monitor: str, mode: str) -> str:
@@ -160,9 +173,13 @@ class _Monitor(Callback):
         self.best: float | None = None
         self.best_epoch: int | None = None
 
-    def _improved(self, epoch: int, logs: dict[str, Any]) -> bool:
-        key = _resolve_monitor(self.monitor, logs, type(self).__name__)
+    def _improved(self, epoch: int, logs: dict[str, Any]) -> bool | None:
+        """Whether ``monitor`` improved this epoch; None if it has no value (not validated)."""
+        key = _resolve_monitor(self.monitor, logs, type(self).__name__,
+                               getattr(self, "state", None))
         self.monitor = key
+        if _unvalidated(key, logs):
+            return None
         value = float(logs[key])
         mode = _mode_for(key, self.mode)
         better = (self.best is None or
@@ -196,7 +213,10 @@ class EarlyStopping(_Monitor):
         self._best_weights: dict[str, Any] | None = None
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
-        if self._improved(epoch, logs):
+        improved = self._improved(epoch, logs)
+        if improved is None:
+            return                      # not validated this epoch: patience waits too
+        if improved:
             self.wait = 0
             if self.restore_best_weights:  # copies: training goes on updating in place
                 self._best_weights = {k: v.copy()
@@ -245,9 +265,11 @@ class ModelCheckpoint(_Monitor):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
         if self.monitor is None:
-            self.monitor = "val_acc" if logs.get("val_acc") is not None else "loss"
-        if not self._improved(epoch, logs) and self.save_best_only:
-            return
+            has_val = (getattr(getattr(self, "state", None), "val_loader", None) is not None
+                       or logs.get("val_acc") is not None)
+            self.monitor = "val_acc" if has_val else "loss"
+        if self.save_best_only and not self._improved(epoch, logs):
+            return                      # no better, or not validated this epoch
         values = {k: v for k, v in logs.items() if v is not None}
         path = self.path.format(epoch=epoch, **values)
         s = self.state
@@ -292,7 +314,9 @@ class LearningRateScheduler(Callback):
         if self.interval != "epoch":
             return
         if self.needs_metric:
-            key = _resolve_monitor(self.monitor, logs, "LearningRateScheduler")
-            self.scheduler.step(logs[key])
+            key = _resolve_monitor(self.monitor, logs, "LearningRateScheduler",
+                                   getattr(self, "state", None))
+            if not _unvalidated(key, logs):          # no metric this epoch: no step
+                self.scheduler.step(logs[key])
         else:
             self.scheduler.step()
