@@ -323,6 +323,38 @@ def test_sync_batchnorm_synced_path_is_batchnorm_of_the_whole_batch():
     np.testing.assert_allclose(sbn.gamma.grad, dgamma_ref / 2, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.cupy
+def test_sync_batchnorm_on_the_device_reads_nothing_back(strict_cupy):
+    """On CuPy the synced path takes the count from the host path and always the exact second
+    pass, so a step makes no device read (sync), and it is still BatchNorm of the whole batch
+    (here float32, with a mean of 40 sigmas, where the shifted one-pass formula alone would
+    lose the variance at the first step: K = 0)."""
+    import minicnn as mc
+
+    rng = np.random.default_rng(17)
+    x = (rng.standard_normal((3, 4, 5, 2)) * 0.5 + 20).astype(np.float32)
+    dout = rng.standard_normal((3, 4, 5, 2)).astype(np.float32)
+    sbn = random_affine(L.SyncBatchNorm2d(4, comm=MirrorComm()).to("cpu"), rng)
+    bn = L.BatchNorm2d(4).to("cpu").astype(np.float64)   # the reference, on the host
+    for p, q in zip(sbn.parameters(), bn.parameters(), strict=True):
+        q.data = p.data.astype(np.float64)
+    sbn.to("gpu")
+    x_dev, dout_dev = mc.backend.to_device(x), mc.backend.to_device(dout)
+    with strict_cupy.record() as rec:
+        for _ in range(2):
+            y = sbn(x_dev)
+            dx = sbn.backward(dout_dev)
+    assert rec.syncs == 0, rec.report("sync")
+    x64, dout64 = x.astype(np.float64), dout.astype(np.float64)
+    for _ in range(2):
+        y_all = bn(np.concatenate([x64, x64]))
+        dx_all = bn.backward(np.concatenate([dout64, dout64]))
+    np.testing.assert_allclose(mc.backend.to_numpy(y), y_all[:3], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(mc.backend.to_numpy(dx), dx_all[:3], rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(mc.backend.to_numpy(sbn.running_var), bn.running_var,
+                               rtol=1e-4)
+
+
 @settings(max_examples=60)
 @given(shape=st.lists(st.integers(1, 5), min_size=2, max_size=4), seed=seeds,
        mean=st.floats(-50, 50), std=st.floats(0.01, 20))

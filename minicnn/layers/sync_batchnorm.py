@@ -26,8 +26,9 @@ count, Σ x, then Σ (x - mu)²). Without the shift, E[x²] - mu² cancels
 catastrophically in float32 when |mu| is large against sigma: the relative error of var is
 about eps_float32 · (1 + (mu - K)² / var). With K near mu (the running mean follows the
 batch means) that is a few eps; where (mu - K)² > var (the first step, with K = 0, or a
-jump of the batch mean) the layer falls back to the exact second pass. Reading M and that
-decision back costs a small host read per layer and step (a sync on CuPy). The running
+jump of the batch mean) the layer falls back to the exact second pass. On CuPy, where
+reading M and that decision back would be a sync per layer and step, M goes through the
+host path (``allreduce_numbers``, from the shapes) and the second pass always runs. The running
 statistics use the global mu and the unbiased var·M/(M-1), so they are the same on every
 rank.
 
@@ -56,6 +57,8 @@ Tests: tests/test_distributed.py, tests/test_layer_contract.py
 from __future__ import annotations
 
 from typing import Any, NamedTuple
+
+import numpy as np
 
 from ..backend import get_array_module
 from ..functional.normalization import normalize_backward_from_sums, reduce_sum
@@ -118,20 +121,26 @@ class SyncBatchNorm2d(BatchNorm2d):
         # Σ (x - K), Σ (x - K)² and the count in one pass each and one allreduce, K the
         # running mean. The buffer is a float64 (2C+1)-vector: the count stays an exact
         # integer, and the sums of the ranks' float32 partial sums lose nothing more.
+        # On a GPU the count and the choice of the exact second pass would be device reads
+        # (a sync per layer and step), so there the count goes through the host path and the
+        # second pass always runs: Σ (x - K), then Σ (x - mu)², two allreduces, no sync.
+        on_host = xp is np
         shift = xp.asarray(self.running_mean).astype(x.dtype, copy=False)
         d = x - shift.reshape(1, C, 1, 1)
-        sums = xp.empty(2 * C + 1, dtype=xp.float64)
+        sums = xp.empty(2 * C + 1 if on_host else C, dtype=xp.float64)
         sums[:C] = _channel_sum(d)
-        sums[C:2 * C] = _channel_sum(d, d)
-        sums[2 * C] = x.size // C
+        if on_host:
+            sums[C:2 * C] = _channel_sum(d, d)
+            sums[2 * C] = x.size // C
         self.comm.allreduce(sums, op="sum")
-        count = float(sums[2 * C])                 # a host read: on CuPy, a sync
+        count = float(sums[2 * C] if on_host else self.comm.allreduce_numbers([x.size // C])[0])
         if count <= 1:
             raise ValueError(f"{name}: expected more than 1 value per channel over all ranks "
                              f"when training, got {count:g}")
         mean_d = (sums[:C] * (1.0 / count)).astype(x.dtype)                   # mu - K
-        var = (sums[C:2 * C] * (1.0 / count)).astype(x.dtype) - mean_d * mean_d
-        if bool((mean_d * mean_d > var).any()):
+        if on_host:
+            var = (sums[C:2 * C] * (1.0 / count)).astype(x.dtype) - mean_d * mean_d
+        if not on_host or bool((mean_d * mean_d > var).any()):
             # K was more than a sigma from mu (the first step, a jump of the batch mean): the
             # subtraction lost digits, so take Σ (x - mu)² exactly, in a second pass and a
             # second allreduce. Every rank sees the same sums, so all take this branch.
