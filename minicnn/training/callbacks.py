@@ -142,14 +142,19 @@ def _resolve_monitor(monitor: str | None, logs: dict[str, Any], owner: str,
     is validated: with ``fit(validation_freq=n)`` the epochs in between have none, and
     ``_unvalidated`` tells the callbacks to skip them.
     """
-    has_val = getattr(state, "val_loader", None) is not None
     if monitor is None:
-        return "val_loss" if (has_val or logs.get("val_loss") is not None) else "loss"
-    if logs.get(monitor) is None and not (has_val and monitor.startswith("val_")):
+        return "val_loss" if _has_validation(state, logs) else "loss"
+    if logs.get(monitor) is None and not (_has_validation(state, {})
+                                          and monitor.startswith("val_")):
         available = [k for k, v in logs.items() if v is not None]
         raise ValueError(f"{owner}: monitor={monitor!r} has no value this epoch (no validation "
                          f"data?); available: {available}")
     return monitor
+
+
+def _has_validation(state: FitState | None, logs: dict[str, Any]) -> bool:
+    """Whether the run validates: ``fit`` got validation data, or these logs have a score."""
+    return getattr(state, "val_loader", None) is not None or logs.get("val_loss") is not None
 
 
 def _unvalidated(key: str, logs: dict[str, Any]) -> bool:
@@ -265,11 +270,10 @@ class ModelCheckpoint(_Monitor):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
         if self.monitor is None:
-            has_val = (getattr(getattr(self, "state", None), "val_loader", None) is not None
-                       or logs.get("val_acc") is not None)
+            has_val = _has_validation(getattr(self, "state", None), logs)
             self.monitor = "val_acc" if has_val else "loss"
-        if self.save_best_only and not self._improved(epoch, logs):
-            return                      # no better, or not validated this epoch
+        if not self._improved(epoch, logs) and self.save_best_only:
+            return                      # no better, or not validated this epoch (None)
         values = {k: v for k, v in logs.items() if v is not None}
         path = self.path.format(epoch=epoch, **values)
         s = self.state
