@@ -144,7 +144,7 @@ def _resolve_monitor(monitor: str | None, logs: dict[str, Any], owner: str,
     """
     if monitor is None:
         return "val_loss" if _has_validation(state, logs) else "loss"
-    if logs.get(monitor) is None and not (_has_validation(state, {})
+    if logs.get(monitor) is None and not (_has_validation(state, logs)
                                           and monitor.startswith("val_")):
         available = [k for k, v in logs.items() if v is not None]
         raise ValueError(f"{owner}: monitor={monitor!r} has no value this epoch (no validation "
