@@ -152,6 +152,44 @@ def test_back_to_back_allreduces_never_read_a_rank_s_next_buffer():
         assert out == expected
 
 
+@pytest.mark.parametrize("size", [2, 3])
+def test_a_large_allreduce_splits_the_work_and_gives_the_same_bits(monkeypatch, size):
+    """From SPLIT_ALLREDUCE_MIN_SIZE elements on, rank r sums only the r-th slice (in rank
+    order, as the one-barrier path) and the others copy it: the same bits on every rank,
+    for sizes that do not divide by the ranks and a buffer that is not contiguous; a rank
+    that overwrites its buffer right after must not change what the others read."""
+    from minicnn.distributed import threads
+
+    monkeypatch.setattr(threads, "SPLIT_ALLREDUCE_MIN_SIZE", 10)
+    rounds, n = 60, 101
+    inputs = [[np.random.default_rng(100 * t + r).standard_normal(n).astype(np.float32)
+               for r in range(size)] for t in range(rounds)]
+
+    def rank(comm):
+        rng = np.random.default_rng(comm.rank)
+        out = []
+        buf = np.empty(n, np.float32)
+        for t in range(rounds):
+            if rng.random() < 0.1:
+                time.sleep(0.001)
+            buf[...] = inputs[t][comm.rank]          # reuses the buffer the others just read
+            out.append(comm.allreduce(buf).copy())
+        wide = np.arange(2 * 3 * 7, dtype=np.float64).reshape(2, 3, 7) + comm.rank
+        view = wide[:, :, ::2]                       # 24 elements, not contiguous
+        comm.allreduce(view, op="max")
+        return out, wide, comm.rank
+
+    for out, wide, r in dist.run_in_threads(rank, size):
+        for t in range(rounds):
+            expected = inputs[t][0] + inputs[t][1]
+            for x in inputs[t][2:]:
+                expected = expected + x
+            np.testing.assert_array_equal(out[t], expected)
+        base = np.arange(42, dtype=np.float64).reshape(2, 3, 7)
+        np.testing.assert_array_equal(wide[:, :, ::2], base[:, :, ::2] + size - 1)
+        np.testing.assert_array_equal(wide[:, :, 1::2], base[:, :, 1::2] + r)  # untouched
+
+
 def test_ranks_run_at_the_same_time_in_their_own_threads():
     met = threading.Barrier(2, timeout=10)           # only passable if both run at once
 
