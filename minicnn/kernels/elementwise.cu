@@ -12,7 +12,8 @@
          i += (long long)blockDim.x * gridDim.x)
 
 // σ(v) = exp(min(v, 0)) / (1 + exp(-|v|)): no exponent is positive (no overflow), and the
-// left tail keeps its relative accuracy (functional/activation.py: sigmoid).
+// left tail keeps its relative accuracy. The NumPy path (functional/activation.py: sigmoid)
+// computes 1 / (1 + exp(-v)), whose overflow to inf gives 0: one exp where passes cost.
 __device__ __forceinline__ static SCALAR ew_sigmoid(SCALAR v) {
     const SCALAR one = 1;
     return exp(v < 0 ? v : (SCALAR)0) / (one + exp(-fabs(v)));
