@@ -69,13 +69,16 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # ones: +1.4 points (seed 0), no cost; 15 epochs in 13 min 09 s as two thread-ranks.
         # BatchNorm over both threads' 64 images (sync_bn) was measured and not taken: no
         # gain with the translation (86.76 against 86.80 %, seed 0), 3.5 % of a step
-        # (docs/results.md, 2026-12-07)
-        "cpu": dict(model="vgg", model_kwargs=dict(widths=[32, 64, 128], depth=2,
+        # (docs/results.md, 2026-12-07). A last stage of 160 channels instead of 128: 87.07 %
+        # against 86.86 % over the same five seeds, for a 10 % slower step, paid for by
+        # validating every third epoch instead of every one (docs/results.md, 2026-12-07,
+        # last section)
+        "cpu": dict(model="vgg", model_kwargs=dict(widths=[32, 64, 160], depth=2,
                                                    batchnorm=True, hidden=None, dropout=0.0,
                                                    pool_first=True),
                     epochs=15, batch_size=32, threads=2, optimizer="sgd", lr=0.1,
                     weight_decay=5e-4, schedule="onecycle", augment="translate+altflip",
-                    label_smoothing=0.2, tta="flip+shift"),
+                    label_smoothing=0.2, tta="flip+shift", validation_freq=3),
         # airbench94's recipe (issue 25; the constants and the deviations: AIRBENCH below)
         "gpu": dict(model="airbench94", model_kwargs=dict(), epochs=10, batch_size=1024,
                     optimizer="airbench", lr=1.5, weight_decay=0.0153 / 11.5,
