@@ -409,8 +409,10 @@ def test_a_resumed_thread_run_continues_exactly(tmp_path, monkeypatch, capsys):
     from minicnn import cli
 
     monkeypatch.setenv("MINICNN_BACKEND", "numpy")
+    # --validation-freq 1: the first run's last epoch (1) is validated, so the whole run's
+    # epoch 1 must be too for the histories to compare
     common = ["train", "--dataset", "cifar10", "--smoke", "--threads", "2", "--schedule",
-              "none", "--no-plots", "-q"]
+              "none", "--no-plots", "-q", "--validation-freq", "1"]
     assert cli.main([*common, "--epochs", "1", "--checkpoint-every",
                      "--out", str(tmp_path / "a")]) == 0
     assert cli.main([*common, "--epochs", "2", "--resume", str(tmp_path / "a" / "last.npz"),

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tokenize
 import types
 import zipfile
 from dataclasses import dataclass
@@ -256,7 +257,9 @@ def _read(path: str) -> tuple[dict[str, np.ndarray], int]:
                "does" if "pickle" in str(exc) else f"ValueError: {exc}")
         raise _corrupt(path, size, why) from None
     except (zipfile.BadZipFile, EOFError, OSError, KeyError, TypeError, RuntimeError,
-            NotImplementedError) as exc:  # cut short (no central directory), a bad CRC, ...
+            NotImplementedError, SyntaxError, tokenize.TokenError) as exc:
+        # cut short (no central directory), a bad CRC, ...; a damaged .npy header that NumPy's
+        # fallback parser (the tokenize module) gives up on
         raise _corrupt(path, size, f"{type(exc).__name__}: {exc}") from None
     odd = [key for key, value in data.items() if not isinstance(value, np.ndarray)]
     if odd:  # NpzFile returns the raw bytes of a member that is not an .npy
