@@ -28,6 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import blas_kernel  # noqa: E402
 from minicnn.functional import im2col as F  # noqa: E402
 from minicnn.functional import normalization as N  # noqa: E402
 
@@ -352,7 +353,11 @@ WINOGRAD_RULE_CONVS = [
     (64, 64, 16, 4), (64, 64, 16, 8), (64, 64, 8, 8), (64, 64, 8, 16), (64, 64, 8, 32),
     (256, 256, 8, 8), (256, 256, 8, 16), (256, 256, 8, 32),
     (64, 64, 4, 64), (128, 128, 4, 64), (128, 128, 4, 128), (256, 256, 4, 64),
-    (512, 512, 4, 64), (512, 512, 4, 128)]
+    (512, 512, 4, 64), (512, 512, 4, 128),
+    # added 2026-12-08: 256-1024 output pixels, as a thread-rank of 16 or 32 images sees them
+    (32, 32, 16, 2), (64, 64, 4, 16), (128, 128, 4, 16), (160, 160, 4, 16), (64, 160, 8, 16),
+    (128, 128, 4, 32), (160, 160, 4, 32), (256, 256, 4, 32), (256, 512, 4, 32),
+    (512, 512, 4, 32), (512, 512, 8, 16), (256, 512, 4, 64)]
 
 
 def ab_winograd_rule(batch: int, repeats: int, convs: str = "vgg") -> None:
@@ -360,6 +365,7 @@ def ab_winograd_rule(batch: int, repeats: int, convs: str = "vgg") -> None:
     float32, 'same' padding, at WINOGRAD_RULE_CONVS (each with its own batch: ``--batch`` and
     ``--convs`` are unused), and what ``winograd_is_faster`` picks there."""
     from minicnn import layers as L
+    from minicnn.backend import blas_threads
     from minicnn.functional import winograd as wg
 
     pads = ((1, 1), (1, 1))
@@ -367,7 +373,8 @@ def ab_winograd_rule(batch: int, repeats: int, convs: str = "vgg") -> None:
     for cin, cout, hw, n in WINOGRAD_RULE_CONVS:
         x, dout = (rng.standard_normal((n, hw, hw, c)).astype(np.float32).transpose(0, 3, 1, 2)
                    for c in (cin, cout))
-        conv = L.Conv2d(cin, cout, 3, padding=1, bias=False)
+        # im2col explicitly: "auto" would itself take F(4×4) where the rule says so.
+        conv = L.Conv2d(cin, cout, 3, padding=1, bias=False, algorithm="im2col")
         spaces = {m: workspace_dict() for m in (2, 4)}
 
         def step(m, x=x, dout=dout, W=conv.W.data, spaces=spaces):
@@ -384,7 +391,8 @@ def ab_winograd_rule(batch: int, repeats: int, convs: str = "vgg") -> None:
         parts = ", ".join(f"{k} {v:.1f}" + ("" if k == "im2col" else f" ({base / v:.2f}x)")
                           for k, v in ms.items())
         print(f"conv {cin}->{cout} @{hw} fwd+bwd, batch {n}: {parts} ms; rule: "
-              f"{wg.winograd_is_faster(cin, cout, hw, hw, n)}, interleaved median of {repeats}",
+              f"{wg.winograd_is_faster(cin, cout, hw, hw, n, blas_threads())}, interleaved median "
+              f"of {repeats}",
               flush=True)
 
 
@@ -436,6 +444,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="conv_dx, winograd, conv_cache: the shapes of VGG-12, or the smaller "
                         "ones of the CIFAR-10 CPU preset and the ResNet benchmark")
     args = p.parse_args(argv)
+    print(f"BLAS: {blas_kernel()}", flush=True)
     for name in args.only or COMPARISONS:
         if name in ("conv_dx", "winograd", "conv_cache", "winograd_error", "winograd_rule"):
             COMPARISONS[name](args.batch, args.repeats, args.convs)

@@ -32,6 +32,7 @@ __all__ = [
     "cupy_available",
     "get_cupy",
     "get_special",
+    "blas_threads",
 ]
 
 _CUPY_INSTALL_HINT = (
@@ -194,3 +195,26 @@ def to_numpy(x: Any) -> np.ndarray:
     if cp is not None and isinstance(x, cp.ndarray):
         return cp.asnumpy(x)
     return np.asarray(x)
+
+
+_blas: list[Any] | None = None   # threadpoolctl's controllers of the loaded BLAS libraries
+
+
+def blas_threads() -> int:
+    """How many threads NumPy's BLAS may use for the next matrix product, now.
+
+    OpenBLAS, MKL or BLIS as threadpoolctl sees them, read at every call (a ctypes call,
+    about a microsecond), so it follows ``OPENBLAS_NUM_THREADS`` and ``threadpool_limits``
+    (``run_in_threads`` gives each thread-rank one). ``Conv2d``'s "auto" rule splits a
+    layer's output pixels over these threads (``functional.winograd.winograd_is_faster``).
+    With no BLAS that threadpoolctl can see: ``os.cpu_count()``.
+    """
+    global _blas
+    if _blas is None:
+        from threadpoolctl import ThreadpoolController
+
+        _blas = [lib for lib in ThreadpoolController().lib_controllers
+                 if lib.user_api == "blas"]
+    if not _blas:
+        return os.cpu_count() or 1
+    return max(1, int(_blas[0].get_num_threads()))

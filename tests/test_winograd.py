@@ -370,10 +370,43 @@ def test_keep_input_shares_one_scratch_workspace_between_layers(m):
         np.testing.assert_array_equal(got, expected)
 
 
-def test_is_faster_rule_answers_2_4_or_none():
-    for cin, cout, hw in [(64, 64, 32), (128, 128, 16), (256, 256, 8), (512, 512, 4),
-                          (3, 32, 32), (32, 64, 16), (128, 128, 4)]:
-        assert wg.winograd_is_faster(cin, cout, hw, hw, 64) in (None, 2, 4)
+# (C_in, C_out, H=W, N, BLAS threads) -> the rule's answer, at the edges measured in
+# docs/benchmarks.md (2026-12-08): the F(4×4) speed-up over im2col in brackets.
+RULE_EDGES = [
+    ((64, 64, 8, 8, 1), 4),        # 512 px a thread (1.25x)
+    ((64, 64, 8, 8, 2), None),     # 256 px a thread (0.97x)
+    ((64, 64, 8, 16, 2), 4),       # 512 (1.19x)
+    ((160, 160, 4, 32, 1), 4),     # 512 (1.32x): the CIFAR-10 preset's last conv, a rank of 32
+    ((160, 160, 4, 16, 1), None),  # 256 (1.08x, and 0.82x with 2 threads)
+    ((256, 512, 4, 32, 1), 4),     # 512, 2^17 channel pairs (1.05x)
+    ((512, 512, 4, 32, 1), None),  # 512, more channel pairs: needs 1024 (0.81x)
+    ((512, 512, 4, 64, 2), None),  # 512 a thread (0.92x)
+    ((512, 512, 4, 64, 1), 4),     # 1024 (1.19x)
+    ((3, 32, 32, 64, 1), None),    # an RGB first layer (0.75x)
+    ((64, 64, 9, 64, 1), None),    # 9×9: 4×4 tiles half cut away (0.94x)
+    ((64, 64, 12, 64, 2), 4),      # (1.54x)
+]
+
+
+@pytest.mark.parametrize("args, expected", RULE_EDGES)
+def test_the_auto_rule_at_its_measured_edges(args, expected):
+    cin, cout, hw, n, threads = args
+    assert wg.winograd_is_faster(cin, cout, hw, hw, n, threads) == expected
+
+
+def test_auto_follows_the_blas_threads_of_the_moment():
+    """conv2d_algorithm asks the BLAS how many threads it has now (threadpool_limits, as in
+    a thread-rank): 512 output pixels are enough for one thread, not for two."""
+    from threadpoolctl import threadpool_limits
+
+    from minicnn.backend import blas_threads
+    from minicnn.functional.conv import conv2d_algorithm
+
+    args = ("auto", (8, 64, 8, 8), 64, (3, 3), (1, 1), ((1, 1), (1, 1)))
+    for threads, expected in ((1, 4), (2, None)):
+        with threadpool_limits(limits=threads, user_api="blas"):
+            assert blas_threads() == threads
+            assert conv2d_algorithm(*args) == expected
 
 
 # -- the CuPy path (real CuPy, or the strict stand-in: pytest -m cupy --strict-device) -----------

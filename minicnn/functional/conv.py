@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..backend import get_array_module
+from ..backend import blas_threads, get_array_module
 from ..kernels import uses_kernels
 from ..kernels.im2col import conv_bias_grad
 from .im2col import (
@@ -277,8 +277,9 @@ def conv2d_algorithm(algorithm: str, x_shape: tuple[int, ...], C_out: int,
 
     ``algorithm`` is the layer's setting: "im2col" always None; "winograd" F(4×4, 3×3) (the
     layer checked at construction that ``winograd_applies``); "auto" Winograd where it applies
-    and was measured faster (``winograd_is_faster``), else im2col. A grouped convolution
-    (``groups`` > 1, ``minicnn.functional.grouped_conv``) has no Winograd route: None.
+    and was measured faster (``winograd_is_faster``, given the BLAS threads of the moment,
+    ``backend.blas_threads``), else im2col. A grouped convolution (``groups`` > 1,
+    ``minicnn.functional.grouped_conv``) has no Winograd route: None.
 
     On CuPy (``xp``, the input's array module) "auto" is im2col: there a training step is
     bound by kernel launches, not by multiplies (docs/benchmarks.md), and Winograd takes
@@ -302,4 +303,4 @@ def conv2d_algorithm(algorithm: str, x_shape: tuple[int, ...], C_out: int,
         return None
     N, C_in = x_shape[0], x_shape[1]
     Ho, Wo = output_size(x_shape, kernel_size, stride, padding)
-    return winograd_is_faster(C_in, C_out, Ho, Wo, N)
+    return winograd_is_faster(C_in, C_out, Ho, Wo, N, blas_threads())

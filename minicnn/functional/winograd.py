@@ -437,27 +437,35 @@ def winograd_conv2d_backward(dout: Any, cache: dict[str, Any], need_dx: bool = T
     return dx.transpose(0, 3, 1, 2), dW
 
 
-def winograd_is_faster(C_in: int, C_out: int, H: int, W: int, N: int) -> int | None:
+def winograd_is_faster(C_in: int, C_out: int, H: int, W: int, N: int,
+                       blas_threads: int = 1) -> int | None:
     """The "auto" rule: the m of F(m×m, 3×3) that beats im2col for this layer, or None.
 
     For a 3×3 stride-1 convolution (``winograd_applies``) with an output of N × H × W pixels
-    (H, W: the output's height and width, the input's for padding 1). The rule is measured,
-    not derived: training steps (forward + backward) in float32 on NumPy, the table
-    "Winograd convolution" of docs/benchmarks.md (``python benchmarks/ab.py --only
-    winograd``, plus the shapes listed there). F(4×4, 3×3) was faster wherever
+    (H, W: the output's height and width, the input's for padding 1), computed with
+    ``blas_threads`` BLAS threads (``backend.blas_threads()``; 1 in each thread-rank of
+    ``run_in_threads``). The rule is measured, not derived: training steps (forward +
+    backward) in float32 on NumPy with 1 and 2 BLAS threads, the tables "Winograd
+    convolution" of docs/benchmarks.md (``python benchmarks/ab.py --only winograd_rule``).
+    F(4×4, 3×3) was faster wherever
 
     - both channel counts are at least 8 (with 3 input channels, an RGB first layer, the
       transforms cost more than the few multiplies they save),
-    - the batch has at least 2048 output pixels, N·H·W (the weight transform and the α²
-      GEMM calls do not shrink with the image: at 4×4 or with small batches they dominate),
+    - each BLAS thread has at least 512 output pixels, N·H·W / blas_threads ≥ 512, and at
+      least 1024 for a layer of more than 2¹⁷ channel pairs C_in·C_out (512 → 512): the
+      weight transform and the α² GEMM calls do not shrink with the image, so at 4×4 or
+      with small batches they dominate (U, α²·C_in·C_out floats, is 38 MB at 512 → 512),
+      and each of the α² calls pays every BLAS thread's start and finish,
     - the 4×4 output tiles are at least three-quarters used, H·W ≥ 0.75 · 16 · ⌈H/4⌉·⌈W/4⌉
       (at 9×9, 10×10 or 13×13 a third or more of every tile is computed and cut away).
 
     F(2×2, 3×3) was never clearly faster where F(4×4, 3×3) was not faster still, so the rule
     never picks it (it stays available as ``m=2``, with a smaller float32 error). Measured on NumPy
-    only; on CuPy it is the same rule until measured otherwise.
+    only, with 1 and 2 BLAS threads (a 2-core machine): for more threads the count per thread
+    is an extrapolation; on CuPy it is the same rule until measured otherwise.
     """
-    if min(C_in, C_out) < 8 or N * H * W < 2048:
+    per_thread = N * H * W / max(1, blas_threads)
+    if min(C_in, C_out) < 8 or per_thread < (1024 if C_in * C_out > 2 ** 17 else 512):
         return None
     m = 4
     tiles = math.ceil(H / m) * math.ceil(W / m)

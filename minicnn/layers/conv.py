@@ -53,8 +53,8 @@ class Conv2d(Layer):
         "im2col" is the formula below. "winograd" is Winograd's F(4×4, 3×3) (3×3 stride-1
         layers only: fewer multiplies, a float32 error about ten times im2col's;
         docs/derivations/winograd.md). "auto" takes Winograd where it applies and was
-        measured faster for the input's shape (``functional.conv.conv2d_algorithm``),
-        else im2col.
+        measured faster for the input's shape and the BLAS threads of the moment
+        (``functional.conv.conv2d_algorithm``), else im2col.
     groups : int, default 1
         G, dividing C_in and C_out: input channels [g·C_in/G, (g+1)·C_in/G) feed only output
         channels [g·C_out/G, (g+1)·C_out/G). ``groups == in_channels`` is a depthwise
