@@ -276,6 +276,11 @@ def test_blas_threads_are_limited_while_the_ranks_run_and_restored_after():
     inside = dist.run_in_threads(lambda comm: blas_threads(), 2, blas_threads=1)
     assert inside == [[1] * len(before)] * 2
     assert blas_threads() == before
+    # ... and minicnn's own reading, which Conv2d's "auto" rule divides the pixels by
+    from minicnn.backend import blas_threads as minicnn_blas_threads
+
+    assert dist.run_in_threads(lambda comm: minicnn_blas_threads(), 2, blas_threads=1) == [1, 1]
+    assert minicnn_blas_threads() == before[0]
 
 
 def test_size_one_runs_in_the_calling_thread_and_bad_sizes_are_refused():
