@@ -273,7 +273,7 @@ def test_winograd_backward_under_policy_close_to_fp32(fmt):
 def test_auto_takes_im2col_under_bf16_and_fp16():
     from minicnn.functional.conv import conv2d_algorithm
 
-    args = ("auto", (8, 16, 16, 16), 16, (3, 3), (1, 1), ((1, 1), (1, 1)))
+    args = ("auto", (64, 16, 16, 16), 16, (3, 3), (1, 1), ((1, 1), (1, 1)))   # 16384 pixels
     assert conv2d_algorithm(*args) == 4
     for fmt, expected in (("tf32", 4), ("bf16", None), ("fp16", None)):
         with P.autocast(fmt):
