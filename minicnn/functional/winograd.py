@@ -452,10 +452,11 @@ def winograd_is_faster(C_in: int, C_out: int, H: int, W: int, N: int,
     - both channel counts are at least 8 (with 3 input channels, an RGB first layer, the
       transforms cost more than the few multiplies they save),
     - each BLAS thread has at least 512 output pixels, N·H·W / blas_threads ≥ 512, and at
-      least 1024 for a layer of more than 2¹⁷ channel pairs C_in·C_out (512 → 512): the
-      weight transform and the α² GEMM calls do not shrink with the image, so at 4×4 or
-      with small batches they dominate (U, α²·C_in·C_out floats, is 38 MB at 512 → 512),
-      and each of the α² calls pays every BLAS thread's start and finish,
+      least 1024 for a layer of more than 2¹⁶ channel pairs C_in·C_out (256 → 512 and
+      wider): the weight transform and the α² GEMM calls do not shrink with the image, so
+      at 4×4 or with small batches they dominate (U, α²·C_in·C_out floats, is 19 MB at
+      256 → 512 and 38 MB at 512 → 512), and each of the α² calls pays every BLAS thread's
+      start and finish,
     - the 4×4 output tiles are at least three-quarters used, H·W ≥ 0.75 · 16 · ⌈H/4⌉·⌈W/4⌉
       (at 9×9, 10×10 or 13×13 a third or more of every tile is computed and cut away).
 
@@ -465,7 +466,7 @@ def winograd_is_faster(C_in: int, C_out: int, H: int, W: int, N: int,
     is an extrapolation; on CuPy it is the same rule until measured otherwise.
     """
     per_thread = N * H * W / max(1, blas_threads)
-    if min(C_in, C_out) < 8 or per_thread < (1024 if C_in * C_out > 2 ** 17 else 512):
+    if min(C_in, C_out) < 8 or per_thread < (1024 if C_in * C_out > 2 ** 16 else 512):
         return None
     m = 4
     tiles = math.ceil(H / m) * math.ceil(W / m)
