@@ -33,6 +33,7 @@ __all__ = [
     "get_cupy",
     "get_special",
     "blas_threads",
+    "available_cores",
 ]
 
 _CUPY_INSTALL_HINT = (
@@ -197,6 +198,13 @@ def to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
+def available_cores() -> int:
+    """The cores this process may run on (a container or ``taskset`` may allow fewer than
+    ``os.cpu_count()``)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return max(1, len(affinity(0)) if affinity is not None else (os.cpu_count() or 1))
+
+
 _blas: list[Any] | None = None   # threadpoolctl's controllers of the loaded BLAS libraries
 
 
@@ -207,7 +215,8 @@ def blas_threads() -> int:
     about a microsecond), so it follows ``OPENBLAS_NUM_THREADS`` and ``threadpool_limits``
     (``run_in_threads`` gives each thread-rank one). ``Conv2d``'s "auto" rule splits a
     layer's output pixels over these threads (``functional.winograd.winograd_is_faster``).
-    With no BLAS that threadpoolctl can see: ``os.cpu_count()``.
+    With no BLAS that threadpoolctl can see: the cores this process may use
+    (``available_cores``).
     """
     global _blas
     if _blas is None:
@@ -216,5 +225,5 @@ def blas_threads() -> int:
         _blas = [lib for lib in ThreadpoolController().lib_controllers
                  if lib.user_api == "blas"]
     if not _blas:
-        return os.cpu_count() or 1
+        return available_cores()
     return max(1, int(_blas[0].get_num_threads()))

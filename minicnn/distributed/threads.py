@@ -35,7 +35,6 @@ generator).
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -43,7 +42,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from ..backend import get_array_module
+from ..backend import available_cores, get_array_module
 from ..functional.precision import get_precision, set_precision
 from .comm import Communicator, DistributedError
 
@@ -53,13 +52,6 @@ _REDUCE = {"sum": "add", "min": "minimum", "max": "maximum"}
 
 # From this many elements on, ``allreduce`` splits the work over the ranks (``_allreduce_split``)
 SPLIT_ALLREDUCE_MIN_SIZE = 1 << 18
-
-
-def available_cores() -> int:
-    """The cores this process may run on (a container or ``taskset`` may allow fewer than
-    ``os.cpu_count()``)."""
-    affinity = getattr(os, "sched_getaffinity", None)
-    return max(1, len(affinity(0)) if affinity is not None else (os.cpu_count() or 1))
 
 
 class _Group:
