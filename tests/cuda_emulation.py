@@ -113,6 +113,12 @@ using std::log1p; using std::expm1; using std::round; using std::trunc;
 static inline float rsqrt(float v) { return 1.0f / std::sqrt(v); }
 static inline double rsqrt(double v) { return 1.0 / std::sqrt(v); }
 static inline float rsqrtf(float v) { return 1.0f / std::sqrt(v); }
+// CUDA's bit casts between float and its 32-bit pattern.
+#include <cstring>
+static inline unsigned int __float_as_uint(float v) {
+    unsigned int u; std::memcpy(&u, &v, 4); return u; }
+static inline float __uint_as_float(unsigned int u) {
+    float v; std::memcpy(&v, &u, 4); return v; }
 // CUDA's min/max (device functions, not std::): same-type pairs, and the mixed pairs CUDA
 // declares (int/unsigned -> unsigned, long long/unsigned long long -> unsigned long long,
 // float/double -> double); other mixes are ambiguous there as here.
@@ -157,7 +163,8 @@ extern "C" void emu_{name}(unsigned int emu_grid, unsigned int emu_block, int em
 _CTYPES = {"int": ctypes.c_int32, "unsigned int": ctypes.c_uint32,
            "long long": ctypes.c_int64, "unsigned long long": ctypes.c_uint64,
            "float": ctypes.c_float, "double": ctypes.c_double, "bool": ctypes.c_bool,
-           "unsigned char": ctypes.c_uint8, "char": ctypes.c_int8}
+           "unsigned char": ctypes.c_uint8, "char": ctypes.c_int8,
+           "unsigned short": ctypes.c_uint16}
 
 
 # --------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ walked when an event is recorded.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import json
 import operator
@@ -39,6 +40,7 @@ import os
 import re
 import sys
 import types
+import weakref
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -553,6 +555,7 @@ class ndarray:  # noqa: N801 - CuPy's class name
     imag = property(lambda self: _wrap(self._a.imag))
     base = property(lambda self: None if self._a.base is None else _wrap(self._a.base))
     device = property(lambda self: cuda.Device(0))
+    data = property(lambda self: _MemoryPointer(self._a))
 
     def __len__(self) -> int:
         return len(self._a)
@@ -838,7 +841,8 @@ def default_rng(seed: Any = None) -> Generator:
 # Python int or float, or a scalar of another width, is a silent bug on a real GPU).
 C_SCALARS = {"int": np.int32, "unsigned int": np.uint32, "long long": np.int64,
               "unsigned long long": np.uint64, "float": np.float32, "double": np.float64,
-              "bool": np.bool_, "unsigned char": np.uint8, "char": np.int8}
+              "bool": np.bool_, "unsigned char": np.uint8, "char": np.int8,
+              "unsigned short": np.uint16}
 SIGNATURE = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)')
 
 
@@ -939,6 +943,123 @@ class RawModule:
             raise KeyError(f"RawModule.get_function: no extern \"C\" kernel {name!r} in "
                            f"the source (has {sorted(self._params)})")
         return RawKernel(name, self._params[name])
+
+
+# --------------------------------------------------------------------------------------------
+# Raw device pointers and cuBLAS's GemmEx, emulated from them
+# --------------------------------------------------------------------------------------------
+
+_POINTED_TO: list[weakref.ref] = []    # the buffers whose address ``.data.ptr`` handed out
+
+
+class _MemoryPointer:
+    """``ndarray.data``: ``ptr`` is the address of the array's first element (its host
+    buffer's here). The buffer is remembered, so a library emulated from raw pointers
+    (``cublas.gemmEx``) can find the memory again and refuse to go outside it."""
+
+    def __init__(self, a: np.ndarray):
+        root = _root(a)
+        root = root if isinstance(root, np.ndarray) else a
+        if not any(r() is root for r in _POINTED_TO):
+            _POINTED_TO.append(weakref.ref(root))
+        self.ptr = int(a.__array_interface__["data"][0])
+
+
+def _device_bytes(ptr: int, nbytes: int, where: str) -> np.ndarray:
+    """A writable uint8 view of the device memory [ptr, ptr + nbytes); StrictDeviceError when
+    that range is not inside one array whose pointer was taken (cuBLAS would read garbage
+    or fault)."""
+    for ref in list(_POINTED_TO):
+        root = ref()
+        if root is None:
+            _POINTED_TO.remove(ref)
+            continue
+        start = int(root.__array_interface__["data"][0])
+        if start <= ptr and ptr + nbytes <= start + root.nbytes:
+            flat = root.ravel(order="K")
+            if int(flat.__array_interface__["data"][0]) != start or \
+                    not np.shares_memory(flat, root):
+                break                                           # not one dense buffer
+            return flat.view(np.uint8)[ptr - start:ptr - start + nbytes]
+    raise StrictDeviceError(f"{where}: the memory [{ptr:#x}, {ptr + nbytes:#x}) is not inside "
+                            f"a device array (a wrong pointer, size or leading dimension)")
+
+
+# cudaDataType codes of the matrices gemmEx can read here, and their 16-bit storages.
+_CUDA_TYPES = {0: np.dtype(np.float32), 2: np.dtype(np.float16), 14: np.dtype(np.uint16)}
+
+
+def _column_major(ptr: int, cuda_type: int, rows: int, cols: int, ld: int, where: str
+                  ) -> np.ndarray:
+    """The (rows, cols) column-major matrix at ``ptr`` with leading dimension ``ld``: a
+    writable strided view of the device memory."""
+    dtype = _CUDA_TYPES[cuda_type]
+    size = dtype.itemsize
+    nbytes = ((cols - 1) * ld + rows) * size
+    raw = _device_bytes(ptr, nbytes, where)
+    return np.lib.stride_tricks.as_strided(raw.view(dtype), shape=(rows, cols),
+                                           strides=(size, ld * size))
+
+
+def _as_float32(m: np.ndarray, cuda_type: int) -> np.ndarray:
+    """A matrix read by gemmEx as float32 values (bfloat16: its bits are float32's top half)."""
+    if cuda_type == 14:
+        return (m.astype(np.uint32) << np.uint32(16)).view(np.float32)
+    return m.astype(np.float32)
+
+
+class _Cublas(types.ModuleType):
+    """cupy.cuda.cublas (cupy_backends.cuda.libs.cublas): the constants minicnn uses and
+    ``gemmEx``, emulated in float32 from the raw pointers as cuBLAS reads them."""
+
+    CUBLAS_OP_N, CUBLAS_OP_T = 0, 1
+    CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_32F_FAST_TF32 = 68, 77
+    CUBLAS_GEMM_DEFAULT, CUBLAS_GEMM_DEFAULT_TENSOR_OP = -1, 99
+    HANDLE = 0x5EED
+
+    @staticmethod
+    def gemmEx(handle: int, transa: int, transb: int, m: int, n: int, k: int,  # noqa: N802
+               alpha: int, A: int, Atype: int, lda: int, B: int, Btype: int, ldb: int,  # noqa: N803
+               beta: int, C: int, Ctype: int, ldc: int, computeType: int, algo: int  # noqa: N803
+               ) -> None:
+        """C = α op(A) op(B) + β C, column-major, α and β float32 read from host pointers
+        (cuBLAS's default pointer mode); the product of the inputs' values in float32."""
+        where = "cublas.gemmEx (strict stand-in)"
+        ints = (handle, transa, transb, m, n, k, alpha, A, Atype, lda, B, Btype, ldb, beta, C,
+                Ctype, ldc, computeType, algo)
+        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in ints):
+            raise TypeError(f"{where}: every argument is an integer (pointers as addresses)")
+        if handle != _Cublas.HANDLE:
+            raise ValueError(f"{where}: not a handle from cupy.cuda.device.get_cublas_handle()")
+        if transa not in (0, 1) or transb not in (0, 1) or min(m, n, k) < 0:
+            raise ValueError(f"{where}: CUBLAS_STATUS_INVALID_VALUE (trans or a size)")
+        rows_a, cols_a = (m, k) if transa == 0 else (k, m)
+        rows_b, cols_b = (k, n) if transb == 0 else (n, k)
+        if lda < max(1, rows_a) or ldb < max(1, rows_b) or ldc < max(1, m):
+            raise ValueError(f"{where}: CUBLAS_STATUS_INVALID_VALUE: a leading dimension below "
+                             f"its matrix's rows (lda {lda}, ldb {ldb}, ldc {ldc})")
+        if Atype != Btype or Atype not in _CUDA_TYPES or Ctype != 0:
+            raise ValueError(f"{where}: types A {Atype}, B {Btype}, C {Ctype} are not a float32 "
+                             f"C of float32, float16 or bfloat16 inputs")
+        if computeType != _Cublas.CUBLAS_COMPUTE_32F or \
+                algo not in (_Cublas.CUBLAS_GEMM_DEFAULT, _Cublas.CUBLAS_GEMM_DEFAULT_TENSOR_OP):
+            raise ValueError(f"{where}: compute type {computeType} / algo {algo} not emulated")
+        _launch("cublas.gemmEx")
+        if m == 0 or n == 0:
+            return
+        a_val = ctypes.c_float.from_address(alpha).value
+        b_val = ctypes.c_float.from_address(beta).value
+        c = _column_major(C, Ctype, m, n, ldc, where + ", C")
+        if k == 0:
+            product = np.zeros((m, n), np.float32)
+        else:
+            a = _as_float32(_column_major(A, Atype, rows_a, cols_a, lda, where + ", A"), Atype)
+            b = _as_float32(_column_major(B, Btype, rows_b, cols_b, ldb, where + ", B"), Btype)
+            product = (a if transa == 0 else a.T) @ (b if transb == 0 else b.T)
+        result = np.float32(a_val) * product
+        if b_val != 0:                      # β = 0: C is not read (it may be uninitialised)
+            result += np.float32(b_val) * c
+        c[...] = result
 
 
 # --------------------------------------------------------------------------------------------
@@ -1082,6 +1203,7 @@ class _Event:
 
 class _Runtime:
     CUDARuntimeError = RuntimeError
+    CUDA_R_32F, CUDA_R_16F, CUDA_R_16BF = 0, 2, 14     # cudaDataType codes (for gemmEx)
 
     @staticmethod
     def getDeviceCount() -> int:  # noqa: N802 - CUDA's name
@@ -1120,6 +1242,9 @@ cuda.Stream.null = _Stream()  # type: ignore[attr-defined]
 cuda.Event = _Event  # type: ignore[attr-defined]
 cuda.get_current_stream = lambda: cuda.Stream.null  # type: ignore[attr-defined]
 cuda.is_available = lambda: True  # type: ignore[attr-defined]
+cuda.cublas = _Cublas("cupy.cuda.cublas", _Cublas.__doc__)  # type: ignore[attr-defined]
+cuda.device = _new_module("cupy.cuda.device", "Strict stand-in: the cuBLAS handle.")  # type: ignore[attr-defined]
+cuda.device.get_cublas_handle = lambda: _Cublas.HANDLE  # type: ignore[attr-defined]
 _pool = _MemoryPool()
 cupy.get_default_memory_pool = lambda: _pool  # type: ignore[attr-defined]
 cupy.get_default_pinned_memory_pool = lambda: _pool  # type: ignore[attr-defined]

@@ -321,3 +321,56 @@ def test_emulated_bias_grad_kernels_equal_their_twins(dtype, rows, C):
                                              args, outputs=(1,))
     args = (partial, np.empty(C, dtype), np.int32(C), np.int32(chunks))
     check_against_twin("im2col", "conv_bias_grad_finish", dtype, 1, 32, args, outputs=(1,))
+
+
+def _floats_for_16_bits(rng, n: int) -> np.ndarray:
+    """float32 values that test a 16-bit rounding: random bit patterns (every exponent, NaNs
+    and infinities), values spread over fp16's range and below it (log-uniform from 2^-27 to
+    2^17), and the edges: ties at the last kept bit of bf16 and fp16, fp16's largest value
+    65504 and the tie 65520 above it, its subnormal ties, 2^-25 and the values around it."""
+    bits = rng.integers(0, 2**32, n, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    spread = (2.0 ** rng.uniform(-27, 17, n) * rng.choice([-1, 1], n)).astype(np.float32)
+    edges = np.array([65504, 65519.99, 65520, 65536, 2.0**-14, 2.0**-24, 1.5 * 2.0**-24,
+                      2.5 * 2.0**-24, 2.0**-25, 1.0000001 * 2.0**-25, 0.99999994 * 2.0**-25,
+                      1 + 2.0**-11, 1 + 3 * 2.0**-11, 1 + 2.0**-8, 1 + 3 * 2.0**-8, -0.0, 0.0,
+                      np.inf, -np.inf, np.nan], np.float32)
+    nan_low = np.array([0x7F800001, 0xFF801000, 0x7FC00000], np.uint32).view(np.float32)
+    return np.concatenate([bits, spread, edges, nan_low])
+
+
+@pytest.mark.parametrize("name", ["im2col_gather_bf16", "im2col_gather_fp16"])
+@pytest.mark.parametrize("geometry", EMULATED[:2], ids=str)
+def test_emulated_16bit_im2col_equals_its_twin(name, geometry):
+    """The patches rounded to bf16 or fp16 in the gather: the CUDA C's bit patterns equal
+    the twin's (ml_dtypes-exact bf16 rounding, NumPy's float16 conversion) on every edge."""
+    skip_without_gxx()
+    (N, C, H, W), ints, (Ho, Wo), rng = _emulated_case(geometry)
+    KH, KW = geometry[4:6]
+    values = _floats_for_16_bits(rng, 4000)
+    x = np.resize(values, (N, C, H, W)).astype(np.float32)
+    cols = np.empty((N * Ho * Wo, KH * KW * C), np.uint16)
+    for start in range(0, values.size, x.size):        # every value through the kernel
+        x = np.resize(np.roll(values, -start), (N, C, H, W)).astype(np.float32)
+        base, strides = k.storage(x)
+        check_against_twin("im2col", name, np.float32, 2, 32, (base, cols, *strides, *ints),
+                           outputs=(1,))
+
+
+def test_fp16_twin_is_numpys_conversion_and_bf16_twin_is_ml_dtypes():
+    import ml_dtypes
+
+    from minicnn.kernels import twin_of
+
+    x = _floats_for_16_bits(np.random.default_rng(5), 3000).reshape(1, 1, 1, -1)
+    base, strides = k.storage(x)
+    ints = k.geometry(x.shape, (1, 1), (1, 1), (0, 0), x.shape[2:])
+    finite = ~np.isnan(x.reshape(-1))
+    with np.errstate(over="ignore", invalid="ignore"):
+        for fmt, expected in (("fp16", x.astype(np.float16).view(np.uint16)),
+                              ("bf16", x.astype(ml_dtypes.bfloat16).view(np.uint16))):
+            cols = np.empty((x.size, 1), np.uint16)
+            twin_of(f"im2col_gather_{fmt}")(base, cols, *strides, *ints)
+            np.testing.assert_array_equal(cols.reshape(-1)[finite], expected.reshape(-1)[finite])
+            widened = (cols.astype(np.uint32) << 16).view(np.float32) if fmt == "bf16" else \
+                cols.view(np.float16).astype(np.float32)
+            assert np.isnan(widened.reshape(-1)[~finite]).all()

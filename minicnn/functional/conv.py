@@ -46,7 +46,7 @@ from .im2col import (
     im2col,
     output_size,
 )
-from .precision import gemm_inputs, get_precision
+from .precision import gemm_storage, get_precision, matmul
 from .winograd import winograd_applies, winograd_is_faster
 
 __all__ = ["CONV_ALGORITHMS", "conv2d_algorithm", "conv2d_weight_matrix", "BackwardPatches",
@@ -69,7 +69,9 @@ class BackwardPatches(NamedTuple):
 
     ``of == "x"``: ``cols = im2col(x)`` (N·Ho·Wo, KH·KW·C_in), the forward's patch matrix.
     ``of == "dout"``: ``flipped_patches(dout)`` (N·H·W, KH·KW·C_out), stride 1 only.
-    ``cols`` is scratch (the arena's "cols" buffer): dead when the backward returns.
+    ``cols`` is scratch (the arena's "cols" buffer): dead when the backward returns. On CuPy
+    under bf16 / fp16 it is stored in 16 bits (``precision.gemm_storage``): only GEMMs
+    (``precision.matmul``) read it.
     """
 
     of: str
@@ -124,9 +126,11 @@ def conv2d_backward_patches(dout_mat: Any, x: Any, kernel_size: tuple[int, int],
         Ho, Wo = output_size(x.shape, kernel_size, stride, padding)
         dout = dout_mat.reshape(N, Ho, Wo, C_out).transpose(0, 3, 1, 2)   # a view
         return BackwardPatches("dout", flipped_patches(dout, x.shape, kernel_size, padding,
-                                                       workspace=workspace))
+                                                       workspace=workspace,
+                                                       dtype=gemm_storage(dout)))
     if weight_grad:
-        cols, _ = im2col(x, kernel_size, stride, padding, workspace=workspace)
+        cols, _ = im2col(x, kernel_size, stride, padding, workspace=workspace,
+                         dtype=gemm_storage(x))
         return BackwardPatches("x", cols)
     return None
 
@@ -171,13 +175,11 @@ def conv2d_weight_grad(dout_mat: Any, x: Any, patches: BackwardPatches,
     xp = get_array_module(x)
     C_out, C_in, (kh, kw) = dout_mat.shape[1], x.shape[1], kernel_size
     if patches.of == "x":
-        cols, dout_mat = gemm_inputs(patches.cols, dout_mat)     # the precision policy's
-        dW_mat = (cols.T @ dout_mat).T                            # (C_out, KH·KW·C_in)
+        dW_mat = matmul(patches.cols.T, dout_mat).T               # (C_out, KH·KW·C_in)
         dW = dW_mat.reshape(C_out, kh, kw, C_in).transpose(0, 3, 1, 2)
     else:
         x_mat = x.transpose(0, 2, 3, 1).reshape(-1, C_in)        # (N·H·W, C_in)
-        dcols, x_mat = gemm_inputs(patches.cols, x_mat)          # the precision policy's
-        G = (dcols.T @ x_mat).T                                   # (C_in, KH·KW·C_out)
+        G = matmul(patches.cols.T, x_mat).T                       # (C_in, KH·KW·C_out)
         dW = G.reshape(C_in, kh, kw, C_out)[:, ::-1, ::-1, :].transpose(3, 0, 1, 2)
     if uses_kernels(dW):
         # The optimizer's flat gradient buffer takes it by one copy (``Parameter.set_grad``),

@@ -40,7 +40,7 @@ from typing import Any
 from ..backend import get_array_module
 from ..kernels import im2col as im2col_kernels
 from ..kernels import uses_kernels
-from .precision import gemm_inputs
+from .precision import gemm_inputs, matmul
 from .scratch import matmul_into
 
 __all__ = [
@@ -198,7 +198,8 @@ def padded_windows(x: Any, kernel_size: tuple[int, int], stride: tuple[int, int]
 
 
 def im2col(x: Any, kernel_size: tuple[int, int], stride: tuple[int, int],
-           padding: Pads, workspace: Any = None) -> tuple[Any, tuple[int, int]]:
+           padding: Pads, workspace: Any = None, dtype: Any = None
+           ) -> tuple[Any, tuple[int, int]]:
     """The patch matrix of ``x``: one row per output pixel, one column per kernel entry.
 
     Parameters
@@ -212,6 +213,9 @@ def im2col(x: Any, kernel_size: tuple[int, int], stride: tuple[int, int],
         copy, only when there is padding) and "cols" (the result). Writing into memory
         already touched avoids allocating (and page-faulting) ~100 MB per layer per step; the
         result is the same. The returned cols is then that buffer: valid until its next user.
+    dtype : optional, CuPy only
+        The 16-bit storage of a bf16 / fp16 GEMM (``precision.gemm_storage(x)``): the
+        patches are written rounded to it, in the same pass. None: x's dtype.
 
     Returns
     -------
@@ -230,12 +234,15 @@ def im2col(x: Any, kernel_size: tuple[int, int], stride: tuple[int, int],
         N, C = x.shape[:2]
         (kh, kw), ((top, _), (left, _)) = kernel_size, padding
         Ho, Wo = output_size(x.shape, kernel_size, stride, padding, "im2col")
-        shape = (N * Ho * Wo, kh * kw * C)
-        cols = (xp.empty(shape, dtype=x.dtype) if workspace is None
-                else workspace("cols", shape, x.dtype))
+        shape, dtype = (N * Ho * Wo, kh * kw * C), x.dtype if dtype is None else dtype
+        cols = (xp.empty(shape, dtype=dtype) if workspace is None
+                else workspace("cols", shape, dtype))
         im2col_kernels.im2col_gather_into(xp, x, cols, kernel_size, stride, (top, left),
                                           (Ho, Wo))
         return cols, (Ho, Wo)
+    if dtype is not None and dtype != x.dtype:
+        raise TypeError(f"im2col: patches in {dtype} are a CuPy route (a 16-bit GEMM's); "
+                        f"NumPy writes them in x's dtype ({x.dtype})")
     windows = padded_windows(x, kernel_size, stride, padding, workspace)
     N, Ho, Wo, kh, kw, C = windows.shape
     if workspace is None:
@@ -361,14 +368,14 @@ def col2im_matmul(dout_mat: Any, W_mat: Any, x_shape: tuple[int, int, int, int],
     (kh, kw), (sh, sw) = kernel_size, stride
     (top, _), (left, _) = padding
     Ho, Wo = output_size(x_shape, kernel_size, stride, padding, "col2im_matmul")
-    dout_mat, W_mat = gemm_inputs(dout_mat, W_mat)      # the precision policy's format
     if uses_kernels(dout_mat):
         shape = (N * Ho * Wo, kh * kw * C)
         dcols = (xp.empty(shape, dtype=dout_mat.dtype) if workspace is None
                  else workspace("dcols", shape, dout_mat.dtype))
-        xp.matmul(dout_mat, W_mat, out=dcols)
+        matmul(dout_mat, W_mat, out=dcols)          # the precision policy's GEMM
         return im2col_kernels.col2im_gather(xp, dcols, x_shape, kernel_size, stride,
                                             (top, left), (Ho, Wo))
+    dout_mat, W_mat = gemm_inputs(dout_mat, W_mat)      # the precision policy's format
     W_ab = W_mat.reshape(W_mat.shape[0], kh, kw, C)
     # The position (top, left) reads input pixel (i, j) for output (i, j): with stride 1 and
     # Ho, Wo = H, W, its block is dx's first term in full.
@@ -405,7 +412,7 @@ def flipped_pads(kernel_size: tuple[int, int], padding: Pads) -> Pads | None:
 
 
 def flipped_patches(dout: Any, x_shape: tuple[int, int, int, int], kernel_size: tuple[int, int],
-                    padding: Pads, workspace: Any = None) -> Any:
+                    padding: Pads, workspace: Any = None, dtype: Any = None) -> Any:
     """The patch matrix of dout padded by ``flipped_pads``: ``im2col`` of a stride-1 dout.
 
     ``dcols[(n, h, w), (a, b, o)] = dout[n, o, h + top - (KH-1-a), w + left - (KW-1-b)]``
@@ -424,12 +431,14 @@ def flipped_patches(dout: Any, x_shape: tuple[int, int, int, int], kernel_size: 
         be None for it
     workspace : callable, optional
         As for ``im2col`` (its "x_pad" and "cols" buffers, here dout's).
+    dtype : optional
+        As for ``im2col``: the patches' storage for a 16-bit GEMM on CuPy.
     """
     pads = flipped_pads(kernel_size, padding)
     if pads is None:
         raise ValueError(f"flipped_patches: padding {padding} exceeds kernel size - 1 "
                          f"for kernel {kernel_size}; use col2im_matmul")
-    cols, (Ho, Wo) = im2col(dout, kernel_size, (1, 1), pads, workspace=workspace)
+    cols, (Ho, Wo) = im2col(dout, kernel_size, (1, 1), pads, workspace=workspace, dtype=dtype)
     if (Ho, Wo) != tuple(x_shape[2:]):
         raise ValueError(f"flipped_patches: dout of shape {tuple(dout.shape)} does not belong "
                          f"to a stride-1 convolution of an input of shape {tuple(x_shape)}")
@@ -486,6 +495,5 @@ def conv_input_grad(dout: Any, W_mat: Any, x_shape: tuple[int, int, int, int],
     else:
         W_flip = W_mat.reshape(C_out, kh, kw, C_in)[:, ::-1, ::-1, :].transpose(3, 1, 2, 0)
     W_flip = W_flip.reshape(C_in, kh * kw * C_out)
-    dcols, W_flip = gemm_inputs(dcols, W_flip)                # the precision policy's format
-    dx = dcols @ W_flip.T                                     # (N·H·W, C_in)
+    dx = matmul(dcols, W_flip.T)                              # (N·H·W, C_in)
     return dx.reshape(N, H, W, C_in).transpose(0, 3, 1, 2)    # stored channels-last

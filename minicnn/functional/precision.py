@@ -30,11 +30,14 @@ How each policy runs:
   only purpose is that CI tests the mechanics and the accuracy of the formats.
 - On CuPy (the GPU): tf32 switches cuBLAS to its TF32 compute type for float32 GEMMs
   (``CUBLAS_COMPUTE_32F_FAST_TF32``) while the policy is on: the inputs are not touched, the
-  tensor cores round them, no launch is added. bf16 and fp16 round the inputs on the device
-  (the same integer rounding as the CPU, a few element-wise launches per GEMM input) and run
-  a float32 GEMM: the numerics of mixed precision, not yet its speed (a GEMM that reads
-  16-bit inputs and writes float32 is left to do). On a CuPy without the compute-type switch
-  (the strict CPU stand-in of the tests), tf32 rounds like bf16 and fp16 do.
+  tensor cores round them, no launch is added. Under bf16 and fp16, ``matmul`` stores both
+  inputs in 16 bits (one launch each) and runs cuBLAS's mixed-precision GEMM: 16-bit inputs,
+  float32 sums and result, on the tensor cores (``minicnn.kernels.gemm16``). The GEMMs of
+  Conv2d's im2col route (forward, dW, dx) and of Linear go through ``matmul``. The layers
+  that do their own products (Winograd, grouped and transposed convolutions) take
+  ``gemm_inputs``: rounded float32 arrays, the same numbers at float32's speed. On a CuPy
+  without the compute-type switch (the strict CPU stand-in of the tests), tf32 rounds like
+  bf16 and fp16 do.
 
 Arrays of any other dtype pass unchanged: a float64 gradient check is never rounded, under
 any policy. Under fp32 ``gemm_inputs`` returns its arguments: no pass and no launch.
@@ -57,14 +60,18 @@ from typing import Any
 import numpy as np
 
 from ..backend import cupy_available, get_array_module, get_cupy
+from ..kernels import gemm16
 
 __all__ = ["PRECISIONS", "get_precision", "set_precision", "autocast", "check_precision",
-           "round_to", "round_mantissa", "gemm_input", "gemm_inputs"]
+           "round_to", "round_mantissa", "gemm_input", "gemm_inputs", "gemm_storage",
+           "matmul"]
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 
 # Mantissa bits that tf32 and bf16 drop from float32's 23: 23 - 10 and 23 - 7.
 _DROPPED_BITS = {"tf32": 13, "bf16": 16}
+# The formats whose GEMMs read 16-bit inputs on CuPy (``matmul``); tf32 is cuBLAS's own.
+_STORED_16BIT = ("bf16", "fp16")
 
 
 class _Policy(threading.local):
@@ -194,6 +201,8 @@ def gemm_input(a: Any) -> Any:
         return a
     if fmt == "tf32" and _POLICY.cublas_tf32 and get_array_module(a) is not np:
         return a
+    if a.ndim == 2 and not a.flags.c_contiguous and a.T.flags.c_contiguous:
+        return round_to(a.T, fmt).T     # a transposed view stays one (the same GEMM after)
     return round_to(a, fmt)
 
 
@@ -203,3 +212,46 @@ def gemm_inputs(a: Any, b: Any) -> tuple[Any, Any]:
     if _POLICY.name == "fp32":
         return a, b
     return gemm_input(a), gemm_input(b)
+
+
+def gemm_storage(x: Any) -> Any:
+    """The dtype to write a GEMM input derived from ``x`` in (``im2col``'s patches): the
+    policy's 16-bit storage (``kernels.gemm16.STORAGE``: uint16 bit patterns for bf16,
+    float16 for fp16) when ``matmul`` runs 16-bit GEMMs for ``x`` (CuPy, float32, bf16 or
+    fp16), so the patches are rounded in the pass that writes them; else None (x's dtype)."""
+    fmt = _POLICY.name
+    if fmt in _STORED_16BIT and x.dtype == np.float32 and get_array_module(x) is not np:
+        return gemm16.STORAGE[fmt]
+    return None
+
+
+def matmul(a: Any, b: Any, out: Any = None) -> Any:
+    """``a @ b``, the GEMM of the current policy: float32 sums of the policy's numbers.
+
+    Under fp32, or for inputs that are not both float32: ``a @ b``. On NumPy, and for tf32
+    on a CuPy that switches cuBLAS: ``gemm_inputs`` then ``a @ b`` (the exact twin). On CuPy
+    under bf16 or fp16, for 2-D inputs: each stored in 16 bits (unless it already is: the
+    patches ``im2col`` writes in ``gemm_storage``'s dtype) and one cuBLAS mixed-precision
+    GEMM (``minicnn.kernels.gemm16``), the tensor cores' speed.
+
+    Parameters
+    ----------
+    a : array (m, k), any strides (a transposed view costs nothing on the 16-bit route)
+    b : array (k, n)
+    out : array (m, n), optional
+        C-contiguous, of the product's dtype: written and returned.
+
+    Returns
+    -------
+    array (m, n): ``out``, or a new array
+    """
+    fmt = _POLICY.name
+    xp = get_array_module(a)
+    if fmt in _STORED_16BIT and xp is not np and a.ndim == 2 and b.ndim == 2:
+        stored = (gemm16.is_16bit(a, fmt), gemm16.is_16bit(b, fmt))
+        if all(s or m.dtype == np.float32 for s, m in zip(stored, (a, b), strict=True)):
+            a16 = a if stored[0] else gemm16.to_16bit(a, fmt)
+            b16 = b if stored[1] else gemm16.to_16bit(b, fmt)
+            return gemm16.gemm(a16, b16, fmt, out=out)
+    a, b = gemm_inputs(a, b)
+    return a @ b if out is None else xp.matmul(a, b, out=out)

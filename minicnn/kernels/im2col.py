@@ -5,6 +5,8 @@ their array code (a padded copy, then a 6-D strided copy for im2col; KH·KW stri
 col2im; a per-channel ``sum`` that CuPy spreads over few blocks for db)::
 
     im2col(x)        cols[(n, i, j), (a, b, c)] = x̃[n, c, i·sh + a, j·sw + b]     im2col_gather
+                     the same rounded to 16 bits, for a bf16 / fp16 GEMM     im2col_gather_bf16
+                                                                             im2col_gather_fp16
     col2im(dcols)    dx[n, c, h, w] = Σ dcols[(n, i, j), (a, b, c)] over the copies
                      of pixel (h, w)                                              col2im_gather
     db               db[c] = Σ_r dout_mat[r, c]          conv_bias_grad_partial + _finish
@@ -26,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from . import launch, twin
+from .gemm16 import float_to_bf16_twin
 
 __all__ = ["storage", "geometry", "im2col_gather_into", "col2im_gather", "conv_bias_grad",
            "bias_chunks"]
@@ -69,10 +72,17 @@ def im2col_gather_into(xp: Any, x: Any, cols: Any, kernel_size: tuple[int, int],
                        out_size: tuple[int, int]) -> None:
     """Fill ``cols`` (N·Ho·Wo, KH·KW·C), C-contiguous, with the patch matrix of x (N, C, H, W)
     zero-padded by ``top_left`` = (top, left) in front: one launch. The padding behind is
-    implied by ``out_size`` = (Ho, Wo); x is read in place through its strides."""
+    implied by ``out_size`` = (Ho, Wo); x is read in place through its strides. ``cols`` of
+    x's dtype gets the values; a 16-bit ``cols`` (``kernels.gemm16``'s storage: uint16 for
+    bf16, float16 for fp16) gets them rounded to that format, for a 16-bit GEMM."""
     base, strides = storage(x)
-    args = (base, cols, *strides, *geometry(x.shape, kernel_size, stride, top_left, out_size))
-    launch(xp, "im2col", "im2col_gather", x.dtype, cols.size, args)
+    name, out = "im2col_gather", cols
+    if cols.dtype == np.uint16:                 # bf16 bit patterns (kernels.gemm16's storage)
+        name = "im2col_gather_bf16"
+    elif cols.dtype == np.float16:              # fp16, passed as its bits
+        name, out = "im2col_gather_fp16", cols.view(xp.uint16)
+    args = (base, out, *strides, *geometry(x.shape, kernel_size, stride, top_left, out_size))
+    launch(xp, "im2col", name, x.dtype, cols.size, args)
 
 
 def col2im_gather(xp: Any, dcols: Any, x_shape: tuple[int, int, int, int],
@@ -160,6 +170,24 @@ def im2col_gather_twin(x, cols, s_n, s_c, s_h, s_w, N, C, H, W, KH, KW, sh, sw, 
     x4 = strided_view(x, (N, C, H, W), (s_n, s_c, s_h, s_w))
     cols.reshape(N, Ho, Wo, KH, KW, C)[...] = padded_windows(x4, KH, KW, sh, sw, top, left,
                                                              Ho, Wo, 0)
+
+
+@twin("im2col_gather_bf16")
+def im2col_gather_bf16_twin(x, cols, *args) -> None:
+    """The patches rounded to bfloat16, as bit patterns (``gemm16_float_to_bf16``'s)."""
+    patches = np.empty(cols.shape, x.dtype)
+    im2col_gather_twin(x, patches, *args)
+    patches = patches.astype(np.float32)
+    float_to_bf16_twin(patches.reshape(-1), cols.reshape(-1), np.int64(cols.size))
+
+
+@twin("im2col_gather_fp16")
+def im2col_gather_fp16_twin(x, cols, *args) -> None:
+    """The patches rounded to float16 (NumPy's conversion), as bit patterns."""
+    patches = np.empty(cols.shape, x.dtype)
+    im2col_gather_twin(x, patches, *args)
+    with np.errstate(over="ignore", invalid="ignore"):
+        cols[...] = patches.astype(np.float32).astype(np.float16).view(np.uint16)
 
 
 @twin("col2im_gather")

@@ -21,7 +21,7 @@ from ..functional.conv import (
 )
 from ..functional.grouped_conv import grouped_conv2d, grouped_conv2d_backward
 from ..functional.im2col import im2col, normalize_padding, output_size, pair
-from ..functional.precision import gemm_input, gemm_inputs
+from ..functional.precision import gemm_input, gemm_inputs, gemm_storage, matmul
 from ..functional.scratch import scratch_workspace
 from ..functional.winograd import winograd_applies, winograd_conv2d, winograd_conv2d_backward
 from .base import Layer, Parameter, check_channels, check_float_input, check_ndim, new_array
@@ -187,12 +187,12 @@ class Conv2d(Layer):
                              self.stride, self.pads, xp=xp)
         if m is not None:  # Winograd's F(m×m, 3×3): the same y, fewer multiplies
             return self._forward_winograd(x, W, m)
-        # cols is scratch: the arena's patch buffer, dead when forward returns.
+        # cols is scratch: the arena's patch buffer, dead when forward returns (on CuPy under
+        # bf16 / fp16 written in 16 bits, the format its GEMM reads).
         cols, _ = im2col(x, self.kernel_size, self.stride, self.pads,
-                         workspace=scratch_workspace(xp))
-        # The GEMM's inputs in the precision policy's format (float32 by default: unchanged)
-        cols, W_mat = gemm_inputs(cols, conv2d_weight_matrix(W))
-        out = cols @ W_mat.T                                  # (N·Ho·Wo, C_out)
+                         workspace=scratch_workspace(xp), dtype=gemm_storage(x))
+        # cols @ W_matᵀ (N·Ho·Wo, C_out), the GEMM of the precision policy (float32 by default)
+        out = matmul(cols, conv2d_weight_matrix(W).T)
         if self.b is not None:
             out += self.b.data.astype(x.dtype, copy=False)
         self.cache = (x, W, None)  # the input (not its KH·KW-times larger cols), the weights

@@ -9,8 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import init as initializers
-from ..backend import get_array_module
-from ..functional.precision import gemm_inputs
+from ..functional.precision import matmul
 from .base import Layer, Parameter, check_float_input, new_array
 
 __all__ = ["Linear"]
@@ -69,9 +68,10 @@ class Linear(Layer):
                 f"{self.in_features} on the last axis), got shape {tuple(x.shape)}; "
                 f"put a Flatten() before Linear for image batches")
         self.cache = x
-        # The GEMM's inputs in the precision policy's format (float32 by default: unchanged)
-        x_g, W = gemm_inputs(x, self.W.data.astype(x.dtype, copy=False))
-        y = x_g @ W
+        # x @ W over the last axis, the GEMM of the precision policy (float32 by default)
+        W = self.W.data.astype(x.dtype, copy=False)
+        y = matmul(x.reshape(-1, self.in_features), W)
+        y = y.reshape(*x.shape[:-1], self.out_features)
         if self.b is not None:
             y += self.b.data.astype(x.dtype, copy=False)
         return y
@@ -82,17 +82,14 @@ class Linear(Layer):
         # Treat any leading axes (..., in) as one batch axis for the parameter gradients.
         x2 = x.reshape(-1, self.in_features)
         dout2 = dout.reshape(-1, self.out_features)
-        x2_g, dout2_g = gemm_inputs(x2, dout2)    # the GEMMs' inputs under the precision policy
-        # dW = xᵀ dout, db = Σ_rows dout; on CuPy written straight into the optimizer's
-        # gradient buffer (``grad_out``; None elsewhere: new arrays).
-        xp = get_array_module(dout)
-        self.W.set_grad(xp.matmul(x2_g.T, dout2_g, out=self.W.grad_out(dout2)))
+        # dW = xᵀ dout, db = Σ_rows dout (the GEMMs of the precision policy); on CuPy written
+        # straight into the optimizer's gradient buffer (``grad_out``; None elsewhere).
+        self.W.set_grad(matmul(x2.T, dout2, out=self.W.grad_out(dout2)))
         if self.b is not None:
             self.b.set_grad(dout2.sum(axis=0, out=self.b.grad_out(dout2)))
         if not self.input_grad:  # see Conv2d.input_grad
             return None
-        dout_g, W = gemm_inputs(dout, W)
-        return dout_g @ W.T
+        return matmul(dout2, W.T).reshape(x.shape)          # dx = dout Wᵀ
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
