@@ -20,7 +20,10 @@
 #           $DATA, once per seed (--seeds N, default 3; seeds 0..N-1): each run prints
 #           "training time ..." (airbench's count, the warm-up reported apart) and
 #           "test accuracy: ... (NmNs of training)"; the summary gives their mean and spread
-#   precision  the same preset, seed 0, with --precision bf16 and fp16 (issue 25; GPU only)
+#   precbench  benchmarks/precision_step.py: the preset's step and each of its convolutions
+#           in fp32, tf32, bf16 and fp16 (device ms; issue 25)
+#   precision  the same preset, seed 0, with --precision tf32, bf16 and fp16 (issue 25; GPU
+#           only)
 #
 # The data travels with the working tree: $DATA (default .gpu_data/, git-ignored) holds
 # cifar10_jpeg.bin, cifar10_jpeg_index.npz and build_cifar10.py (needs numpy + Pillow).
@@ -28,7 +31,7 @@
 # step; default: the preset's), --seeds N (train step; default 3, --cpu: 1),
 # --skip STEP[,STEP...]. Exit status 1 when a step failed.
 # Time boxes (seconds) can be changed by environment: T_DATA T_TESTS T_PARITY T_MODELS T_TRAIN
-# T_PROFILE T_PRECISION.
+# T_PROFILE T_PRECBENCH T_PRECISION.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,7 +51,7 @@ while [ $# -gt 0 ]; do
         --seeds) SEEDS="$2"; shift ;;
         --skip) SKIP="$2"; shift ;;
         --stage) STAGE="$2"; shift ;;
-        -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
         *) echo "gpu_check: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -79,7 +82,8 @@ T_PARITY=${T_PARITY:-90}
 T_MODELS=${T_MODELS:-90}
 T_TRAIN=${T_TRAIN:-300}
 T_PROFILE=${T_PROFILE:-120}
-T_PRECISION=${T_PRECISION:-240}
+T_PRECBENCH=${T_PRECBENCH:-90}
+T_PRECISION=${T_PRECISION:-300}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 SUMMARY=()
@@ -128,6 +132,8 @@ if [ "$MODE" = cpu ]; then
         --models 2conv --repeats 1 --no-torch --out "$OUT/models_cpu"
     run profile "$T_PROFILE" "$PY" benchmarks/gpu_profile.py --strict-stand-in --batch 4 \
         --repeats 2 --models 2conv
+    run precbench "$T_PRECBENCH" "$PY" benchmarks/precision_step.py --strict-stand-in \
+        --batch 4 --repeats 1
     run train "$T_TRAIN" bash -c "for seed in \$(seq 0 $((${SEEDS:-1} - 1))); do \
 echo \"== seed \$seed\"; \"$PY\" -c \"import sys; from tests import strict_device; strict_device.install(); \
 from minicnn.cli import run_example; sys.exit(run_example('cifar10', ['--smoke', '--backend', \
@@ -153,12 +159,13 @@ else
     run models "$T_MODELS" "$PY" benchmarks/models.py --backend cupy --batch 128 \
         --out "$OUT/models_cupy"
     run profile "$T_PROFILE" "$PY" benchmarks/gpu_profile.py --batch 128
+    run precbench "$T_PRECBENCH" "$PY" benchmarks/precision_step.py --batch 1024 --repeats 10
     # One run per seed (never the best one alone: the summary gives mean and spread).
     run train "$T_TRAIN" bash -c "for seed in \$(seq 0 $((${SEEDS:-3} - 1))); do \
 echo \"== seed \$seed\"; \"$PY\" examples/train_cifar.py --backend cupy --preset gpu \
 --data \"$DATA\" --seed \$seed --out \"$OUT/train_seed\$seed\" ${EPOCHS:+--epochs $EPOCHS} \
 || exit 1; done"
-    run precision "$T_PRECISION" bash -c "for p in bf16 fp16; do echo \"== precision \$p\"; \
+    run precision "$T_PRECISION" bash -c "for p in tf32 bf16 fp16; do echo \"== precision \$p\"; \
 \"$PY\" examples/train_cifar.py --backend cupy --preset gpu --data \"$DATA\" --seed 0 \
 --precision \$p --out \"$OUT/train_\$p\" ${EPOCHS:+--epochs $EPOCHS} || exit 1; done"
 fi
@@ -179,6 +186,10 @@ fi
     if [ -f "$OUT/profile.log" ]; then
         echo "-- benchmarks/gpu_profile.py (host vs device ms per step)"
         grep -E "^(model|2conv|vgg12|resnet) " "$OUT/profile.log"
+    fi
+    if [ -f "$OUT/precbench.log" ]; then
+        echo "-- benchmarks/precision_step.py (the preset's step and convolutions per precision)"
+        grep -vE "^\s*$|Warning|^  " "$OUT/precbench.log"
     fi
     if [ -f "$OUT/precision.log" ]; then
         echo "-- train_cifar per precision (seed 0)"
