@@ -31,6 +31,7 @@ from minicnn.functional import precision as P
 from minicnn.init import set_seed
 from minicnn.kernels import gemm16, twin_of
 from tests.cuda_emulation import check_against_twin, skip_without_gxx
+from tests.test_precision import GEMM_LAYERS
 
 on_the_stand_in = settings(max_examples=40, deadline=None,
                            suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -193,16 +194,9 @@ def test_gemm_refuses_mismatched_storage(strict_cupy):
 
 # -- the layers on the device ------------------------------------------------------------------
 
-LAYERS = {
-    "linear": (lambda: L.Linear(12, 5), (6, 12), (6, 5)),
-    "linear_3d": (lambda: L.Linear(12, 5), (2, 3, 12), (2, 3, 5)),
-    "conv_stride1": (lambda: L.Conv2d(4, 3, 3, padding=1, algorithm="im2col"),
-                     (2, 4, 6, 6), (2, 3, 6, 6)),                      # dout's patches
-    "conv_stride2": (lambda: L.Conv2d(3, 5, 3, stride=2, padding=1, algorithm="im2col"),
-                     (2, 3, 7, 7), (2, 5, 4, 4)),                      # col2im_matmul
-    "conv_widening": (lambda: L.Conv2d(2, 6, 3, padding=1, algorithm="im2col"),
-                      (2, 2, 5, 5), (2, 6, 5, 5)),                     # x's patches, stride 1
-}
+# test_precision's GEMM layers (the grouped one does its own products: rounded float32 inputs)
+LAYERS = {name: case for name, case in GEMM_LAYERS.items() if name != "conv_grouped"}
+LAYERS["linear_3d"] = (lambda: L.Linear(12, 5), (2, 3, 12), (2, 3, 5))
 
 
 @pytest.mark.cupy
