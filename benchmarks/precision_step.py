@@ -12,7 +12,9 @@ preset's batch, under each ``--precision`` (fp32, tf32, bf16, fp16):
   ``cupyx.profiler.benchmark``, and the device time against fp32's;
 - each 3×3 convolution of the net alone, forward and backward at its input shape (device
   ms): where the GEMMs are, so where tf32's compute type and the 16-bit GEMMs of bf16 / fp16
-  (``minicnn.kernels.gemm16``: patches gathered in 16 bits, ``cublasGemmEx``) should show.
+  (``minicnn.kernels.gemm16``: patches gathered in 16 bits, ``cublasGemmEx``) should show;
+- each convolution's forward GEMM alone, with its TFLOP/s: from float32 inputs, and for
+  bf16 / fp16 also from inputs already in 16 bits (what the GEMM itself costs).
 
 Issue 25's targets are ≤ 30 s of training in fp32 and ≤ 10 s in bf16 or fp16: about 490
 steps (10 epochs of 49 batches of 1024) plus the evaluation, so a step must stay near 50 ms
@@ -149,8 +151,44 @@ def main(argv=None) -> int:
             cells.append(device if device == device else host)
         name = (f"{layer.in_channels}->{layer.out_channels} at {x_shape[2]}x{x_shape[3]}")
         print(f"{name:28s} " + " ".join(f"{c:8.3f}" for c in cells), flush=True)
+    _gemm_alone(mc, cp, convs, args, time_it)
     mc.set_backend("numpy")
     return 0
+
+
+def _gemm_alone(mc, cp, convs, args, time_it) -> None:
+    """The forward GEMM of each convolution alone, cols (N·Ho·Wo, 9·C_in) @ W_matᵀ: device ms
+    and TFLOP/s under each precision, its inputs given as float32 (bf16 / fp16 convert them
+    first, as the layers' other operands are) and, for bf16 / fp16, already in 16 bits (the
+    patches as ``im2col`` gathers them: the GEMM alone)."""
+    from minicnn.functional.im2col import im2col
+    from minicnn.functional.precision import autocast, matmul
+    from minicnn.kernels import gemm16
+
+    print("\nthe forward GEMM alone: device ms (TFLOP/s); 16-bit: inputs already in 16 bits")
+    cols_16 = [f for f in args.precisions if f in gemm16.FORMATS]
+    print(f"{'GEMM (M, K, N)':28s} " + " ".join(f"{f:>15s}" for f in args.precisions)
+          + "".join(f" {f + ' stored':>15s}" for f in cols_16))
+    def cell(fn, flop):
+        host, device = time_it(fn, args.repeats)
+        ms = device if device == device else host
+        return f"{ms:7.3f} ({flop / ms / 1e9:5.1f})"
+
+    rng = np.random.default_rng(2)
+    for layer, x_shape in convs:
+        x = mc.to_device(rng.standard_normal(x_shape).astype(np.float32))
+        cols, _ = im2col(x, layer.kernel_size, layer.stride, layer.pads)
+        W_t = layer.W.data.transpose(0, 2, 3, 1).reshape(layer.out_channels, -1).T
+        M, K = cols.shape
+        flop = 2.0 * M * K * layer.out_channels
+        cells = []
+        for fmt in args.precisions:
+            with autocast(fmt):
+                cells.append(cell(lambda a=cols, b=W_t: matmul(a, b), flop))
+        for fmt in cols_16:
+            a16, b16 = gemm16.to_16bit(cols, fmt), gemm16.to_16bit(W_t, fmt)
+            cells.append(cell(lambda a=a16, b=b16, f=fmt: gemm16.gemm(a, b, f), flop))
+        print(f"{str((M, K, layer.out_channels)):28s} " + " ".join(cells), flush=True)
 
 
 if __name__ == "__main__":
