@@ -31,8 +31,9 @@ How each policy runs:
 - On CuPy (the GPU): tf32 switches cuBLAS to its TF32 compute type for float32 GEMMs
   (``CUBLAS_COMPUTE_32F_FAST_TF32``) while the policy is on: the inputs are not touched, the
   tensor cores round them, no launch is added. Under bf16 and fp16, ``matmul`` stores both
-  inputs in 16 bits (one launch each) and runs cuBLAS's mixed-precision GEMM: 16-bit inputs,
-  float32 sums and result, on the tensor cores (``minicnn.kernels.gemm16``). The GEMMs of
+  inputs in 16 bits (one launch each; the patch matrices ``im2col`` already gathers in 16
+  bits, ``gemm_storage``) and runs cuBLAS's mixed-precision GEMM: 16-bit inputs, float32
+  sums and result, on the tensor cores (``minicnn.kernels.gemm16``). The GEMMs of
   Conv2d's im2col route (forward, dW, dx) and of Linear go through ``matmul``. The layers
   that do their own products (Winograd, grouped and transposed convolutions) take
   ``gemm_inputs``: rounded float32 arrays, the same numbers at float32's speed. On a CuPy
@@ -47,7 +48,7 @@ The policy is a module-level setting, like ``torch.set_float32_matmul_precision`
 ``autocast(name)``, a context that sets it and restores the previous one (what
 ``fit(..., precision=...)`` uses). One model trains in one thread, so one setting suffices.
 
-Tests: tests/test_precision.py
+Tests: tests/test_precision.py, tests/test_kernels_gemm16.py
 """
 
 from __future__ import annotations
