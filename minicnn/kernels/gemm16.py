@@ -53,6 +53,8 @@ _ZERO = np.zeros(1, dtype=np.float32)
 
 @twin("gemm16_float_to_bf16")
 def float_to_bf16_twin(x: np.ndarray, y: np.ndarray, n: np.int64) -> None:
+    """y[i] = the bfloat16 bit pattern of float32 x[i] (nearest, ties to even; a NaN keeps
+    its top half with the quiet bit set), for i < n."""
     u = x[:n].view(np.uint32)
     nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
     rounded = (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
