@@ -82,3 +82,46 @@ def test_report_the_gap_to_the_budgets(strict_cupy, capsys):
         print(f"\nlaunches per Adam step (batch {BATCH}, strict stand-in):\n" +
               "\n".join(lines))
     assert len(lines) == len(BUDGETS) + 1
+
+
+# The CIFAR-10 GPU preset's net (airbench94, batch 8), one step of
+# ``benchmarks/precision_step.py`` (forward, label-smoothed loss, backward, Nesterov SGD) per
+# precision, measured: a count may only go down. Its 22 GEMMs (the whitening's forward; each
+# of six 3x3 convolutions' y, dW and dx; the head's three) are cuBLAS gemmEx calls of 16-bit
+# inputs under bf16 and fp16: 27 more launches than fp32 (the weights' and the non-patch
+# operands' conversions), none a float32 matmul.
+PRESET_CEILINGS = {"fp32": 118, "bf16": 145, "fp16": 145}
+
+
+@functools.cache
+def _preset_launches(fmt: str) -> tuple[int, int, list[str]]:
+    """(launches, syncs, what each launch was) of one preset step after two warm-up steps."""
+    import minicnn as mc
+    from benchmarks.precision_step import _preset_step
+    from minicnn.functional.precision import autocast
+    from tests import strict_device
+
+    step, _ = _preset_step(mc, BATCH)
+    with autocast(fmt):
+        step()
+        step()
+        with strict_device.record() as rec:
+            step()
+    return rec.launches, rec.syncs, [e.what for e in rec.launch_events]
+
+
+@pytest.mark.parametrize("fmt", sorted(PRESET_CEILINGS))
+def test_gpu_preset_step_launches(strict_cupy, fmt):
+    launches, syncs, what = _preset_launches(fmt)
+    assert syncs == 0
+    assert 0.95 * PRESET_CEILINGS[fmt] <= launches <= PRESET_CEILINGS[fmt], \
+        (f"{fmt}: {launches} launches per step, ceiling {PRESET_CEILINGS[fmt]} (tighten it if "
+         f"the count went down)")
+    gemms = sum(w in ("operator matmul", "cupy.matmul") for w in what)
+    if fmt == "fp32":
+        assert gemms == 22 and "cublas.gemmEx" not in what
+    else:
+        assert gemms == 0 and what.count("cublas.gemmEx") == 22, what
+        # every patch matrix gathered in 16 bits: 7 forward (the whitening's too), 6 backward
+        assert what.count(f"RawKernel im2col_gather_{fmt}") == 13, what
+        assert "RawKernel im2col_gather" not in what, what
