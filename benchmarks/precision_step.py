@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 
 
-def _timer(cp):
+def _timer():
     """``time(fn, repeats) -> (host ms, device ms)``: cupyx.profiler.benchmark on a GPU; on
     the stand-in (no device clock) the host's wall time and NaN."""
     try:
@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     mc.set_backend("cupy")
     import cupy as cp
 
-    time_it = _timer(cp)
+    time_it = _timer()
     try:
         gpu = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
     except Exception:  # noqa: BLE001 - a name only
@@ -151,12 +151,12 @@ def main(argv=None) -> int:
             cells.append(device if device == device else host)
         name = (f"{layer.in_channels}->{layer.out_channels} at {x_shape[2]}x{x_shape[3]}")
         print(f"{name:28s} " + " ".join(f"{c:8.3f}" for c in cells), flush=True)
-    _gemm_alone(mc, cp, convs, args, time_it)
+    _gemm_alone(mc, convs, args, time_it)
     mc.set_backend("numpy")
     return 0
 
 
-def _gemm_alone(mc, cp, convs, args, time_it) -> None:
+def _gemm_alone(mc, convs, args, time_it) -> None:
     """The forward GEMM of each convolution alone, cols (N·Ho·Wo, 9·C_in) @ W_matᵀ: device ms
     and TFLOP/s under each precision, its inputs given as float32 (bf16 / fp16 convert them
     first, as the layers' other operands are) and, for bf16 / fp16, already in 16 bits (the

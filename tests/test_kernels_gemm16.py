@@ -78,7 +78,7 @@ def test_bf16_twin_equals_ml_dtypes_and_keeps_nans():
 
 
 @pytest.mark.parametrize("fmt", ["bf16", "fp16"])
-def test_to_16bit_round_trip_on_numpy_equals_round_to(fmt):
+def test_16bit_storage_holds_round_to_values(fmt):
     """The 16-bit storage (fp16: astype, bf16: the conversion's twin) read back by
     ``from_16bit`` holds ``round_to``'s values: what the GEMM multiplies is the twin's."""
     x = special_floats(np.random.default_rng(1), 64).reshape(8, 8)
